@@ -1,0 +1,1 @@
+"""registry-operator: one `Registry` resource becomes a private, TLS-encrypted, authenticated registry."""
