@@ -1,0 +1,44 @@
+"""Token service ("index") for ``auth.mode: token``.
+
+Authenticates users against a bcrypt htpasswd file, grants per-repository actions from ordered
+access rules, and signs short-lived JWTs that distribution 2.8 and 3.x verify against the signing
+certificate (``auth.token.rootcertbundle``). Runs as its own Deployment; never imports kopf.
+
+The operator needs only this module's exports: :func:`build_config` to render the ConfigMap,
+:func:`generate_signing_material` for the signing Secret, and the mount path constants.
+"""
+
+from .config import (
+    CONFIG_PATH,
+    HTPASSWD_PATH,
+    MOUNT_ROOT,
+    SIGNING_CERT_PATH,
+    SIGNING_KEY_PATH,
+    TLS_CERT_PATH,
+    TLS_KEY_PATH,
+    AccessRule,
+    ConfigError,
+    ServiceConfig,
+    build_config,
+    load_config,
+    parse_config,
+)
+from .keys import SigningMaterial, generate_signing_material
+
+__all__ = [
+    "CONFIG_PATH",
+    "HTPASSWD_PATH",
+    "MOUNT_ROOT",
+    "SIGNING_CERT_PATH",
+    "SIGNING_KEY_PATH",
+    "TLS_CERT_PATH",
+    "TLS_KEY_PATH",
+    "AccessRule",
+    "ConfigError",
+    "ServiceConfig",
+    "SigningMaterial",
+    "build_config",
+    "generate_signing_material",
+    "load_config",
+    "parse_config",
+]

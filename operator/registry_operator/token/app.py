@@ -1,0 +1,167 @@
+"""HTTP endpoints: ``GET /token`` (docker token protocol), ``POST /token`` (OAuth2 password
+grant, which containerd tries first whenever it has credentials; answering it saves a round trip
+per pull), and ``GET /healthz`` for probes.
+
+A wrong password and an unknown user get the same answer, so the endpoint does not reveal which
+users exist. The ``account`` parameter is ignored: the subject is always the authenticated user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+from collections.abc import Iterable
+
+from aiohttp import web
+
+from .acl import Subject, authorize
+from .authn import Authenticator
+from .runtime import Runtime
+from .scope import ScopeError, parse_scopes
+from .throttle import FailureThrottle, TooManyAttempts
+from .tokens import issue_token
+
+log = logging.getLogger(__name__)
+
+RUNTIME = web.AppKey("runtime", Runtime)
+AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+THROTTLE = web.AppKey("throttle", FailureThrottle)
+
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+class _AuthFailed(Exception):
+    """Credentials were given and are wrong (or the header is unreadable)."""
+
+
+def _registry_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    body = {"errors": [{"code": code, "message": message}]}
+    return web.json_response(body, status=status, headers={**_NO_STORE, **(headers or {})})
+
+
+def _oauth_error(status: int, error: str, description: str) -> web.Response:
+    body = {"error": error, "error_description": description}
+    return web.json_response(body, status=status, headers=_NO_STORE)
+
+
+def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        raise _AuthFailed
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8", "replace")
+    except (binascii.Error, ValueError) as exc:
+        raise _AuthFailed from exc
+    user, sep, password = decoded.partition(":")
+    if not sep:
+        raise _AuthFailed
+    return user, password
+
+
+async def _authenticate(request: web.Request, user: str, password: str) -> Subject:
+    """Return the subject or raise :class:`_AuthFailed`; may wait, or raise ``TooManyAttempts``."""
+    authenticator = request.app[AUTHENTICATOR]
+    if not user:
+        raise _AuthFailed
+    if authenticator.cached(user, password):
+        return Subject(user)
+    throttle = request.app[THROTTLE]
+    keys = [f"user:{user}", f"addr:{request.remote or 'unknown'}"]
+    wait = throttle.reserve(keys)
+    if wait:
+        await asyncio.sleep(wait)
+    if await authenticator.verify(user, password):
+        throttle.succeeded(keys[0])
+        return Subject(user)
+    throttle.failed(keys)
+    log.warning("authentication failed for user %r from %s", user, request.remote)
+    raise _AuthFailed
+
+
+async def _issue(
+    request: web.Request, subject: Subject, service: str | None, scopes: Iterable[str]
+) -> web.Response:
+    runtime = request.app[RUNTIME]
+    config = runtime.config()
+    if service is not None and service != config.service:
+        return _registry_error(400, "DENIED", f"unknown service {service!r}")
+    try:
+        requested = parse_scopes(scopes)
+    except ScopeError as exc:
+        return _registry_error(400, "DENIED", str(exc))
+    granted = authorize(config.access, config.groups, subject, requested)
+    token = issue_token(
+        runtime.signer(),
+        issuer=config.issuer,
+        service=config.service,
+        subject=subject.name,
+        access=granted,
+        ttl_seconds=config.ttl_seconds,
+    )
+    log.debug("issued token for %r: %s", subject.name, [(s.name, s.actions) for s in granted])
+    return web.json_response(token.response(), headers=_NO_STORE)
+
+
+def _too_many(exc: TooManyAttempts) -> web.Response:
+    retry = str(max(1, round(exc.retry_after)))
+    return _registry_error(429, "TOOMANYREQUESTS", "too many failed logins", {"Retry-After": retry})
+
+
+async def get_token(request: web.Request) -> web.Response:
+    """Docker token protocol; no credentials yields an anonymous token."""
+    try:
+        credentials = _basic_credentials(request)
+        subject = Subject() if credentials is None else await _authenticate(request, *credentials)
+    except _AuthFailed:
+        realm = request.app[RUNTIME].config().issuer.replace('"', "")
+        challenge = {"WWW-Authenticate": f'Basic realm="{realm}"'}
+        return _registry_error(401, "UNAUTHORIZED", "authentication required", challenge)
+    except TooManyAttempts as exc:
+        return _too_many(exc)
+    return await _issue(request, subject, request.query.get("service"), request.query.getall("scope", []))
+
+
+async def post_token(request: web.Request) -> web.Response:
+    """OAuth2 ``grant_type=password`` (RFC 6749 4.3); no refresh tokens are issued."""
+    form = await request.post()
+    fields = {
+        k: v
+        for k in ("grant_type", "username", "password", "service", "scope")
+        if isinstance(v := form.get(k), str)
+    }
+    if fields.get("grant_type") != "password":
+        return _oauth_error(400, "unsupported_grant_type", "only grant_type=password is supported")
+    if "username" not in fields or "password" not in fields:
+        return _oauth_error(400, "invalid_request", "username and password are required")
+    try:
+        subject = await _authenticate(request, fields["username"], fields["password"])
+    except _AuthFailed:
+        return _oauth_error(400, "invalid_grant", "invalid username or password")
+    except TooManyAttempts as exc:
+        return _too_many(exc)
+    return await _issue(request, subject, fields.get("service"), [fields.get("scope", "")])
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Ready once the config, htpasswd file and signing key have loaded (they did, or start failed)."""
+    request.app[RUNTIME].config()
+    return web.Response(text="ok\n")
+
+
+def create_app(runtime: Runtime, authenticator: Authenticator, throttle: FailureThrottle) -> web.Application:
+    """The aiohttp application; the caller owns ``authenticator`` (its thread pool) and closes it."""
+    app = web.Application()
+    app[RUNTIME] = runtime
+    app[AUTHENTICATOR] = authenticator
+    app[THROTTLE] = throttle
+    app.router.add_get("/token", get_token)
+    app.router.add_post("/token", post_token)
+    app.router.add_get("/healthz", healthz)
+    return app

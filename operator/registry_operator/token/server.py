@@ -1,0 +1,67 @@
+"""Running the token service: listening socket, optional TLS, graceful shutdown on SIGTERM.
+
+The TLS certificate is loaded once at start, like the registry's; the operator rolls the
+Deployment when it changes. On SIGTERM the listener closes first and in-flight requests get
+``SHUTDOWN_GRACE`` seconds to finish, within Kubernetes' default 30 s termination grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+
+from aiohttp import web
+
+from .app import create_app
+from .authn import Authenticator
+from .runtime import Runtime
+from .throttle import FailureThrottle
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 10.0
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPV6]:PORT``; raises ``ValueError`` otherwise."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address {listen!r} is not HOST:PORT")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def tls_context(cert_path: str, key_path: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+async def serve(config_path: str, listen: str | None = None) -> None:
+    """Serve until SIGTERM or SIGINT; raises on invalid config or unreadable files at start."""
+    runtime = Runtime(config_path)
+    config = runtime.config()
+    host, port = parse_listen(listen or config.listen)
+    context = None
+    if config.tls_cert_path and config.tls_key_path:
+        context = tls_context(config.tls_cert_path, config.tls_key_path)
+    authenticator = Authenticator(runtime.htpasswd)
+    runner = web.AppRunner(create_app(runtime, authenticator, FailureThrottle()), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=context, shutdown_timeout=SHUTDOWN_GRACE)
+        await site.start()
+        scheme = "https" if context else "http"
+        for address in runner.addresses:
+            log.info("listening on %s://%s:%d", scheme, address[0], address[1])
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+        authenticator.close()
