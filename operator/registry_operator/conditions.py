@@ -1,0 +1,160 @@
+"""Status, computed from scratch on every reconcile: (spec, problems, live workloads, generation) -> status.
+
+Nothing is accumulated: the same observations always give the same status, so writing it only when it differs
+from what is stored makes a settled Registry cost no status writes. The one piece of history kept is each
+condition's `lastTransitionTime`, carried over while the condition's status stays the same.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .material import Problem
+from .names import ChildNames
+from .spec import RegistrySpec
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """The facts about one Deployment that status needs."""
+
+    desired: int
+    ready: int
+    available: int
+    updated: int
+    current: bool  # the controller has seen the latest spec
+    stuck: bool  # ProgressDeadlineExceeded
+
+    @property
+    def complete(self) -> bool:
+        return self.current and self.updated >= self.desired and self.available >= self.desired
+
+    @classmethod
+    def of(cls, deployment: Mapping[str, Any] | None) -> Rollout | None:
+        if deployment is None:
+            return None
+        status = deployment.get("status") or {}
+        desired = (deployment.get("spec") or {}).get("replicas", 1)
+        stuck = any(
+            c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+            for c in status.get("conditions") or ()
+        )
+        return cls(
+            desired=desired,
+            ready=status.get("readyReplicas", 0),
+            available=status.get("availableReplicas", 0),
+            updated=status.get("updatedReplicas", 0),
+            current=status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 1),
+            stuck=stuck,
+        )
+
+
+def _condition(type_: str, ok: bool, reason: str, message: str, generation: int) -> Obj:
+    return {
+        "type": type_,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+    }
+
+
+def _config_problems(spec: RegistrySpec) -> list[Problem]:
+    """Combinations the schema accepts but the registry cannot honour."""
+    out = []
+    if spec.replicas > spec.effective_replicas:
+        storage = "an emptyDir" if spec.storage.claim is None else "a claim that is not ReadWriteMany"
+        out.append(Problem(
+            "ReplicasUnsupported",
+            f"{spec.replicas} replicas requested, running 1: pods cannot share {storage} "
+            "(use a ReadWriteMany persistentVolumeClaim to scale out)",
+        ))
+    return out
+
+
+def _rollout_state(rollouts: Mapping[str, Rollout | None]) -> tuple[bool, str, str]:
+    """(progressing, reason, message) over the workloads of one Registry."""
+    for name, rollout in rollouts.items():
+        if rollout is None:
+            return True, "Creating", f"Deployment {name!r} does not exist yet"
+    for name, rollout in rollouts.items():
+        assert rollout is not None
+        if not rollout.complete:
+            return True, "RolloutInProgress", (
+                f"Deployment {name!r}: {rollout.updated} of {rollout.desired} replicas updated, "
+                f"{rollout.available} available"
+            )
+    return False, "RolloutComplete", "all replicas are updated and available"
+
+
+def compute(
+    spec: RegistrySpec,
+    generation: int,
+    problems: Sequence[Problem],
+    workloads: Mapping[str, Mapping[str, Any] | None],
+    published: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+    now: dt.datetime,
+) -> Obj:
+    """The Registry's status. `workloads`: Deployment name -> live object; `published`: endpoint, Secrets."""
+    problems = [*problems, *_config_problems(spec)]
+    rollouts = {name: Rollout.of(obj) for name, obj in workloads.items()}
+    progressing, rollout_reason, rollout_message = _rollout_state(rollouts)
+    stuck = [name for name, r in rollouts.items() if r is not None and r.stuck]
+    if stuck:
+        problems.append(Problem("RolloutStuck", f"Deployment {stuck[0]!r} exceeded its progress deadline"))
+
+    if problems:
+        degraded = _condition("Degraded", True, problems[0].reason, "; ".join(p.message for p in problems), generation)
+    else:
+        degraded = _condition("Degraded", False, "AsExpected", "the Registry is as its spec asks", generation)
+    registry = rollouts.get(ChildNames(spec.name).deployment)
+    if problems:
+        ready = _condition("Ready", False, problems[0].reason, problems[0].message, generation)
+    elif progressing:
+        ready = _condition("Ready", False, rollout_reason, rollout_message, generation)
+    else:
+        ready = _condition("Ready", True, "Available", f"serving at {published.get('endpoint')}", generation)
+    conditions = [ready, _condition("Progressing", progressing, rollout_reason, rollout_message, generation), degraded]
+
+    stamped = _stamp(conditions, (previous or {}).get("conditions") or (), now)
+    status: Obj = {
+        "observedGeneration": generation,
+        "conditions": stamped,
+        "replicas": spec.effective_replicas,
+        "readyReplicas": registry.ready if registry else 0,
+        **{k: v for k, v in published.items() if v is not None},
+    }
+    return status
+
+
+def _stamp(conditions: list[Obj], previous: Sequence[Mapping[str, Any]], now: dt.datetime) -> list[Obj]:
+    """Add `lastTransitionTime`: kept from the previous condition of the same type unless its status changed."""
+    before = {c.get("type"): c for c in previous}
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    out = []
+    for c in conditions:
+        old = before.get(c["type"])
+        same = old is not None and old.get("status") == c["status"] and old.get("lastTransitionTime")
+        out.append({**c, "lastTransitionTime": old["lastTransitionTime"] if same else stamp})
+    return out
+
+
+def transitions(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(event type, reason, message) worth an Event: Ready or Degraded changed status or reason."""
+    before = {c.get("type"): c for c in (previous or {}).get("conditions") or ()}
+    events = []
+    for c in current["conditions"]:
+        old = before.get(c["type"], {})
+        if (old.get("status"), old.get("reason")) == (c["status"], c["reason"]):
+            continue
+        if c["type"] == "Degraded" and c["status"] == "True":
+            events.append(("Warning", c["reason"], c["message"]))
+        elif c["type"] == "Ready" and c["status"] == "True":
+            events.append(("Normal", "Ready", c["message"]))
+    return events

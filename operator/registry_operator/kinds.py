@@ -1,0 +1,23 @@
+"""The resource kinds a Registry owns, mapped to lightkube's resource classes."""
+
+from __future__ import annotations
+
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Secret, Service
+
+from . import names
+
+Registry = create_namespaced_resource(names.GROUP, names.VERSION, names.KIND, names.PLURAL)
+
+CHILD_KINDS = {
+    ("v1", "Secret"): Secret,
+    ("v1", "ConfigMap"): ConfigMap,
+    ("v1", "Service"): Service,
+    ("v1", "PersistentVolumeClaim"): PersistentVolumeClaim,
+    ("apps/v1", "Deployment"): Deployment,
+}
+
+
+def resource(api_version: str, kind: str) -> type:
+    return CHILD_KINDS[(api_version, kind)]

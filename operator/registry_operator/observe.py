@@ -1,0 +1,78 @@
+"""Reading what exists: the Registry's children and every Secret its spec refers to.
+
+All reads of one reconcile happen here, concurrently, by name (a GET is cheap and needs no cache; a missing
+object is simply None). The rest of the pipeline works on the plain dicts this returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lightkube import ApiError, AsyncClient
+
+from .kinds import resource
+from .material import Secrets
+from .names import ChildNames
+from .spec import RegistrySpec
+
+Obj = dict[str, Any]
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Observed:
+    children: Mapping[Key, Obj | None]  # (kind, name) -> live object
+    secrets: Secrets  # name -> decoded data, for material decisions
+
+
+def referenced_secrets(spec: RegistrySpec) -> set[str]:
+    """Secrets the user's spec names (not ours): password Secrets and a user-supplied TLS Secret."""
+    refs = {u.password_ref.name for u in spec.auth.users if u.password_ref}
+    if spec.tls.mode == "Secret" and spec.tls.secret_name:
+        refs.add(spec.tls.secret_name)
+    return refs
+
+
+def _candidates(spec: RegistrySpec) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of everything worth reading for `spec`."""
+    n = ChildNames(spec.name)
+    ours = [n.http_secret, n.htpasswd, n.passwords, n.ca, n.ca_key, n.tls, n.token_signing, n.token_tls]
+    out = [("v1", "Secret", name) for name in sorted(set(ours) | referenced_secrets(spec))]
+    out += [
+        ("v1", "ConfigMap", n.config),
+        ("apps/v1", "Deployment", n.deployment),
+        ("v1", "Service", n.service),
+        ("apps/v1", "Deployment", n.token),
+        ("v1", "Service", n.token),
+        ("v1", "ConfigMap", n.token),
+    ]
+    if spec.storage.claim is not None:
+        out.append(("v1", "PersistentVolumeClaim", n.claim))
+    return out
+
+
+async def _get(client: AsyncClient, api_version: str, kind: str, name: str, namespace: str) -> Obj | None:
+    try:
+        obj = await client.get(resource(api_version, kind), name, namespace=namespace)
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return None
+        raise
+    return obj.to_dict()
+
+
+def decode(secret: Obj) -> dict[str, bytes]:
+    return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+
+
+async def observe(client: AsyncClient, spec: RegistrySpec) -> Observed:
+    wanted = _candidates(spec)
+    found = await asyncio.gather(*(_get(client, av, kind, name, spec.namespace) for av, kind, name in wanted))
+    children = {(kind, name): obj for (_, kind, name), obj in zip(wanted, found, strict=True)}
+    secrets = {name: decode(obj) if obj else None for (kind, name), obj in children.items() if kind == "Secret"}
+    return Observed(children=children, secrets=secrets)
+

@@ -1,0 +1,56 @@
+"""Pure rendering: typed spec + decided material -> the complete list of desired children (plain dicts).
+
+Every function in this package is deterministic: the same inputs give byte-identical objects, which is what
+lets `apply` skip writes on a settled Registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..material import Material
+from ..names import COMPONENT_REGISTRY, COMPONENT_TOKEN, ChildNames
+from ..spec import RegistrySpec
+from . import config, deployment, secrets, storage, token
+from .common import Obj
+from .service import service
+
+
+def desired(spec: RegistrySpec, material: Material, owner: Mapping[str, Any], operator_image: str) -> list[Obj]:
+    """Everything the Registry should own right now, in the order it is safe to create it."""
+    names = ChildNames(spec.name)
+    token_mode = spec.auth.mode == "token"
+    config_text = config.dump(
+        config.render(
+            spec,
+            token_realm=token.realm(spec) if token_mode else None,
+            token_service=token.service_name(spec) if token_mode else None,
+        )
+    )
+    objects = secrets.render(spec, material, owner)
+    claim = storage.claim(spec, owner)
+    if claim:
+        objects.append(claim)
+    objects.append(deployment.config_map(spec, config_text, owner))
+    if token_mode:
+        objects += token.render(spec, material, owner, operator_image)
+        objects.append(service(names.token, owner, COMPONENT_TOKEN, token.PORT, "https"))
+    objects.append(deployment.deployment(spec, material, config_text, owner))
+    svc = spec.service
+    objects.append(service(
+        names.service, owner, COMPONENT_REGISTRY, svc.port, "registry", svc.type, svc.node_port, svc.annotations
+    ))
+    return objects
+
+
+def obsolete(spec: RegistrySpec) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of children an earlier spec may have created that this one must not have.
+
+    Only workloads and their wiring: Secrets (keys, passwords) are kept, so switching a mode back and forth
+    never rotates a CA that clients already trust.
+    """
+    names = ChildNames(spec.name)
+    if spec.auth.mode == "token":
+        return []
+    return [("apps/v1", "Deployment", names.token), ("v1", "Service", names.token), ("v1", "ConfigMap", names.token)]

@@ -1,0 +1,90 @@
+"""The registry's configuration file, complete, for the distribution version that will read it.
+
+The registry silently ignores unknown keys and its image defaults differ between 2.8 and 3.x, so we always
+render every setting we rely on and never lean on a default. This module is the one place where the versions
+differ.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from ..spec import RegistrySpec
+
+PORT = 5000
+DEBUG_PORT = 5001  # metrics, health and pprof: never on the Service
+DRAIN_SECONDS = 25
+
+TLS_DIR = "/etc/registry/tls"
+AUTH_DIR = "/etc/registry/auth"
+TOKEN_DIR = "/etc/registry/token"
+DATA_DIR = "/var/lib/registry"
+TOKEN_ISSUER = "registry-operator-token-service"
+
+
+def config_dir(version: str) -> str:
+    """Where the image looks for its config: the images of 2.8 and 3.x differ."""
+    return "/etc/docker/registry" if version == "2.8" else "/etc/distribution"
+
+
+def config_path(version: str) -> str:
+    return f"{config_dir(version)}/config.yml"
+
+
+def env(spec: RegistrySpec) -> list[dict[str, Any]]:
+    """Plain environment variables the registry needs besides its config file."""
+    if spec.version == "2.8":
+        return []
+    # 3.x exports OpenTelemetry traces to a collector that does not exist unless told not to.
+    return [{"name": "OTEL_TRACES_EXPORTER", "value": "none"}]
+
+
+def render(spec: RegistrySpec, token_realm: str | None = None, token_service: str | None = None) -> dict[str, Any]:
+    """The config as data. `http.secret` is not in it: it comes from a Secret through the environment."""
+    http: dict[str, Any] = {
+        "addr": f":{PORT}",
+        "net": "tcp",
+        "draintimeout": f"{DRAIN_SECONDS}s",
+        "headers": {"X-Content-Type-Options": ["nosniff"]},
+        "debug": {"addr": f":{DEBUG_PORT}", "prometheus": {"enabled": True, "path": "/metrics"}},
+    }
+    if spec.tls_enabled:
+        http["tls"] = {
+            "certificate": f"{TLS_DIR}/tls.crt",
+            "key": f"{TLS_DIR}/tls.key",
+            "minimumtls": "tls1.2",
+        }
+    config: dict[str, Any] = {
+        "version": 0.1,
+        "log": {"level": spec.log_level, "formatter": "text", "accesslog": {"disabled": False}},
+        "storage": {
+            "filesystem": {"rootdirectory": DATA_DIR},
+            "delete": {"enabled": spec.storage.delete_enabled},
+            "cache": {"blobdescriptor": "inmemory"},
+            "maintenance": {
+                "uploadpurging": {"enabled": True, "age": "168h", "interval": "24h", "dryrun": False},
+                "readonly": {"enabled": spec.read_only},
+            },
+        },
+        "http": http,
+        "health": {"storagedriver": {"enabled": True, "interval": "10s", "threshold": 3}},
+    }
+    if spec.auth.mode == "htpasswd":
+        config["auth"] = {"htpasswd": {"realm": spec.name, "path": f"{AUTH_DIR}/htpasswd"}}
+    elif spec.auth.mode == "token":
+        token: dict[str, Any] = {
+            "realm": token_realm,
+            "service": token_service,
+            "issuer": TOKEN_ISSUER,
+            "rootcertbundle": f"{TOKEN_DIR}/tls.crt",
+        }
+        if spec.version != "2.8":
+            token["autoredirect"] = False  # 3.x only: keep the realm we publish, never rewrite it per request
+        config["auth"] = {"token": token}
+    return config
+
+
+def dump(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=True)

@@ -1,0 +1,141 @@
+"""The registry's Deployment and its ConfigMap.
+
+The pod template carries a hash of everything the registry reads only at start (config, TLS certificate,
+token root certificate): a renewed certificate or a config change rolls the pods, while the htpasswd file,
+which the registry re-reads by itself, is left out so adding a user restarts nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .. import names
+from ..material import Material
+from ..names import COMPONENT_REGISTRY, ChildNames
+from ..spec import RegistrySpec
+from . import config as cfg
+from .common import Obj, metadata
+from .pod import (
+    container_security_context,
+    inputs_hash,
+    pod_security_context,
+    resources,
+    scheduling,
+    secret_volume,
+)
+
+TERMINATION_GRACE_SECONDS = cfg.DRAIN_SECONDS + 15
+
+
+def config_map(spec: RegistrySpec, config_text: str, owner: Mapping[str, Any]) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(ChildNames(spec.name).config, owner, COMPONENT_REGISTRY),
+        "data": {"config.yml": config_text},
+    }
+
+
+def _volumes(spec: RegistrySpec, names_: ChildNames) -> tuple[list[Obj], list[Obj]]:
+    """(volumes, mounts) of the registry container."""
+    volumes: list[Obj] = [{"name": "config", "configMap": {"name": names_.config}}]
+    mounts: list[Obj] = [{"name": "config", "mountPath": cfg.config_dir(spec.version), "readOnly": True}]
+    if spec.tls.mode == "SelfSigned":
+        volumes.append(secret_volume("tls", names_.tls, ["tls.crt", "tls.key"]))
+    elif spec.tls.mode == "Secret":
+        volumes.append(secret_volume("tls", spec.tls.secret_name or "", ["tls.crt", "tls.key"]))
+    if spec.tls_enabled:
+        mounts.append({"name": "tls", "mountPath": cfg.TLS_DIR, "readOnly": True})
+    if spec.auth.mode == "htpasswd":
+        volumes.append(secret_volume("auth", names_.htpasswd, ["htpasswd"]))
+        mounts.append({"name": "auth", "mountPath": cfg.AUTH_DIR, "readOnly": True})
+    elif spec.auth.mode == "token":
+        volumes.append(secret_volume("token", names_.token_signing, ["tls.crt"]))
+        mounts.append({"name": "token", "mountPath": cfg.TOKEN_DIR, "readOnly": True})
+    if spec.storage.claim is not None:
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": names_.claim}})
+    else:
+        empty: Obj = {"sizeLimit": spec.storage.empty_dir_size_limit} if spec.storage.empty_dir_size_limit else {}
+        volumes.append({"name": "data", "emptyDir": empty})
+    mounts.append({"name": "data", "mountPath": cfg.DATA_DIR})
+    volumes.append({"name": "tmp", "emptyDir": {}})
+    mounts.append({"name": "tmp", "mountPath": "/tmp"})
+    return volumes, mounts
+
+
+def _probe(spec: RegistrySpec, period: int, failures: int) -> Obj:
+    # `GET /` answers 200 without credentials unless a health check fails.
+    scheme = "HTTPS" if spec.tls_enabled else "HTTP"
+    return {
+        "httpGet": {"path": "/", "port": "registry", "scheme": scheme},
+        "periodSeconds": period,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    }
+
+
+def _strategy(spec: RegistrySpec) -> Obj:
+    if spec.storage.claim is not None and not spec.storage.shared:
+        # A ReadWriteOnce claim cannot be attached to the old and the new pod at once.
+        return {"type": "Recreate"}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+
+
+def deployment(spec: RegistrySpec, material: Material, config_text: str, owner: Mapping[str, Any]) -> Obj:
+    names_ = ChildNames(spec.name)
+    volumes, mounts = _volumes(spec, names_)
+    restart_inputs = [config_text, material.serving_cert_pem or b""]
+    if material.token_signing:
+        restart_inputs.append(material.token_signing.cert_pem)
+    template_annotations = {**spec.pod_annotations, names.POD_INPUTS_HASH: inputs_hash(restart_inputs)}
+    container: Obj = {
+        "name": "registry",
+        "image": spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["registry"],
+        "args": ["serve", cfg.config_path(spec.version)],
+        "env": [
+            {
+                "name": "REGISTRY_HTTP_SECRET",
+                "valueFrom": {"secretKeyRef": {"name": names_.http_secret, "key": "secret"}},
+            },
+            *cfg.env(spec),
+        ],
+        "ports": [
+            {"name": "registry", "containerPort": cfg.PORT, "protocol": "TCP"},
+            {"name": "debug", "containerPort": cfg.DEBUG_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": _probe(spec, period=5, failures=3),
+        "livenessProbe": _probe(spec, period=10, failures=6),
+        "resources": resources(spec),
+        "securityContext": container_security_context(),
+        "volumeMounts": mounts,
+    }
+    selector = names.selector(spec.name, COMPONENT_REGISTRY)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(names_.deployment, owner, COMPONENT_REGISTRY),
+        "spec": {
+            "replicas": spec.effective_replicas,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": selector},
+            "strategy": _strategy(spec),
+            "template": {
+                "metadata": {
+                    "labels": {**spec.pod_labels, **names.labels(spec.name, COMPONENT_REGISTRY)},
+                    "annotations": template_annotations,
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                    "securityContext": pod_security_context(),
+                    "containers": [container],
+                    "volumes": volumes,
+                    **scheduling(spec),
+                },
+            },
+        },
+    }

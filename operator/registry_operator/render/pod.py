@@ -1,0 +1,70 @@
+"""What every pod we run shares: a hardened security context, Secret volumes, scheduling from the spec.
+
+Both the registry and the token service run with no privileges, a read-only root filesystem and no
+service-account token: neither talks to the Kubernetes API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+from ..spec import RegistrySpec
+
+RUN_AS = 1000
+SECRET_MODE = 0o440  # readable by the pod's group (fsGroup), nobody else
+
+DEFAULT_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
+
+
+def inputs_hash(parts: Iterable[str | bytes]) -> str:
+    """A digest of what a process reads only at start; put on the pod template so a change rolls the pods."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def secret_volume(name: str, secret: str, keys: Iterable[str] | None = None) -> dict[str, Any]:
+    """A Secret mounted as a directory (never subPath: subPath mounts are not updated by the kubelet)."""
+    source: dict[str, Any] = {"secretName": secret, "defaultMode": SECRET_MODE}
+    if keys is not None:
+        source["items"] = [{"key": k, "path": k} for k in keys]
+    return {"name": name, "secret": source}
+
+
+def scheduling(spec: RegistrySpec) -> dict[str, Any]:
+    """Pod-spec fields the user controls; empty ones are left out so the API server's defaults stay ours."""
+    out: dict[str, Any] = {}
+    if spec.node_selector:
+        out["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        out["tolerations"] = [dict(t) for t in spec.tolerations]
+    if spec.affinity:
+        out["affinity"] = dict(spec.affinity)
+    return out
+
+
+def resources(spec: RegistrySpec) -> dict[str, Any]:
+    return dict(spec.resources) if spec.resources else DEFAULT_RESOURCES

@@ -1,0 +1,43 @@
+"""The Secrets a Registry owns, rendered from decided material (no randomness here)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..material import Material
+from ..names import COMPONENT_REGISTRY, COMPONENT_TOKEN, ChildNames
+from ..pki import KeyPair
+from ..spec import RegistrySpec
+from .common import Obj, secret
+
+TLS_TYPE = "kubernetes.io/tls"
+
+
+def render(spec: RegistrySpec, material: Material, owner: Mapping[str, Any]) -> list[Obj]:
+    names = ChildNames(spec.name)
+
+    def opaque(name: str, data: Mapping[str, str | bytes], component: str = COMPONENT_REGISTRY) -> Obj:
+        return secret(name, owner, component, data)
+
+    def tls(name: str, pair: KeyPair, component: str = COMPONENT_REGISTRY, ca: bytes | None = None) -> Obj:
+        data = {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem, **({"ca.crt": ca} if ca else {})}
+        return secret(name, owner, component, data, TLS_TYPE)
+
+    out = [opaque(names.http_secret, {"secret": material.http_secret})]
+    if spec.auth.mode != "none":
+        out.append(opaque(names.htpasswd, {"htpasswd": material.htpasswd}))
+    if material.passwords:
+        out.append(opaque(names.passwords, dict(material.passwords)))
+    if material.client_ca_pem:
+        out.append(opaque(names.ca, {"ca.crt": material.client_ca_pem}))
+    ca = material.ca
+    if ca:
+        out.append(tls(names.ca_key, ca))
+    if material.server and ca:
+        out.append(tls(names.tls, material.server, ca=ca.cert_pem))
+    if material.token_signing:
+        out.append(tls(names.token_signing, material.token_signing, COMPONENT_TOKEN))
+    if material.token_tls and ca:
+        out.append(tls(names.token_tls, material.token_tls, COMPONENT_TOKEN, ca=ca.cert_pem))
+    return out

@@ -1,0 +1,137 @@
+"""The token service ("index") of a `auth.mode: token` Registry: its ConfigMap, Deployment and Service.
+
+It runs the operator's own image with a dedicated entry point (`python -m registry_operator.token`). Users,
+groups and rules reach it through mounted files that it re-reads on change, so editing them restarts nothing;
+its TLS certificate and the signing certificate are part of the pod-template hash, so rotating them rolls it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .. import names
+from ..material import Material
+from ..names import COMPONENT_TOKEN, ChildNames
+from ..spec import RegistrySpec
+from . import config as cfg
+from .common import Obj, metadata
+from .pod import container_security_context, inputs_hash, pod_security_context, scheduling, secret_volume
+
+PORT = 5001
+CONFIG_DIR = "/etc/registry-token/config"
+AUTH_DIR = "/etc/registry-token/auth"
+SIGNING_DIR = "/etc/registry-token/signing"
+TLS_DIR = "/etc/registry-token/tls"
+RESOURCES = {"requests": {"cpu": "20m", "memory": "48Mi"}, "limits": {"memory": "256Mi"}}
+
+
+def service_name(spec: RegistrySpec) -> str:
+    """The `service` both the registry and the tokens name: the registry's in-cluster host."""
+    return f"{spec.name}.{spec.namespace}.svc"
+
+
+def realm(spec: RegistrySpec) -> str:
+    """Where clients fetch tokens: the user's override (an Ingress, a NodePort) or the in-cluster Service."""
+    if spec.auth.token_realm:
+        return spec.auth.token_realm
+    scheme = "https" if spec.tls_enabled else "http"
+    return f"{scheme}://{ChildNames(spec.name).token}.{spec.namespace}.svc:{PORT}/token"
+
+
+def service_config(spec: RegistrySpec) -> dict[str, Any]:
+    """The token service's config file (see `registry_operator.token`): no secrets, only paths to them."""
+    config: dict[str, Any] = {
+        "listen": f"0.0.0.0:{PORT}",
+        "issuer": cfg.TOKEN_ISSUER,
+        "service": service_name(spec),
+        "ttlSeconds": spec.auth.token_ttl_seconds,
+        "algorithm": spec.auth.token_algorithm,
+        "htpasswdPath": f"{AUTH_DIR}/htpasswd",
+        "signingKeyPath": f"{SIGNING_DIR}/tls.key",
+        "signingCertPath": f"{SIGNING_DIR}/tls.crt",
+        "groups": {name: list(members) for name, members in spec.auth.groups.items()},
+        "access": [
+            {
+                "users": list(r.users),
+                "groups": list(r.groups),
+                "anonymous": r.anonymous,
+                "repositories": list(r.repositories),
+                "catalog": r.catalog,
+                "actions": list(r.actions),
+            }
+            for r in spec.auth.access
+        ],
+    }
+    if spec.tls_enabled:
+        config["tlsCertPath"] = f"{TLS_DIR}/tls.crt"
+        config["tlsKeyPath"] = f"{TLS_DIR}/tls.key"
+    return config
+
+
+def render(spec: RegistrySpec, material: Material, owner: Mapping[str, Any], image: str) -> list[Obj]:
+    names_ = ChildNames(spec.name)
+    config_text = json.dumps(service_config(spec), indent=2, sort_keys=True)
+    volumes: list[Obj] = [
+        {"name": "config", "configMap": {"name": names_.token}},
+        secret_volume("auth", names_.htpasswd, ["htpasswd"]),
+        secret_volume("signing", names_.token_signing, ["tls.crt", "tls.key"]),
+    ]
+    mounts: list[Obj] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "auth", "mountPath": AUTH_DIR, "readOnly": True},
+        {"name": "signing", "mountPath": SIGNING_DIR, "readOnly": True},
+    ]
+    restart_inputs: list[bytes] = [material.token_signing.cert_pem if material.token_signing else b""]
+    if spec.tls_enabled:
+        volumes.append(secret_volume("tls", names_.token_tls, ["tls.crt", "tls.key"]))
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        restart_inputs.append(material.token_tls.cert_pem if material.token_tls else b"")
+    scheme = "HTTPS" if spec.tls_enabled else "HTTP"
+    probe = {"httpGet": {"path": "/healthz", "port": "https", "scheme": scheme}, "periodSeconds": 10}
+    container: Obj = {
+        "name": "token-service",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", "registry_operator.token"],
+        "args": ["--config", f"{CONFIG_DIR}/config.json"],
+        "ports": [{"name": "https", "containerPort": PORT, "protocol": "TCP"}],
+        "readinessProbe": probe,
+        "livenessProbe": {**probe, "failureThreshold": 6},
+        "resources": RESOURCES,
+        "securityContext": container_security_context(),
+        "volumeMounts": mounts,
+    }
+    deployment: Obj = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(names_.token, owner, COMPONENT_TOKEN),
+        "spec": {
+            "replicas": 1,
+            "revisionHistoryLimit": 3,
+            "selector": {"matchLabels": names.selector(spec.name, COMPONENT_TOKEN)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": names.labels(spec.name, COMPONENT_TOKEN),
+                    "annotations": {names.POD_INPUTS_HASH: inputs_hash(restart_inputs)},
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": pod_security_context(),
+                    "containers": [container],
+                    "volumes": volumes,
+                    **scheduling(spec),
+                },
+            },
+        },
+    }
+    config_map: Obj = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(names_.token, owner, COMPONENT_TOKEN),
+        "data": {"config.json": config_text},
+    }
+    return [config_map, deployment]

@@ -1,0 +1,219 @@
+"""A typed, defaulted view of a Registry's `spec`.
+
+The CRD schema already applies defaults and rejects malformed input, but the operator must not trust that
+alone: objects created before a schema change, or a schema without defaults on an old API server, still reach
+us. So every default lives here too, once, and the rest of the pipeline reads plain attributes instead of
+chains of `.get()`.
+
+Only rules that the schema cannot express (they depend on other objects, or on which combination is sane at
+runtime) are checked later, in `material` and `conditions`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# Pinned images: a Registry never floats to whatever `registry:3` means today.
+IMAGES = {"3": "registry:3.1.2", "2.8": "registry:2.8.3"}
+DEFAULT_VERSION = "3"
+DEFAULT_PORT = 5000
+DEFAULT_TOKEN_TTL = "5m"
+MIN_TOKEN_TTL_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    key: str = "password"
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password_ref: SecretKeyRef | None  # None: the operator generates and keeps a password.
+
+
+@dataclass(frozen=True)
+class AccessRule:
+    users: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    anonymous: bool = False
+    repositories: tuple[str, ...] = ()
+    catalog: bool = False
+    actions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Auth:
+    mode: str = "htpasswd"  # htpasswd | token | none
+    users: tuple[User, ...] = ()
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    access: tuple[AccessRule, ...] = ()
+    token_ttl_seconds: int = 300
+    token_algorithm: str = "ES256"
+    token_realm: str | None = None
+
+
+@dataclass(frozen=True)
+class TLS:
+    mode: str = "SelfSigned"  # SelfSigned | Secret | Disabled
+    secret_name: str | None = None
+    dns_names: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Claim:
+    size: str = "10Gi"
+    storage_class: str | None = None
+    access_modes: tuple[str, ...] = ("ReadWriteOnce",)
+    reclaim_policy: str = "Retain"  # Retain | Delete
+
+
+@dataclass(frozen=True)
+class Storage:
+    claim: Claim | None = None  # None: emptyDir
+    empty_dir_size_limit: str | None = None
+    delete_enabled: bool = False
+
+    @property
+    def shared(self) -> bool:
+        """Whether several pods may use this storage at once (only a ReadWriteMany claim)."""
+        return self.claim is not None and "ReadWriteMany" in self.claim.access_modes
+
+
+@dataclass(frozen=True)
+class Service:
+    type: str = "ClusterIP"
+    port: int = DEFAULT_PORT
+    node_port: int | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RegistrySpec:
+    name: str
+    namespace: str
+    version: str = DEFAULT_VERSION
+    image: str = IMAGES[DEFAULT_VERSION]
+    replicas: int = 1
+    read_only: bool = False
+    log_level: str = "info"
+    storage: Storage = field(default_factory=Storage)
+    service: Service = field(default_factory=Service)
+    tls: TLS = field(default_factory=TLS)
+    auth: Auth = field(default_factory=Auth)
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] = field(default_factory=dict)
+    pod_annotations: Mapping[str, str] = field(default_factory=dict)
+    pod_labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def effective_replicas(self) -> int:
+        """Replicas that can actually share the storage: one unless the claim is ReadWriteMany.
+
+        Two pods on one emptyDir each see their own blobs, and a ReadWriteOnce claim cannot attach to two
+        nodes: both silently break pulls or deadlock a rollout, so we run one and say why in a condition.
+        """
+        return self.replicas if self.storage.shared else 1
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls.mode != "Disabled"
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
+
+
+def parse_duration(text: str) -> int:
+    """Seconds in a Go-style duration such as `5m`, `1h30m` or `90s` (the format the CRD documents)."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a duration: {text!r}")
+    scale = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return int(sum(float(n) * scale[u] for n, u in parts))
+
+
+def _user(raw: Mapping[str, Any]) -> User:
+    ref = raw.get("passwordSecretRef")
+    return User(
+        name=raw["name"],
+        password_ref=SecretKeyRef(ref["name"], ref.get("key") or "password") if ref else None,
+    )
+
+
+def _rule(raw: Mapping[str, Any]) -> AccessRule:
+    return AccessRule(
+        users=tuple(raw.get("users") or ()),
+        groups=tuple(raw.get("groups") or ()),
+        anonymous=bool(raw.get("anonymous", False)),
+        repositories=tuple(raw.get("repositories") or ()),
+        catalog=bool(raw.get("catalog", False)),
+        actions=tuple(raw.get("actions") or ()),
+    )
+
+
+def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistrySpec:
+    """Build the typed spec, applying the same defaults as the CRD schema."""
+    raw = raw or {}
+    version = str(raw.get("version") or DEFAULT_VERSION)
+    auth_raw = raw.get("auth") or {}
+    tls_raw = raw.get("tls") or {}
+    storage_raw = raw.get("storage") or {}
+    service_raw = raw.get("service") or {}
+    claim_raw = storage_raw.get("persistentVolumeClaim")
+    return RegistrySpec(
+        name=name,
+        namespace=namespace,
+        version=version,
+        image=raw.get("image") or IMAGES.get(version, IMAGES[DEFAULT_VERSION]),
+        replicas=int(raw.get("replicas", 1)),
+        read_only=bool(raw.get("readOnly", False)),
+        log_level=raw.get("logLevel") or "info",
+        storage=Storage(
+            claim=Claim(
+                size=claim_raw.get("size") or "10Gi",
+                storage_class=claim_raw.get("storageClassName"),
+                access_modes=tuple(claim_raw.get("accessModes") or ("ReadWriteOnce",)),
+                reclaim_policy=claim_raw.get("reclaimPolicy") or "Retain",
+            )
+            if claim_raw is not None
+            else None,
+            empty_dir_size_limit=(storage_raw.get("emptyDir") or {}).get("sizeLimit"),
+            delete_enabled=bool(storage_raw.get("deleteEnabled", False)),
+        ),
+        service=Service(
+            type=service_raw.get("type") or "ClusterIP",
+            port=int(service_raw.get("port") or DEFAULT_PORT),
+            node_port=service_raw.get("nodePort"),
+            annotations=dict(service_raw.get("annotations") or {}),
+        ),
+        tls=TLS(
+            mode=tls_raw.get("mode") or "SelfSigned",
+            secret_name=tls_raw.get("secretName"),
+            dns_names=tuple(tls_raw.get("dnsNames") or ()),
+            ip_addresses=tuple(tls_raw.get("ipAddresses") or ()),
+        ),
+        auth=Auth(
+            mode=auth_raw.get("mode") or "htpasswd",
+            users=tuple(_user(u) for u in auth_raw.get("users") or ()),
+            groups={g["name"]: tuple(g.get("users") or ()) for g in auth_raw.get("groups") or ()},
+            access=tuple(_rule(r) for r in auth_raw.get("access") or ()),
+            token_ttl_seconds=max(
+                MIN_TOKEN_TTL_SECONDS, parse_duration(auth_raw.get("tokenTTL") or DEFAULT_TOKEN_TTL)
+            ),
+            token_algorithm=auth_raw.get("tokenAlgorithm") or "ES256",
+            token_realm=auth_raw.get("tokenRealm"),
+        ),
+        resources=dict(raw.get("resources") or {}),
+        node_selector=dict(raw.get("nodeSelector") or {}),
+        tolerations=tuple(raw.get("tolerations") or ()),
+        affinity=dict(raw.get("affinity") or {}),
+        pod_annotations=dict(raw.get("podAnnotations") or {}),
+        pod_labels=dict(raw.get("podLabels") or {}),
+    )
