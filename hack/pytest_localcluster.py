@@ -1,0 +1,487 @@
+"""pytest plugin: a Kubernetes cluster for the integration and e2e tests, and the operator running against it.
+
+Registered for the whole test tree by tests/conftest.py (``pytest_plugins``), so tests/integration and
+tests/e2e share ONE session-scoped control plane. Importing this module costs nothing (standard library only);
+a cluster starts only when a test asks for one of the fixtures below.
+
+Fixtures (scope):
+  cluster (session)        localcluster.Cluster: .kubeconfig, .kubectl(*args, input=, check=), .apply(yaml),
+                           .install_crds(), .create_token(ns, sa), .token_kubeconfig(path, ns, sa); a
+                           LocalCluster started here unless --kubeconfig / --cluster=kind is given
+  kubeconfig (session)     str path of the admin kubeconfig
+  kube_client (session)    lightkube.Client (sync) on that kubeconfig
+  async_kube_client        lightkube.AsyncClient (function scope); use it inside one event loop
+  namespace                str name of a fresh namespace (its default ServiceAccount exists), deleted after
+  wait_for                 wait_for(check, timeout=30, what=..., interval=0.2): poll until truthy
+  operator_factory         start(kubeconfig=None, args=None, env=None, ready_timeout=60) -> OperatorProcess
+  operator                 OperatorProcess: `python -m registry_operator --all-namespaces`, admin kubeconfig,
+                           ready when kopf serves its liveness endpoint
+  operator_rbac_kubeconfig (session) str path of a kubeconfig with a TokenRequest token of the operator's
+                           ServiceAccount, after applying the RBAC objects of manifests/
+  operator_with_rbac       OperatorProcess running with operator_rbac_kubeconfig
+
+Options (tests/conftest.py registers them): --cluster=local|kubeconfig|kind, --kubeconfig=PATH,
+--allowed-contexts=PATTERN[,PATTERN], --cluster-nodes=N, --keep-cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HACK = Path(__file__).resolve().parent
+if str(HACK) not in sys.path:
+    sys.path.insert(0, str(HACK))
+
+import localcluster  # noqa: E402  (standard library only at import time)
+
+REPO = localcluster.REPO
+DEFAULT_ALLOWED_CONTEXTS = "registry-operator-local,kind-*,kwok-*"
+OPERATOR_NAMESPACE = "registry-operator-system"
+OPERATOR_SERVICE_ACCOUNT = "registry-operator"
+RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+TEST_NAMESPACE_LABEL = "registry-operator.test/session"
+
+# One cluster per pytest process, whichever conftest asks first.
+_SESSION: dict[str, object] = {}
+_report_key = pytest.StashKey[dict]()
+
+
+# ----------------------------------------------------------------------------------------------- options
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("registry-operator cluster", "Kubernetes cluster for integration/e2e tests")
+    group.addoption(
+        "--cluster",
+        choices=("local", "kubeconfig", "kind"),
+        default=None,
+        help="local: start etcd+kube-apiserver+controllers+kwok on 127.0.0.1 from hack/build's binaries "
+        "(default); kubeconfig: use --kubeconfig; kind: a kind cluster through pytest-kind (needs Docker)",
+    )
+    group.addoption(
+        "--kubeconfig",
+        default=None,
+        metavar="PATH",
+        help="run against an existing cluster; its current context must match --allowed-contexts",
+    )
+    group.addoption(
+        "--allowed-contexts",
+        default=DEFAULT_ALLOWED_CONTEXTS,
+        metavar="PATTERNS",
+        help=f"comma-separated fnmatch patterns of kubeconfig contexts the tests may touch "
+        f"(default: {DEFAULT_ALLOWED_CONTEXTS})",
+    )
+    group.addoption("--cluster-nodes", type=int, default=1, help="kwok fake nodes of the local cluster")
+    group.addoption(
+        "--keep-cluster",
+        action="store_true",
+        help="leave the local control plane running after the session (it is then detached; stop it with "
+        "`hack/cluster --workdir DIR down`)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "integration: needs the local control plane (hack/cluster)")
+    config.addinivalue_line("markers", "e2e: runs the real registry and real clients")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests under tests/integration and tests/e2e get their marker automatically, so
+    `-m "not integration and not e2e"` selects exactly the unit tests."""
+    for item in items:
+        parts = Path(str(item.path)).parts
+        if "tests" in parts:
+            sub = parts[parts.index("tests") + 1 : parts.index("tests") + 2]
+            if sub == ("integration",):
+                item.add_marker(pytest.mark.integration)
+            elif sub == ("e2e",):
+                item.add_marker(pytest.mark.e2e)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    item.stash.setdefault(_report_key, {})[report.when] = report
+    return report
+
+
+def _test_failed(request: pytest.FixtureRequest) -> bool:
+    reports = request.node.stash.get(_report_key, {})
+    return any(r.failed for r in reports.values())
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    info = _SESSION.get("summary")
+    if info:
+        terminalreporter.write_sep("-", "local control plane")
+        terminalreporter.write_line(str(info))
+
+
+# ----------------------------------------------------------------------------------------------- cluster
+
+
+def _start_local(
+    config: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+) -> localcluster.LocalCluster:
+    keep = config.getoption("--keep-cluster")
+    workdir = tmp_path_factory.mktemp("cluster", numbered=True)
+    try:
+        binaries = localcluster.Binaries.locate()
+    except localcluster.BinariesMissing as e:
+        pytest.fail(
+            f"{e}\n(Integration tests need it; deselect them with -m 'not integration and not e2e'.)",
+            pytrace=False,
+        )
+    cluster = localcluster.LocalCluster(
+        workdir, nodes=config.getoption("--cluster-nodes"), binaries=binaries, detach=keep
+    )
+    try:
+        cluster.start()
+    except localcluster.ClusterError as e:
+        pytest.fail(f"the local control plane did not start: {e}\nlogs: {cluster.logs}", pytrace=False)
+    rss = ", ".join(f"{n} {v / 2**20:.0f} MiB" for n, v in cluster.rss().items() if v)
+    _SESSION["summary"] = (
+        f"started in {cluster.timings.steps.get('total', 0):.1f}s ({cluster.timings}); "
+        f"RSS after start: {rss}; workdir {workdir}"
+    )
+    return cluster
+
+
+def _external(config: pytest.Config, kubeconfig: str) -> localcluster.Cluster:
+    cluster = localcluster.Cluster(kubeconfig)
+    context = cluster.current_context()
+    allowed = [p.strip() for p in config.getoption("--allowed-contexts").split(",") if p.strip()]
+    if not localcluster.context_allowed(context, allowed):
+        pytest.exit(
+            f"refusing to run tests against context {context!r} of {kubeconfig}: it does not match "
+            f"--allowed-contexts={','.join(allowed)}",
+            returncode=4,
+        )
+    cluster.install_crds(REPO / "crds")
+    return cluster
+
+
+def _start_kind(config: pytest.Config) -> tuple[localcluster.Cluster, Callable[[], None]]:
+    docker = shutil.which("docker")
+    if not docker or subprocess.run([docker, "info"], capture_output=True).returncode != 0:
+        pytest.skip(
+            "--cluster=kind needs a working Docker daemon, which this machine does not have "
+            "(use the default --cluster=local)"
+        )
+    try:
+        from pytest_kind import KindCluster
+    except ImportError:
+        pytest.skip("--cluster=kind needs pytest-kind: pip install -e '.[kind]'")
+    kind = KindCluster("registry-operator")
+    kind.create()
+    cluster = localcluster.Cluster(str(kind.kubeconfig_path))
+    cluster.install_crds(REPO / "crds")
+    return cluster, (lambda: None if config.getoption("--keep-cluster") else kind.delete())
+
+
+@pytest.fixture(scope="session")
+def cluster(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """The session's cluster (see module docstring); started once per pytest process."""
+    if "cluster" in _SESSION:
+        yield _SESSION["cluster"]
+        return
+    mode = pytestconfig.getoption("--cluster")
+    kubeconfig = pytestconfig.getoption("--kubeconfig")
+    if mode is None:
+        mode = "kubeconfig" if kubeconfig else "local"
+    cleanup: Callable[[], None] = lambda: None  # noqa: E731
+    if mode == "kubeconfig":
+        if not kubeconfig:
+            raise pytest.UsageError("--cluster=kubeconfig needs --kubeconfig=PATH")
+        c = _external(pytestconfig, kubeconfig)
+    elif mode == "kind":
+        c, cleanup = _start_kind(pytestconfig)
+    else:
+        c = _start_local(pytestconfig, tmp_path_factory)
+        if not pytestconfig.getoption("--keep-cluster"):
+            cleanup = c.stop
+        else:
+            c.save_state()
+    _SESSION["cluster"] = c
+    try:
+        yield c
+    finally:
+        _SESSION.pop("cluster", None)
+        cleanup()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(cluster) -> str:
+    return str(cluster.kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def kube_client(kubeconfig: str):
+    """lightkube.Client (sync) with the admin kubeconfig."""
+    from lightkube import Client, KubeConfig
+
+    client = Client(KubeConfig.from_file(kubeconfig), field_manager="registry-operator-tests")
+    yield client
+    with contextlib.suppress(Exception):
+        client._client._client.close()
+
+
+@pytest.fixture
+def async_kube_client(kubeconfig: str):
+    """lightkube.AsyncClient with the admin kubeconfig. Use it inside one event loop (asyncio.run(...) in the
+    test, or an async test plugin)."""
+    import asyncio
+
+    from lightkube import AsyncClient, KubeConfig
+
+    client = AsyncClient(KubeConfig.from_file(kubeconfig), field_manager="registry-operator-tests")
+    yield client
+    with contextlib.suppress(Exception):
+        asyncio.run(client.close())
+
+
+def _namespace_name(request: pytest.FixtureRequest) -> str:
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-") or "test"
+    return f"t-{base}-{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def namespace(cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for this test (its `default` ServiceAccount exists); deleted afterwards (not waited
+    for). Pass --keep-cluster to keep failed tests' namespaces for inspection."""
+    name = _namespace_name(request)
+    cluster.apply(
+        f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"
+        f"  labels:\n    {TEST_NAMESPACE_LABEL}: '{os.getpid()}'\n"
+    )
+    localcluster.wait_until(
+        lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+        30,
+        f"ServiceAccount default in namespace {name}",
+        interval=0.2,
+    )
+    yield name
+    if _test_failed(request) and request.config.getoption("--keep-cluster"):
+        return
+    cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def wait_for() -> Callable[..., Any]:
+    """wait_for(check, timeout=30, what="condition", interval=0.2): poll until check() returns something
+    truthy (exceptions count as "not yet") and return it; on timeout AssertionError with the last error."""
+
+    def wait(check: Callable[[], Any], timeout: float = 30, what: str = "condition", interval: float = 0.2):
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while True:
+            try:
+                value = check()
+                if value:
+                    return value
+            except Exception as e:  # noqa: BLE001 - keep polling, report the last error
+                last = e
+            if time.monotonic() > deadline:
+                detail = f": last error {last!r}" if last else ""
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
+            time.sleep(interval)
+
+    return wait
+
+
+# ----------------------------------------------------------------------------------------------- operator
+
+
+class OperatorProcess:
+    """The operator as a subprocess (`python -m registry_operator ...`), output in a log file."""
+
+    def __init__(self, args: Sequence[str], env: dict[str, str], log_path: Path):
+        self.args = list(args)
+        self.log_path = log_path
+        self.liveness_url: str | None = None
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            self.args,
+            env=env,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=localcluster._set_pdeathsig,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def assert_running(self) -> None:
+        if not self.running():
+            raise AssertionError(
+                f"the operator exited with code {self.returncode}; its log:\n"
+                f"{localcluster.log_tail(self.log_path, 60)}"
+            )
+
+    def wait_for_log(self, pattern: str, timeout: float = 30) -> re.Match:
+        """Wait until a line of the operator's output matches the regex; fails when it exits first."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            m = rx.search(self.log())
+            if m:
+                return m
+            self.assert_running()
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"no operator log line matched {pattern!r} within {timeout}s; log tail:\n"
+                    f"{localcluster.log_tail(self.log_path, 60)}"
+                )
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 10) -> int | None:
+        """SIGTERM (kopf shuts down gracefully), then SIGKILL after timeout. Returns the exit code."""
+        if self.running():
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+        self._log.close()
+        return self.returncode
+
+
+def _wait_liveness(proc: OperatorProcess, url: str, timeout: float) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        proc.assert_running()
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"the operator did not serve {url} within {timeout}s; log tail:\n"
+                f"{localcluster.log_tail(proc.log_path, 60)}"
+            )
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def operator_factory(cluster, request: pytest.FixtureRequest, tmp_path: Path):
+    """Start operator processes:
+
+        factory(kubeconfig=None, args=None, env=None, ready_timeout=60) -> OperatorProcess
+
+    Runs `python -m registry_operator --all-namespaces --liveness=http://127.0.0.1:<free port>/healthz` with
+    KUBECONFIG set (admin kubeconfig unless given) and waits until kopf serves that liveness endpoint (kopf
+    starts it once its startup handlers and login are done). `args` replaces `--all-namespaces` (e.g.
+    ["--namespace", ns]); the liveness flag is always added. All processes are stopped after the test; when
+    the test failed their logs are printed (shown as captured teardown output)."""
+    started: list[OperatorProcess] = []
+
+    def start(
+        kubeconfig: str | Path | None = None,
+        args: Sequence[str] | None = None,
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 60,
+    ) -> OperatorProcess:
+        full_env = dict(os.environ)
+        pythonpath = [str(REPO / "operator")] + [
+            p for p in full_env.get("PYTHONPATH", "").split(os.pathsep) if p
+        ]
+        full_env.update(
+            {
+                "KUBECONFIG": str(kubeconfig or cluster.kubeconfig),
+                "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": os.pathsep.join(pythonpath),
+            }
+        )
+        full_env.update(env or {})
+        port = localcluster.pick_free_ports(["operator-liveness"])["operator-liveness"]
+        url = f"http://127.0.0.1:{port}/healthz"
+        scope = list(args) if args is not None else ["--all-namespaces"]
+        cmd = [sys.executable, "-m", "registry_operator", *scope, f"--liveness={url}"]
+        proc = OperatorProcess(cmd, full_env, tmp_path / f"operator-{len(started)}.log")
+        proc.liveness_url = url
+        started.append(proc)
+        _wait_liveness(proc, url, ready_timeout)
+        return proc
+
+    yield start
+    failed = _test_failed(request)
+    for proc in started:
+        proc.stop()
+        if failed:
+            sys.stderr.write(
+                f"----- operator log ({proc.log_path}) -----\n{localcluster.log_tail(proc.log_path, 200)}\n"
+            )
+
+
+@pytest.fixture
+def operator(operator_factory) -> OperatorProcess:
+    """The operator (`python -m registry_operator --all-namespaces`) with the admin kubeconfig."""
+    return operator_factory()
+
+
+@pytest.fixture(scope="session")
+def operator_rbac_kubeconfig(cluster, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Apply the Namespace/ServiceAccount/(Cluster)Role(Binding)s of manifests/ (rendered with
+    `kubectl kustomize` when there is a kustomization) and return a kubeconfig carrying a TokenRequest token
+    of the operator's ServiceAccount, so missing or excessive permissions show up in tests."""
+    manifest_dir = REPO / "manifests"
+    objs = cluster.render_manifests(manifest_dir) if manifest_dir.is_dir() else []
+    rbac = [o for o in objs if o.get("kind") in RBAC_KINDS]
+    accounts = [o for o in rbac if o.get("kind") == "ServiceAccount"]
+    if not accounts:
+        pytest.fail(
+            f"{manifest_dir} has no ServiceAccount (expected {OPERATOR_SERVICE_ACCOUNT} in "
+            f"{OPERATOR_NAMESPACE})",
+            pytrace=False,
+        )
+    sa = next((a for a in accounts if a["metadata"]["name"] == OPERATOR_SERVICE_ACCOUNT), accounts[0])
+    sa_name = sa["metadata"]["name"]
+    sa_ns = sa["metadata"].get("namespace", OPERATOR_NAMESPACE)
+    import yaml
+
+    # Namespaces first: the namespaced objects need them.
+    rbac.sort(key=lambda o: o["kind"] != "Namespace")
+    cluster.apply(yaml.safe_dump_all(rbac))
+    path = tmp_path_factory.mktemp("operator-rbac") / "kubeconfig"
+    cluster.token_kubeconfig(path, sa_ns, sa_name)
+    return str(path)
+
+
+@pytest.fixture
+def operator_with_rbac(operator_factory, operator_rbac_kubeconfig: str) -> OperatorProcess:
+    """The operator authenticated as its own ServiceAccount (RBAC from manifests/)."""
+    return operator_factory(kubeconfig=operator_rbac_kubeconfig)
