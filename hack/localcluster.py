@@ -51,6 +51,9 @@ NODE_ANNOTATION = "kwok.x-k8s.io/node"
 SERVICE_CIDR = "10.0.0.0/24"
 POD_CIDR = "10.244.0.0/16"
 FIELD_MANAGER = "registry-operator-hack"
+OPERATOR_NAMESPACE = "registry-operator-system"
+OPERATOR_SERVICE_ACCOUNT = "registry-operator"
+RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 # Components in start order; stop() goes the other way.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -354,9 +357,7 @@ def _write_pki(pki: Path) -> None:
             .not_valid_after(now + years)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         )
         if sans:
             b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -384,9 +385,7 @@ def _write_pki(pki: Path) -> None:
     sa_key = key()
     write_key("sa.key", sa_key)
     (pki / "sa.pub").write_bytes(
-        sa_key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        sa_key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
 
 
@@ -407,9 +406,7 @@ def kubeconfig_dict(server: str, ca_pem_b64: str, user: dict[str, str], context:
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [
-            {"name": context, "cluster": {"server": server, "certificate-authority-data": ca_pem_b64}}
-        ],
+        "clusters": [{"name": context, "cluster": {"server": server, "certificate-authority-data": ca_pem_b64}}],
         "users": [{"name": user_name, "user": user}],
         "contexts": [{"name": context, "context": {"cluster": context, "user": user_name}}],
         "current-context": context,
@@ -523,15 +520,35 @@ class Cluster:
             )
         return split_yaml_docs(text)
 
+    def apply_rbac(
+        self,
+        manifest_dir: Path = REPO / "manifests",
+        service_account: str = OPERATOR_SERVICE_ACCOUNT,
+    ) -> tuple[str, str]:
+        """Apply only the Namespace/ServiceAccount/(Cluster)Role(Binding) objects of manifests/ (not the
+        operator's Deployment: here the operator runs as a local process). Returns the operator
+        ServiceAccount's (namespace, name)."""
+        objs = self.render_manifests(manifest_dir) if manifest_dir.is_dir() else []
+        rbac = [o for o in objs if o.get("kind") in RBAC_KINDS]
+        accounts = [o for o in rbac if o.get("kind") == "ServiceAccount"]
+        if not accounts:
+            raise ClusterError(
+                f"{manifest_dir} has no ServiceAccount (expected {service_account} in {OPERATOR_NAMESPACE})"
+            )
+        sa = next((a for a in accounts if a["metadata"]["name"] == service_account), accounts[0])
+        import yaml
+
+        rbac.sort(key=lambda o: o["kind"] != "Namespace")  # namespaces first
+        self.apply(yaml.safe_dump_all(rbac))
+        return sa["metadata"].get("namespace", OPERATOR_NAMESPACE), sa["metadata"]["name"]
+
     def create_token(self, namespace: str, service_account: str, duration: str = "24h") -> str:
         """A ServiceAccount token from the TokenRequest API."""
         return self.kubectl(
             "create", "token", service_account, "-n", namespace, f"--duration={duration}"
         ).stdout.strip()
 
-    def token_kubeconfig(
-        self, path: Path, namespace: str, service_account: str, duration: str = "24h"
-    ) -> Path:
+    def token_kubeconfig(self, path: Path, namespace: str, service_account: str, duration: str = "24h") -> Path:
         """Write a kubeconfig that authenticates as the ServiceAccount (TokenRequest token)."""
         token = self.create_token(namespace, service_account, duration)
         raw = json.loads(self.kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
@@ -542,9 +559,7 @@ class Cluster:
             "kind": "Config",
             "clusters": [{"name": context, "cluster": cluster}],
             "users": [{"name": context, "user": {"token": token}}],
-            "contexts": [
-                {"name": context, "context": {"cluster": context, "user": context, "namespace": namespace}}
-            ],
+            "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": namespace}}],
             "current-context": context,
         }
         write_private(path, _dump_yaml(cfg))
@@ -759,9 +774,7 @@ class LocalCluster(Cluster):
             wait_until(
                 lambda: (
                     self._alive_or_raise("kube-controller-manager")
-                    and self._get_ok(
-                        f"https://127.0.0.1:{self.ports['kube-controller-manager']}/healthz", _insecure()
-                    )
+                    and self._get_ok(f"https://127.0.0.1:{self.ports['kube-controller-manager']}/healthz", _insecure())
                 ),
                 30,
                 "kube-controller-manager /healthz",
@@ -775,10 +788,7 @@ class LocalCluster(Cluster):
                 "kube-scheduler /healthz",
             )
             wait_until(
-                lambda: (
-                    self._alive_or_raise("kwok")
-                    and self._get_ok(f"http://127.0.0.1:{self.ports['kwok']}/healthz")
-                ),
+                lambda: self._alive_or_raise("kwok") and self._get_ok(f"http://127.0.0.1:{self.ports['kwok']}/healthz"),
                 30,
                 "kwok /healthz",
             )
@@ -791,8 +801,7 @@ class LocalCluster(Cluster):
         self.timings.steps["total"] = time.monotonic() - t0
         self.save_state()
         self.log(
-            f"control plane up in {self.timings.steps['total']:.1f}s ({self.timings}); "
-            f"kubeconfig {self.kubeconfig}"
+            f"control plane up in {self.timings.steps['total']:.1f}s ({self.timings}); kubeconfig {self.kubeconfig}"
         )
         return self
 
@@ -1048,10 +1057,7 @@ class LocalCluster(Cluster):
         ready = {
             n["metadata"]["name"]
             for n in body.get("items", [])
-            if any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in n.get("status", {}).get("conditions", [])
-            )
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
         }
         return set(self.node_names()) <= ready
 
@@ -1106,6 +1112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("down", help="stop what `up` started (by PID)")
     sub.add_parser("status", help="show components, PIDs, RSS and readiness")
     sub.add_parser("kubeconfig", help="print the kubeconfig path")
+    rb = sub.add_parser(
+        "operator-kubeconfig",
+        help="apply the RBAC objects of manifests/ and write a kubeconfig with a TokenRequest token of the "
+        "operator's ServiceAccount; prints its path",
+    )
+    rb.add_argument("--output", type=Path, default=None, help="default: <workdir>/operator.kubeconfig")
+    reg = sub.add_parser("register", help="record an extra process (e.g. the operator) for `down` to stop")
+    reg.add_argument("name")
+    reg.add_argument("pid", type=int)
+    reg.add_argument("--log", default="")
     args = p.parse_args(argv)
 
     def log(msg: str) -> None:
@@ -1138,6 +1154,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(cluster.kubeconfig)
         return 0
     running = cluster.adopt_state()
+    if args.command in ("operator-kubeconfig", "register") and not running:
+        log(f"the cluster in {args.workdir} is not running: hack/cluster up")
+        return 1
+    if args.command == "operator-kubeconfig":
+        try:
+            ns, sa = cluster.apply_rbac()
+            out = cluster.token_kubeconfig(args.output or cluster.workdir / "operator.kubeconfig", ns, sa)
+        except ClusterError as e:
+            log(f"ERROR: {e}")
+            return 1
+        print(out)
+        return 0
+    if args.command == "register":
+        cluster.register_process(args.name, args.pid, args.log)
+        return 0
     if args.command == "down":
         if not cluster.procs:
             log(f"nothing to stop (no {cluster.state_file})")

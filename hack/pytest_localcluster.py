@@ -49,9 +49,6 @@ import localcluster  # noqa: E402  (standard library only at import time)
 
 REPO = localcluster.REPO
 DEFAULT_ALLOWED_CONTEXTS = "registry-operator-local,kind-*,kwok-*"
-OPERATOR_NAMESPACE = "registry-operator-system"
-OPERATOR_SERVICE_ACCOUNT = "registry-operator"
-RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 TEST_NAMESPACE_LABEL = "registry-operator.test/session"
 
 # One cluster per pytest process, whichever conftest asks first.
@@ -133,9 +130,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 # ----------------------------------------------------------------------------------------------- cluster
 
 
-def _start_local(
-    config: pytest.Config, tmp_path_factory: pytest.TempPathFactory
-) -> localcluster.LocalCluster:
+def _start_local(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> localcluster.LocalCluster:
     keep = config.getoption("--keep-cluster")
     workdir = tmp_path_factory.mktemp("cluster", numbered=True)
     try:
@@ -341,8 +336,7 @@ class OperatorProcess:
     def assert_running(self) -> None:
         if not self.running():
             raise AssertionError(
-                f"the operator exited with code {self.returncode}; its log:\n"
-                f"{localcluster.log_tail(self.log_path, 60)}"
+                f"the operator exited with code {self.returncode}; its log:\n{localcluster.log_tail(self.log_path, 60)}"
             )
 
     def wait_for_log(self, pattern: str, timeout: float = 30) -> re.Match:
@@ -416,9 +410,7 @@ def operator_factory(cluster, request: pytest.FixtureRequest, tmp_path: Path):
         ready_timeout: float = 60,
     ) -> OperatorProcess:
         full_env = dict(os.environ)
-        pythonpath = [str(REPO / "operator")] + [
-            p for p in full_env.get("PYTHONPATH", "").split(os.pathsep) if p
-        ]
+        pythonpath = [str(REPO / "operator")] + [p for p in full_env.get("PYTHONPATH", "").split(os.pathsep) if p]
         full_env.update(
             {
                 "KUBECONFIG": str(kubeconfig or cluster.kubeconfig),
@@ -458,24 +450,10 @@ def operator_rbac_kubeconfig(cluster, tmp_path_factory: pytest.TempPathFactory) 
     """Apply the Namespace/ServiceAccount/(Cluster)Role(Binding)s of manifests/ (rendered with
     `kubectl kustomize` when there is a kustomization) and return a kubeconfig carrying a TokenRequest token
     of the operator's ServiceAccount, so missing or excessive permissions show up in tests."""
-    manifest_dir = REPO / "manifests"
-    objs = cluster.render_manifests(manifest_dir) if manifest_dir.is_dir() else []
-    rbac = [o for o in objs if o.get("kind") in RBAC_KINDS]
-    accounts = [o for o in rbac if o.get("kind") == "ServiceAccount"]
-    if not accounts:
-        pytest.fail(
-            f"{manifest_dir} has no ServiceAccount (expected {OPERATOR_SERVICE_ACCOUNT} in "
-            f"{OPERATOR_NAMESPACE})",
-            pytrace=False,
-        )
-    sa = next((a for a in accounts if a["metadata"]["name"] == OPERATOR_SERVICE_ACCOUNT), accounts[0])
-    sa_name = sa["metadata"]["name"]
-    sa_ns = sa["metadata"].get("namespace", OPERATOR_NAMESPACE)
-    import yaml
-
-    # Namespaces first: the namespaced objects need them.
-    rbac.sort(key=lambda o: o["kind"] != "Namespace")
-    cluster.apply(yaml.safe_dump_all(rbac))
+    try:
+        sa_ns, sa_name = cluster.apply_rbac(REPO / "manifests")
+    except localcluster.ClusterError as e:
+        pytest.fail(str(e), pytrace=False)
     path = tmp_path_factory.mktemp("operator-rbac") / "kubeconfig"
     cluster.token_kubeconfig(path, sa_ns, sa_name)
     return str(path)
