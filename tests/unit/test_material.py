@@ -1,0 +1,72 @@
+"""Material decisions: what is kept, what is created, and how bad input is reported."""
+
+import base64
+
+from builders import by_key, decode_secrets
+
+from registry_operator import htpasswd, pki
+
+USERS = {"auth": {"users": [{"name": "alice"}, {"name": "bob", "passwordSecretRef": {"name": "bob-pw"}}]}}
+
+
+def test_generated_passwords_are_kept_forever(pipeline):
+    _, first, objects = pipeline.run(USERS, {"bob-pw": {"password": b"bob-secret"}})
+    assert set(first.passwords) == {"alice"} and len(first.passwords["alice"]) >= 24
+    observed = {**decode_secrets(objects), "bob-pw": {"password": b"bob-secret"}}
+    _, second, _ = pipeline.run(USERS, observed)
+    assert second.passwords == first.passwords
+    assert second.http_secret == first.http_secret
+    assert second.ca == first.ca and second.server == first.server
+
+
+def test_missing_password_secret_is_a_problem_and_keeps_the_last_good_line(pipeline):
+    _, good, objects = pipeline.run(USERS, {"bob-pw": {"password": b"bob-secret"}})
+    _, broken, _ = pipeline.run(USERS, decode_secrets(objects))
+    assert [p.reason for p in broken.problems] == ["PasswordSecretNotFound"]
+    assert "bob-pw" in broken.problems[0].message
+    assert broken.htpasswd == good.htpasswd  # bob is not locked out while his Secret is briefly gone
+
+
+def test_missing_key_and_invalid_passwords(pipeline):
+    _, mat, _ = pipeline.run(USERS, {"bob-pw": {"other": b"x"}})
+    assert [p.reason for p in mat.problems] == ["PasswordSecretKeyMissing"]
+    too_long = b"y" * 80
+    _, mat, _ = pipeline.run(USERS, {"bob-pw": {"password": too_long}})
+    assert [p.reason for p in mat.problems] == ["PasswordInvalid"]
+    assert too_long.decode() not in mat.problems[0].message
+    assert "bob:" not in mat.htpasswd
+
+
+def test_referenced_password_change_rehashes_only_that_user(pipeline):
+    _, first, objects = pipeline.run(USERS, {"bob-pw": {"password": b"one"}})
+    observed = {**decode_secrets(objects), "bob-pw": {"password": b"two"}}
+    _, second, _ = pipeline.run(USERS, observed)
+    old, new = htpasswd.parse(first.htpasswd), htpasswd.parse(second.htpasswd)
+    assert old["alice"] == new["alice"] and old["bob"] != new["bob"]
+
+
+def test_user_tls_secret_problems(pipeline):
+    raw = {**USERS, "tls": {"mode": "Secret", "secretName": "mine"}}
+    bob = {"bob-pw": {"password": b"pw"}}
+    _, mat, _ = pipeline.run(raw, bob)
+    assert [p.reason for p in mat.problems] == ["TLSSecretNotFound"]
+    ca = pki.issue_ca("users CA")
+    one, two = pki.issue_server(ca, ["reg.example"]), pki.issue_server(ca, ["reg.example"])
+    _, mat, _ = pipeline.run(raw, {**bob, "mine": {"tls.crt": one.cert_pem, "tls.key": two.key_pem}})
+    assert [p.reason for p in mat.problems] == ["TLSKeyMismatch"]
+    _, mat, _ = pipeline.run(raw, {**bob, "mine": {"tls.crt": b"garbage", "tls.key": one.key_pem}})
+    assert [p.reason for p in mat.problems] == ["TLSCertificateMalformed"]
+    _, mat, objects = pipeline.run(raw, {**bob, "mine": {"tls.crt": one.cert_pem, "tls.key": one.key_pem,
+                                                        "ca.crt": ca.cert_pem}})
+    assert mat.problems == () and mat.ca is None and mat.serving_cert_pem == one.cert_pem
+    published = by_key(objects)[("Secret", "reg-ca")]["data"]["ca.crt"]
+    assert base64.b64decode(published) == ca.cert_pem
+    assert ("Secret", "reg-tls") not in by_key(objects)
+
+
+def test_extra_names_reissue_the_server_certificate(pipeline):
+    _, first, objects = pipeline.run({"auth": {"users": [{"name": "a"}]}})
+    _, second, _ = pipeline.run({"auth": {"users": [{"name": "a"}]}, "tls": {"ipAddresses": ["127.0.0.1"]}},
+                                decode_secrets(objects))
+    assert second.ca == first.ca and second.server != first.server
+    assert "127.0.0.1" in pki.sans(pki.load_chain(second.server.cert_pem)[0])

@@ -1,0 +1,150 @@
+"""Rendering: the children of a Registry, their hardening, and the 2.8 / 3.x differences."""
+
+import yaml
+
+from registry_operator import names
+from registry_operator.render import config
+
+from builders import by_key, decode_secrets
+
+USERS = {"auth": {"users": [{"name": "alice"}]}}
+
+
+def test_default_registry_children(pipeline):
+    _, _, objects = pipeline.run(USERS)
+    kinds = sorted(by_key(objects))
+    assert kinds == sorted([
+        ("Secret", "reg-http-secret"), ("Secret", "reg-htpasswd"), ("Secret", "reg-passwords"),
+        ("Secret", "reg-ca"), ("Secret", "reg-ca-key"), ("Secret", "reg-tls"),
+        ("ConfigMap", "reg-config"), ("Deployment", "reg"), ("Service", "reg"),
+    ])
+    for obj in objects:
+        meta = obj["metadata"]
+        assert meta["namespace"] == "ns"
+        assert meta["labels"][names.LABEL_MANAGED_BY] == names.MANAGED_BY
+        assert meta["labels"][names.LABEL_INSTANCE] == "reg"
+        ref = meta["ownerReferences"][0]
+        assert ref["controller"] and ref["uid"] == "0000-1111" and ref["kind"] == "Registry"
+
+
+def test_rendering_is_deterministic_once_material_exists(pipeline):
+    _, _, first = pipeline.run(USERS)
+    _, _, second = pipeline.run(USERS, decode_secrets(first))
+    assert first == second
+
+
+def test_pod_is_hardened(pipeline):
+    _, _, objects = pipeline.run(USERS)
+    pod = by_key(objects)[("Deployment", "reg")]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["capabilities"]["drop"] == ["ALL"]
+    assert container["readinessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert container["livenessProbe"]["httpGet"]["scheme"] == "HTTPS"
+    assert pod["terminationGracePeriodSeconds"] > config.DRAIN_SECONDS
+
+
+def test_htpasswd_is_a_directory_mount_outside_the_restart_hash(pipeline):
+    _, _, objects = pipeline.run(USERS)
+    deployment = by_key(objects)[("Deployment", "reg")]
+    pod = deployment["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert "subPath" not in mounts["auth"] and mounts["auth"]["mountPath"] == config.AUTH_DIR
+    before = deployment["spec"]["template"]["metadata"]["annotations"][names.POD_INPUTS_HASH]
+    _, _, more = pipeline.run({"auth": {"users": [{"name": "alice"}, {"name": "bob"}]}}, decode_secrets(objects))
+    after = by_key(more)[("Deployment", "reg")]["spec"]["template"]["metadata"]["annotations"]
+    assert after[names.POD_INPUTS_HASH] == before
+    assert by_key(more)[("Secret", "reg-htpasswd")] != by_key(objects)[("Secret", "reg-htpasswd")]
+
+
+def test_a_new_certificate_rolls_the_pods(pipeline):
+    _, _, objects = pipeline.run(USERS)
+    observed = decode_secrets(objects)
+    del observed["reg-tls"]
+    _, _, renewed = pipeline.run(USERS, observed)
+    hashes = [by_key(o)[("Deployment", "reg")]["spec"]["template"]["metadata"]["annotations"][names.POD_INPUTS_HASH]
+              for o in (objects, renewed)]
+    assert hashes[0] != hashes[1]
+
+
+def test_service_exposes_only_the_registry_port(pipeline):
+    _, _, objects = pipeline.run({**USERS, "service": {"type": "NodePort", "port": 443, "nodePort": 30443}})
+    service = by_key(objects)[("Service", "reg")]
+    assert service["spec"]["ports"] == [
+        {"name": "registry", "port": 443, "targetPort": "registry", "protocol": "TCP", "nodePort": 30443}
+    ]
+    assert service["spec"]["type"] == "NodePort"
+
+
+def _config(objects):
+    return yaml.safe_load(by_key(objects)[("ConfigMap", "reg-config")]["data"]["config.yml"])
+
+
+def test_config_is_complete_and_differs_by_version(pipeline):
+    _, _, v3 = pipeline.run(USERS)
+    _, _, v28 = pipeline.run({**USERS, "version": "2.8"})
+    c3, c28 = _config(v3), _config(v28)
+    for c in (c3, c28):
+        assert c["http"]["tls"] == {"certificate": "/etc/registry/tls/tls.crt", "key": "/etc/registry/tls/tls.key",
+                                    "minimumtls": "tls1.2"}
+        assert c["auth"] == {"htpasswd": {"realm": "reg", "path": "/etc/registry/auth/htpasswd"}}
+        assert c["http"]["debug"]["addr"] == ":5001"
+        assert "secret" not in c["http"]  # from a Secret, through the environment
+        assert c["storage"]["delete"] == {"enabled": False}
+    d3 = by_key(v3)[("Deployment", "reg")]["spec"]["template"]["spec"]["containers"][0]
+    d28 = by_key(v28)[("Deployment", "reg")]["spec"]["template"]["spec"]["containers"][0]
+    assert d3["image"].startswith("registry:3.") and d28["image"].startswith("registry:2.8.")
+    assert d3["args"] == ["serve", "/etc/distribution/config.yml"]
+    assert d28["args"] == ["serve", "/etc/docker/registry/config.yml"]
+    assert {"name": "OTEL_TRACES_EXPORTER", "value": "none"} in d3["env"]
+    assert all(e["name"] != "OTEL_TRACES_EXPORTER" for e in d28["env"])
+
+
+def test_tls_disabled_and_no_auth(pipeline):
+    _, _, objects = pipeline.run({"tls": {"mode": "Disabled"}, "auth": {"mode": "none"}})
+    c = _config(objects)
+    assert "tls" not in c["http"] and "auth" not in c
+    keys = by_key(objects)
+    assert ("Secret", "reg-tls") not in keys and ("Secret", "reg-htpasswd") not in keys
+    probe = keys[("Deployment", "reg")]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    assert probe["httpGet"]["scheme"] == "HTTP"
+
+
+def test_persistent_claim_is_kept_by_default_and_uses_recreate(pipeline):
+    raw = {**USERS, "storage": {"persistentVolumeClaim": {"size": "5Gi"}}}
+    _, _, objects = pipeline.run(raw)
+    claim = by_key(objects)[("PersistentVolumeClaim", "reg-data")]
+    assert "ownerReferences" not in claim["metadata"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    assert by_key(objects)[("Deployment", "reg")]["spec"]["strategy"] == {"type": "Recreate"}
+    raw["storage"]["persistentVolumeClaim"]["reclaimPolicy"] = "Delete"
+    _, _, objects = pipeline.run(raw)
+    assert by_key(objects)[("PersistentVolumeClaim", "reg-data")]["metadata"]["ownerReferences"]
+
+
+def test_replicas_need_a_shared_claim(pipeline):
+    rwo = {**USERS, "replicas": 3, "storage": {"persistentVolumeClaim": {}}}
+    _, _, objects = pipeline.run(rwo)
+    assert by_key(objects)[("Deployment", "reg")]["spec"]["replicas"] == 1
+    rwx = {**USERS, "replicas": 3, "storage": {"persistentVolumeClaim": {"accessModes": ["ReadWriteMany"]}}}
+    _, _, objects = pipeline.run(rwx)
+    deployment = by_key(objects)[("Deployment", "reg")]["spec"]
+    assert deployment["replicas"] == 3 and deployment["strategy"]["type"] == "RollingUpdate"
+
+
+def test_token_mode_renders_the_token_service(pipeline):
+    raw = {"auth": {"mode": "token", "users": [{"name": "alice"}],
+                    "access": [{"users": ["alice"], "repositories": ["team-a/*"], "actions": ["pull", "push"]}]}}
+    _, _, objects = pipeline.run(raw)
+    keys = by_key(objects)
+    assert {("Deployment", "reg-token"), ("Service", "reg-token"), ("ConfigMap", "reg-token"),
+            ("Secret", "reg-token-signing"), ("Secret", "reg-token-tls")} <= set(keys)
+    token = _config(objects)["auth"]["token"]
+    assert token["realm"] == "https://reg-token.ns.svc:5001/token"
+    assert token["rootcertbundle"] == "/etc/registry/token/tls.crt"
+    token_pod = keys[("Deployment", "reg-token")]["spec"]["template"]["spec"]
+    assert token_pod["containers"][0]["image"] == "registry-operator:test"
+    assert token_pod["automountServiceAccountToken"] is False

@@ -1,0 +1,29 @@
+"""The typed spec: defaults as in the CRD, durations."""
+
+import pytest
+
+from registry_operator import spec
+
+
+def test_defaults_match_the_crd():
+    s = spec.parse("reg", "ns", {})
+    assert (s.version, s.image, s.replicas) == ("3", spec.IMAGES["3"], 1)
+    assert (s.tls.mode, s.auth.mode, s.service.type, s.service.port) == ("SelfSigned", "htpasswd", "ClusterIP", 5000)
+    assert s.storage.claim is None and not s.storage.delete_enabled
+    assert s.auth.token_ttl_seconds == 300
+
+
+def test_version_28_selects_the_pinned_28_image_unless_overridden():
+    assert spec.parse("r", "n", {"version": "2.8"}).image == spec.IMAGES["2.8"]
+    assert spec.parse("r", "n", {"version": "2.8", "image": "mirror/registry:2.8.3"}).image == "mirror/registry:2.8.3"
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("5m", 300), ("90s", 90), ("1h30m", 5400), ("2h", 7200)])
+def test_durations(text, seconds):
+    assert spec.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5", "m5", "5 m", "-5m"])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        spec.parse_duration(text)
