@@ -1,11 +1,10 @@
 """Rendering: the children of a Registry, their hardening, and the 2.8 / 3.x differences."""
 
 import yaml
+from builders import by_key, decode_secrets
 
 from registry_operator import names
 from registry_operator.render import config
-
-from builders import by_key, decode_secrets
 
 USERS = {"auth": {"users": [{"name": "alice"}]}}
 
