@@ -1,4 +1,9 @@
-"""Fixtures for the end-to-end suite: the real registry (via podrunner) and real clients.
+"""Fixtures for the end-to-end suite: Registries reconciled by the operator on the local control plane, their
+rendered pods run for real by podrunner, and real clients against them.
+
+The control-plane fixtures (``cluster``, ``kube_client``, ...) come from hack/pytest_localcluster.py, which
+tests/conftest.py registers. One operator process serves the whole e2e session, as one operator serves a
+whole cluster; it keeps the suite within its time budget (each kopf start costs seconds).
 
 ``tests.support`` is imported by package name, so the repository root must be importable whatever pytest's
 import mode and working directory are.
@@ -6,9 +11,111 @@ import mode and working directory are.
 
 from __future__ import annotations
 
+import os
+import secrets
 import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from tests.support.deployed import VERSIONS, DeployedRegistry, create_registry  # noqa: E402
+
+
+def registry_spec(version: str, **extra: Any) -> dict[str, Any]:
+    """A Registry spec clients on this machine can reach (127.0.0.1 in the certificate), with two htpasswd
+    users whose passwords the operator generates."""
+    spec: dict[str, Any] = {
+        "version": version,
+        "tls": {"ipAddresses": ["127.0.0.1"]},
+        "auth": {"mode": "htpasswd", "users": [{"name": "alice"}, {"name": "bob"}]},
+    }
+    spec.update(extra)
+    return spec
+
+
+@pytest.fixture(scope="session")
+def e2e_operator(cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One ``python -m registry_operator --all-namespaces`` for the session, ready when kopf is live."""
+    from localcluster import pick_free_ports
+    from pytest_localcluster import OperatorProcess
+
+    env = dict(os.environ)
+    env.update(
+        KUBECONFIG=str(cluster.kubeconfig),
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join([str(REPO / "operator"), *filter(None, env.get("PYTHONPATH", "").split(":"))]),
+    )
+    url = f"http://127.0.0.1:{pick_free_ports(['liveness'])['liveness']}/healthz"
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    proc = OperatorProcess([sys.executable, "-m", "registry_operator", "--all-namespaces", f"--liveness={url}"],
+                           env, log)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        proc.assert_running()
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"operator not live after 60s:\n{proc.log()[-5000:]}"
+        time.sleep(0.1)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def make_namespace(cluster) -> Iterator[Callable[[str], str]]:
+    """Create namespaces (deleted at the end of the session) for registries that outlive one test."""
+    created: list[str] = []
+
+    def make(prefix: str) -> str:
+        name = f"e2e-{prefix}-{secrets.token_hex(3)}"
+        cluster.apply(f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n")
+        created.append(name)
+        return name
+
+    yield make
+    for name in created:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="session")
+def deploy(
+    e2e_operator: Any, kube_client: Any, make_namespace: Callable[[str], str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., DeployedRegistry]]:
+    """deploy(version, name="reg", pod=True, **spec) -> a Ready Registry in a fresh namespace, its pod running.
+
+    Its pods are stopped at the end of the session; the operator's log is printed when it did not get Ready.
+    """
+    deployed: list[DeployedRegistry] = []
+
+    def make(version: str, name: str = "reg", pod: bool = True, **spec: Any) -> DeployedRegistry:
+        ns = make_namespace(VERSIONS[version].replace(".", ""))
+        workdir = tmp_path_factory.mktemp(f"{ns}-pods")
+        try:
+            reg = create_registry(kube_client, ns, name, registry_spec(version, **spec), workdir)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- operator log tail ---\n{e2e_operator.log()[-6000:]}") from None
+        deployed.append(reg)
+        if pod:
+            reg.start_pod()
+        return reg
+
+    yield make
+    for reg in deployed:
+        reg.stop()
+
+
+@pytest.fixture(scope="session", params=sorted(VERSIONS), ids=VERSIONS.get)
+def shared_registry(request: pytest.FixtureRequest, deploy: Callable[..., DeployedRegistry]) -> DeployedRegistry:
+    """One Registry per version for the tests that do not change its spec; deletion enabled."""
+    return deploy(request.param, storage={"deleteEnabled": True})

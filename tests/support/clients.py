@@ -65,9 +65,7 @@ class Skopeo:
         return [flag, f"{creds[0]}:{creds[1]}"]
 
     def run(self, *args: str, timeout: float = 120) -> str:
-        return _run(
-            [SKOPEO, "--policy", str(self.policy), "--tmpdir", str(self.dir), *args], self.env, timeout
-        )
+        return _run([SKOPEO, "--policy", str(self.policy), "--tmpdir", str(self.dir), *args], self.env, timeout)
 
     def copy_to(self, src: str, dest: str, creds: tuple[str, str] | None) -> None:
         """``skopeo copy`` from a local transport (``oci:DIR:TAG``) to ``docker://HOST/REPO:TAG``."""
@@ -93,9 +91,7 @@ class Skopeo:
         return json.loads(out)["Tags"]
 
     def delete(self, ref: str, creds: tuple[str, str] | None) -> None:
-        self.run(
-            "delete", "--retry-times", "0", "--cert-dir", str(self.certs), *self._creds("--creds", creds), ref
-        )
+        self.run("delete", "--retry-times", "0", "--cert-dir", str(self.certs), *self._creds("--creds", creds), ref)
 
 
 class Crane:
@@ -148,22 +144,20 @@ def run_conformance(
 ) -> ConformanceResult:
     """Run the OCI distribution-spec conformance suite and count its JUnit test cases.
 
-    ``env`` carries the feature switches; both the legacy names (OCI_ROOT_URL, OCI_NAMESPACE, ...) and the
-    current ones are understood by current suites. The CA is trusted through SSL_CERT_FILE only.
+    ``env`` carries the suite's feature switches (OCI_API_*, OCI_DATA_*, OCI_REPO1/2); the registry, TLS
+    mode and credentials are set here. The CA is trusted through SSL_CERT_FILE only (OCI_TLS=enabled).
     """
     results = workdir / "conformance"
     results.mkdir(parents=True)
     (results / "ca.pem").write_bytes(ca_pem)
     full_env = _base_env(results) | {
         "SSL_CERT_FILE": str(results / "ca.pem"),
-        "OCI_ROOT_URL": f"https://{registry}",
         "OCI_REGISTRY": registry,
         "OCI_TLS": "enabled",
         "OCI_USERNAME": creds[0],
         "OCI_PASSWORD": creds[1],
-        "OCI_REPORT_DIR": str(results),
         "OCI_RESULTS_DIR": str(results),
-        "OCI_CONFIGURATION": str(results / "none.yaml"),
+        "OCI_CONFIGURATION": str(results / "absent.yaml"),  # no stray oci-conformance.yaml from the cwd
         **env,
     }
     binary = conformance_binary()

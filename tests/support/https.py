@@ -79,9 +79,7 @@ def peer_certificate(address: str, ca_pem: bytes, server_hostname: str) -> tuple
 def san_names(cert: x509.Certificate) -> tuple[set[str], set[str]]:
     """DNS names and IP addresses of a certificate's subjectAltName."""
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return set(san.get_values_for_type(x509.DNSName)), {
-        str(ip) for ip in san.get_values_for_type(x509.IPAddress)
-    }
+    return set(san.get_values_for_type(x509.DNSName)), {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
 
 
 def plain_http_exchange(address: str, path: str = "/v2/") -> bytes:

@@ -94,9 +94,7 @@ def build(
             "os": "linux",
             "config": {"Labels": {"org.example.e2e": "registry-operator"}},
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
-            "history": [
-                {"created": "2024-01-01T00:00:00Z", "created_by": f"layer {i}"} for i in range(layers)
-            ],
+            "history": [{"created": "2024-01-01T00:00:00Z", "created_by": f"layer {i}"} for i in range(layers)],
         },
         sort_keys=True,
     ).encode()

@@ -499,9 +499,7 @@ class PodRunner:
             if "--listen" in argv:
                 raise Unfaithful("--listen given by the pod: overriding it would hide what the pod does")
             config = (
-                argv[argv.index("--config") + 1]
-                if "--config" in argv
-                else "/etc/registry-token/config/config.json"
+                argv[argv.index("--config") + 1] if "--config" in argv else "/etc/registry-token/config/config.json"
             )
             listen = json.loads(self.host_path(config).read_text()).get("listen", "0.0.0.0:5001")
             self.port = free_port()
@@ -524,9 +522,7 @@ class PodRunner:
         uid = self._security("runAsUser")
         gid = self._security("runAsGroup")
         if self._security("runAsNonRoot") and not uid:
-            raise Unfaithful(
-                "runAsNonRoot with root or the image's (root) user: the kubelet refuses to start"
-            )
+            raise Unfaithful("runAsNonRoot with root or the image's (root) user: the kubelet refuses to start")
         groups = list(self.pod_security.get("supplementalGroups") or [])
         if self.fs_group is not None:
             groups.append(self.fs_group)
@@ -580,9 +576,7 @@ class PodRunner:
             time.sleep(0.05)
         self._probe(self.container.get("readinessProbe"), ctx, server_hostname, deadline)
 
-    def _probe(
-        self, probe: Mapping[str, Any] | None, ctx: ssl.SSLContext, host: str, deadline: float
-    ) -> None:
+    def _probe(self, probe: Mapping[str, Any] | None, ctx: ssl.SSLContext, host: str, deadline: float) -> None:
         """Run the readinessProbe as the kubelet would (stricter: HTTPS is verified) until it succeeds."""
         if not probe:
             return

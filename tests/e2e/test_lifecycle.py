@@ -1,0 +1,122 @@
+"""Changes to a running Registry: users come and go without a restart; a new certificate rolls the pods.
+
+Each test gets its own Registry, since it changes the spec.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Secret
+
+from tests.support import https, ociimage
+from tests.support.clients import ClientError, Skopeo
+from tests.support.deployed import VERSIONS, DeployedRegistry, secret_data, wait_for
+from tests.support.pki import TestCA
+
+pytestmark = pytest.mark.parametrize("version", sorted(VERSIONS), ids=VERSIONS.get)
+
+
+def htpasswd_users(reg: DeployedRegistry) -> set[str]:
+    content = secret_data(reg.client, reg.namespace, f"{reg.name}-htpasswd")["htpasswd"].decode()
+    return {line.split(":", 1)[0] for line in content.splitlines() if line}
+
+
+def login(reg: DeployedRegistry, ca: bytes, user: str, password: str) -> int:
+    return https.request(reg.address, ca, reg.host, "GET", "/v2/", auth=(user, password)).status
+
+
+def test_users_change_without_restart(deploy: Callable[..., DeployedRegistry], version: str, tmp_path: Path) -> None:
+    reg = deploy(version)
+    ca, passwords = reg.ca_pem(), reg.passwords()
+    pid, inputs_hash = reg.runner.process.pid, reg.inputs_hash()
+
+    # Deletion is off unless asked for: the registry refuses it, the image stays.
+    image = ociimage.build(tmp_path / "image", layers=1, size=1024)
+    skopeo = Skopeo(tmp_path, ca)
+    ref = f"docker://{reg.address}/e2e/keep"
+    skopeo.copy_to(image.ref, f"{ref}:v1", ("alice", passwords["alice"]))
+    with pytest.raises(ClientError, match="(?i)unsupported|not allowed|405"):
+        skopeo.delete(f"{ref}@{image.manifest_digest}", ("alice", passwords["alice"]))
+    assert skopeo.list_tags(ref, ("alice", passwords["alice"])) == ["v1"]
+
+    # Add carol (generated password) and dave (password from his own Secret).
+    reg.client.create(Secret(metadata=ObjectMeta(name="dave-password", namespace=reg.namespace),
+                             data={"password": base64.b64encode(b"dave-chose-this-pw").decode()}))  # fmt: skip
+    reg.patch_spec({"auth": {"mode": "htpasswd", "users": [
+        {"name": "alice"}, {"name": "bob"}, {"name": "carol"},
+        {"name": "dave", "passwordSecretRef": {"name": "dave-password", "key": "password"}},
+    ]}})  # fmt: skip
+    reg.wait_ready()
+    wait_for(lambda: htpasswd_users(reg) == {"alice", "bob", "carol", "dave"}, "htpasswd with carol and dave")
+    passwords = reg.passwords()
+    assert login(reg, ca, "carol", passwords["carol"]) == 401, "the running pod cannot know carol yet"
+    assert reg.runner.update(), "the kubelet would have swapped the htpasswd volume"
+    assert login(reg, ca, "carol", passwords["carol"]) == 200
+    assert login(reg, ca, "dave", "dave-chose-this-pw") == 200
+    assert login(reg, ca, "alice", passwords["alice"]) == 200
+
+    # Remove bob: refused from the next request on.
+    reg.patch_spec({"auth": {"mode": "htpasswd", "users": [
+        {"name": "alice"}, {"name": "carol"},
+        {"name": "dave", "passwordSecretRef": {"name": "dave-password", "key": "password"}},
+    ]}})  # fmt: skip
+    reg.wait_ready()
+    wait_for(lambda: "bob" not in htpasswd_users(reg), "htpasswd without bob")
+    reg.runner.update()
+    assert login(reg, ca, "bob", passwords["bob"]) == 401
+    assert login(reg, ca, "alice", passwords["alice"]) == 200
+
+    # None of this restarted anything: same process, same pod template.
+    assert reg.runner.process.poll() is None and reg.runner.process.pid == pid
+    assert reg.inputs_hash() == inputs_hash
+
+
+def served(reg: DeployedRegistry, ca: bytes) -> x509.Certificate:
+    return https.peer_certificate(reg.address, ca, reg.host)[0]
+
+
+def tls_secret_cert(reg: DeployedRegistry, name: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(secret_data(reg.client, reg.namespace, name)["tls.crt"])
+
+
+def test_new_certificate_rolls_the_pods(deploy: Callable[..., DeployedRegistry], version: str) -> None:
+    reg = deploy(version)
+    ca = reg.ca_pem()
+    first_pod = reg.runner
+    first_hash, first_cert = reg.inputs_hash(), served(reg, ca)
+
+    # 1. Lose the serving certificate: the operator issues a new one from the same CA and rolls the pods.
+    reg.client.delete(Secret, f"{reg.name}-tls", namespace=reg.namespace)
+    renewed = wait_for(
+        lambda: (c := tls_secret_cert(reg, f"{reg.name}-tls")) != first_cert and c, "a re-issued N-tls Secret"
+    )
+    wait_for(lambda: reg.inputs_hash() != first_hash, "the pod template hash to change")
+    reg.wait_ready()
+    # The old pod keeps serving what it loaded at start, even with the new files mounted: hence the roll.
+    first_pod.update()
+    assert served(reg, ca) == first_cert
+    reg.start_pod()
+    assert served(reg, reg.ca_pem()) == renewed
+    first_pod.stop()
+
+    # 2. Switch to a user-supplied certificate from another CA.
+    second_hash = reg.inputs_hash()
+    user_ca = TestCA.create("user CA")
+    crt, key = user_ca.issue([reg.host, f"{reg.name}.{reg.namespace}"], ["127.0.0.1"])
+    reg.client.create(Secret(
+        metadata=ObjectMeta(name="user-tls", namespace=reg.namespace), type="kubernetes.io/tls",
+        data={k: base64.b64encode(v).decode() for k, v in
+              {"tls.crt": crt, "tls.key": key, "ca.crt": user_ca.cert_pem}.items()},
+    ))  # fmt: skip
+    reg.patch_spec({"tls": {"mode": "Secret", "secretName": "user-tls", "ipAddresses": ["127.0.0.1"]}})
+    wait_for(lambda: reg.inputs_hash() != second_hash, "the pod template hash to change")
+    reg.wait_ready()
+    reg.start_pod()
+    published_ca = reg.ca_pem()  # must now let clients verify the user's certificate
+    assert served(reg, published_ca) == x509.load_pem_x509_certificate(crt)

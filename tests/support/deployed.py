@@ -1,0 +1,132 @@
+"""A Registry created through the API, reconciled by the operator, and its rendered pod run by podrunner.
+
+Everything a client needs is read back from what the operator published (``status.caSecretName``, the
+``N-passwords`` Secret, the Deployment it rendered), never from the test's own assumptions: if the operator
+publishes the wrong thing, the clients fail.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lightkube import ApiError, Client
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import Secret
+from lightkube.types import PatchType
+
+from .podrunner import ApiSources, PodRunner
+
+Registry = create_namespaced_resource("registry.operator.dev", "v1alpha1", "Registry", "registries")
+INPUTS_HASH = "registry.operator.dev/inputs-hash"
+# Registry spec.version -> test id. 2.8 runs Debian's distribution 2.8.2, 3 the pinned v3 build.
+VERSIONS = {"2.8": "v2.8", "3": "v3"}
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = 60, interval: float = 0.2) -> T:
+    """Poll ``check`` until it returns something truthy; on timeout fail with the last value or error."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            value = check()
+            if value:
+                return value
+            last = value
+        except (ApiError, KeyError, LookupError) as e:
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        time.sleep(interval)
+
+
+def secret_data(client: Client, namespace: str, name: str) -> dict[str, bytes]:
+    obj = client.get(Secret, name, namespace=namespace)
+    return {k: base64.b64decode(v) for k, v in (obj.data or {}).items()}
+
+
+@dataclass
+class DeployedRegistry:
+    """One Registry and the local processes standing in for its pods (newest last)."""
+
+    client: Client
+    namespace: str
+    name: str
+    workdir: Path
+    runners: list[PodRunner] = field(default_factory=list)
+
+    @property
+    def host(self) -> str:
+        """The in-cluster name clients use, which the served certificate must carry."""
+        return f"{self.name}.{self.namespace}.svc"
+
+    @property
+    def runner(self) -> PodRunner:
+        return self.runners[-1]
+
+    @property
+    def address(self) -> str:
+        return self.runner.address
+
+    def get(self) -> dict[str, Any]:
+        return self.client.get(Registry, self.name, namespace=self.namespace).to_dict()
+
+    def patch_spec(self, spec: Mapping[str, Any]) -> None:
+        self.client.patch(Registry, self.name, {"spec": spec}, namespace=self.namespace, patch_type=PatchType.MERGE)
+
+    def ready_status(self, generation: int | None = None) -> dict[str, Any] | None:
+        """The status once Ready is True for the current generation, else None."""
+        obj = self.get()
+        status = obj.get("status") or {}
+        want = generation or obj["metadata"]["generation"]
+        for c in status.get("conditions") or []:
+            if c["type"] == "Ready" and c["status"] == "True" and c.get("observedGeneration", want) >= want:
+                return status
+        return None
+
+    def wait_ready(self, timeout: float = 60) -> dict[str, Any]:
+        return wait_for(self.ready_status, f"Registry {self.namespace}/{self.name} Ready", timeout)
+
+    def deployment(self) -> dict[str, Any]:
+        return self.client.get(Deployment, self.name, namespace=self.namespace).to_dict()
+
+    def inputs_hash(self) -> str:
+        return self.deployment()["spec"]["template"]["metadata"]["annotations"][INPUTS_HASH]
+
+    def ca_pem(self) -> bytes:
+        """The CA clients must trust, from the Secret the Registry's status names."""
+        name = (self.get().get("status") or {}).get("caSecretName")
+        assert name, f"Registry {self.name} publishes no status.caSecretName"
+        return secret_data(self.client, self.namespace, name)["ca.crt"]
+
+    def passwords(self) -> dict[str, str]:
+        """Generated passwords, from the Secret the status names (``N-passwords``)."""
+        name = (self.get().get("status") or {}).get("credentialsSecretName") or f"{self.name}-passwords"
+        return {k: v.decode() for k, v in secret_data(self.client, self.namespace, name).items()}
+
+    def start_pod(self) -> PodRunner:
+        """Run the pod template currently in the Deployment (a new pod after a rollout)."""
+        runner = PodRunner(self.deployment(), ApiSources(self.client, self.namespace), self.workdir)
+        self.runners.append(runner)
+        runner.start(self.ca_pem(), self.host)
+        return runner
+
+    def stop(self) -> None:
+        for runner in self.runners:
+            runner.stop()
+
+
+def create_registry(
+    client: Client, namespace: str, name: str, spec: Mapping[str, Any], workdir: Path
+) -> DeployedRegistry:
+    """Create the Registry and wait until the operator reports it Ready; no pod is started yet."""
+    client.create(Registry(metadata={"name": name, "namespace": namespace}, spec=dict(spec)))
+    deployed = DeployedRegistry(client, namespace, name, workdir)
+    deployed.wait_ready()
+    return deployed
