@@ -8,7 +8,6 @@ users exist. The ``account`` parameter is ignored: the subject is always the aut
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
@@ -20,14 +19,13 @@ from .acl import Subject, authorize
 from .authn import Authenticator
 from .runtime import Runtime
 from .scope import ScopeError, parse_scopes
-from .throttle import FailureThrottle, TooManyAttempts
+from .throttle import TooManyAttempts
 from .tokens import issue_token
 
 log = logging.getLogger(__name__)
 
 RUNTIME = web.AppKey("runtime", Runtime)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
-THROTTLE = web.AppKey("throttle", FailureThrottle)
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -36,9 +34,7 @@ class _AuthFailed(Exception):
     """Credentials were given and are wrong (or the header is unreadable)."""
 
 
-def _registry_error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
+def _registry_error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
     body = {"errors": [{"code": code, "message": message}]}
     return web.json_response(body, status=status, headers={**_NO_STORE, **(headers or {})})
 
@@ -67,27 +63,14 @@ def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
 
 async def _authenticate(request: web.Request, user: str, password: str) -> Subject:
     """Return the subject or raise :class:`_AuthFailed`; may wait, or raise ``TooManyAttempts``."""
-    authenticator = request.app[AUTHENTICATOR]
-    if not user:
-        raise _AuthFailed
-    if authenticator.cached(user, password):
+    address = request.remote or "unknown"
+    if user and await request.app[AUTHENTICATOR].login(user, password, address):
         return Subject(user)
-    throttle = request.app[THROTTLE]
-    keys = [f"user:{user}", f"addr:{request.remote or 'unknown'}"]
-    wait = throttle.reserve(keys)
-    if wait:
-        await asyncio.sleep(wait)
-    if await authenticator.verify(user, password):
-        throttle.succeeded(keys[0])
-        return Subject(user)
-    throttle.failed(keys)
-    log.warning("authentication failed for user %r from %s", user, request.remote)
+    log.warning("authentication failed for user %r from %s", user, address)
     raise _AuthFailed
 
 
-async def _issue(
-    request: web.Request, subject: Subject, service: str | None, scopes: Iterable[str]
-) -> web.Response:
+async def _issue(request: web.Request, subject: Subject, service: str | None, scopes: Iterable[str]) -> web.Response:
     runtime = request.app[RUNTIME]
     config = runtime.config()
     if service is not None and service != config.service:
@@ -132,9 +115,7 @@ async def post_token(request: web.Request) -> web.Response:
     """OAuth2 ``grant_type=password`` (RFC 6749 4.3); no refresh tokens are issued."""
     form = await request.post()
     fields = {
-        k: v
-        for k in ("grant_type", "username", "password", "service", "scope")
-        if isinstance(v := form.get(k), str)
+        k: v for k in ("grant_type", "username", "password", "service", "scope") if isinstance(v := form.get(k), str)
     }
     if fields.get("grant_type") != "password":
         return _oauth_error(400, "unsupported_grant_type", "only grant_type=password is supported")
@@ -155,12 +136,11 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
-def create_app(runtime: Runtime, authenticator: Authenticator, throttle: FailureThrottle) -> web.Application:
+def create_app(runtime: Runtime, authenticator: Authenticator) -> web.Application:
     """The aiohttp application; the caller owns ``authenticator`` (its thread pool) and closes it."""
     app = web.Application()
     app[RUNTIME] = runtime
     app[AUTHENTICATOR] = authenticator
-    app[THROTTLE] = throttle
     app.router.add_get("/token", get_token)
     app.router.add_post("/token", post_token)
     app.router.add_get("/healthz", healthz)

@@ -56,6 +56,4 @@ def parse_scopes(values: Iterable[str]) -> list[Scope]:
             scope = parse_scope(text)
             actions = merged.setdefault((scope.type, scope.resource_class, scope.name), [])
             actions.extend(a for a in scope.actions if a not in actions)
-    return [
-        Scope(type=t, name=n, actions=tuple(acts), resource_class=c) for (t, c, n), acts in merged.items()
-    ]
+    return [Scope(type=t, name=n, actions=tuple(acts), resource_class=c) for (t, c, n), acts in merged.items()]

@@ -47,8 +47,8 @@ async def serve(config_path: str, listen: str | None = None) -> None:
     context = None
     if config.tls_cert_path and config.tls_key_path:
         context = tls_context(config.tls_cert_path, config.tls_key_path)
-    authenticator = Authenticator(runtime.htpasswd)
-    runner = web.AppRunner(create_app(runtime, authenticator, FailureThrottle()), access_log=None)
+    authenticator = Authenticator(runtime.htpasswd, FailureThrottle())
+    runner = web.AppRunner(create_app(runtime, authenticator), access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, ssl_context=context, shutdown_timeout=SHUTDOWN_GRACE)

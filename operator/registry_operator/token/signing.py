@@ -57,8 +57,7 @@ class Signer:
             "typ": "JWT",
             "alg": algorithm,
             "x5c": [
-                base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
-                for cert in self.chain
+                base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii") for cert in self.chain
             ],
         }
         self._header = b64url(json.dumps(header, separators=(",", ":")).encode())

@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
 from registry_operator.token.keys import SigningMaterial, generate_signing_material
 
 TEST_COST = 4  # bcrypt cost: fast tests
@@ -86,9 +87,7 @@ def decode_and_verify(token: str, root_pem: bytes) -> tuple[dict, dict]:
     if header["alg"] == "ES256":
         assert isinstance(key, ec.EllipticCurvePublicKey)
         assert len(signature) == 64
-        der = encode_dss_signature(
-            int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-        )
+        der = encode_dss_signature(int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big"))
         key.verify(der, message, ec.ECDSA(hashes.SHA256()))
     else:
         assert header["alg"] == "RS256" and isinstance(key, rsa.RSAPublicKey)

@@ -52,9 +52,7 @@ def test_anonymous_rules_apply_to_everyone_and_others_not_to_anonymous() -> None
         rule(users=["alice"], repositories=["private/*"], actions=["pull"]),
         rule(anonymous=True, repositories=["public/*"], actions=["pull"]),
     ]
-    assert grants(rules, "", "repository:public/x:pull,push", "repository:private/x:pull") == {
-        "public/x": ("pull",)
-    }
+    assert grants(rules, "", "repository:public/x:pull,push", "repository:private/x:pull") == {"public/x": ("pull",)}
     assert grants(rules, "alice", "repository:public/x:pull", "repository:private/x:pull") == {
         "public/x": ("pull",),
         "private/x": ("pull",),

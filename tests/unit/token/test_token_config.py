@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from registry_operator.token import config as cfg
 from registry_operator.token.config import ConfigError, build_config, load_config, parse_config
 

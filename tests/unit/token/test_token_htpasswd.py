@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 import bcrypt
 import pytest
+
 from registry_operator.token.htpasswd import parse_htpasswd
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+
 from registry_operator.token.keys import SigningMaterial, generate_signing_material
 from registry_operator.token.scope import Scope
 from registry_operator.token.signing import Signer, SigningKeyError

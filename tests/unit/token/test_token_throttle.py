@@ -1,6 +1,7 @@
-"""Failed-login slowdown: free attempts, exponential spacing, serialization, 429, forgetting."""
+"""Failed-login slowdown: free attempts, exponential spacing, in-flight attempts, 429, forgetting."""
 
 import pytest
+
 from registry_operator.token.throttle import FailureThrottle, TooManyAttempts
 
 
@@ -13,14 +14,14 @@ class Clock:
 
 
 def throttle(clock: Clock, **overrides: float) -> FailureThrottle:
-    options = {
-        "free_failures": 2,
-        "base_delay": 1.0,
-        "max_delay": 8.0,
-        "max_wait": 20.0,
-        "forget_after": 100.0,
-    }
+    options = {"free_failures": 2, "base_delay": 1.0, "max_delay": 8.0, "max_wait": 20.0, "forget_after": 100.0}
     return FailureThrottle(clock=clock, **{**options, **overrides})  # type: ignore[arg-type]
+
+
+def attempt(t: FailureThrottle, user: str, address: str, ok: bool = False) -> float:
+    wait = t.reserve(user, address)
+    t.settle(user, address, ok)
+    return wait
 
 
 def test_delay_schedule() -> None:
@@ -28,65 +29,64 @@ def test_delay_schedule() -> None:
     assert [t.delay(n) for n in range(8)] == [0, 0, 1, 2, 4, 8, 8, 8]
 
 
-def test_first_failures_are_free_then_attempts_wait() -> None:
+def test_first_failures_are_free_then_attempts_are_spaced_exponentially() -> None:
     clock = Clock()
     t = throttle(clock)
-    keys = ["user:alice", "addr:1.2.3.4"]
-    for _ in range(2):
-        assert t.reserve(keys) == 0
-        t.failed(keys)
-    assert t.reserve(keys) == pytest.approx(1.0)  # two free failures, then 1 s apart
+    assert attempt(t, "alice", "a") == 0 and attempt(t, "alice", "a") == 0
+    assert t.reserve("alice", "a") == pytest.approx(1.0)
     clock.now = 1.0
-    t.failed(keys)  # the 3rd failure doubles the spacing
-    assert t.reserve(keys) == pytest.approx(2.0)
+    t.settle("alice", "a", ok=False)  # 3rd failure doubles the spacing
+    assert t.reserve("alice", "a") == pytest.approx(2.0)
 
 
-def test_parallel_attempts_are_serialized_then_refused() -> None:
-    clock = Clock()
-    t = throttle(clock)
-    for _ in range(3):
-        t.failed(["user:alice"])
-    waits = [t.reserve(["user:alice"]) for _ in range(4)]
-    assert waits == pytest.approx([2.0, 4.0, 6.0, 8.0])
-    for _ in range(6):
-        t.reserve(["user:alice"])
+def test_in_flight_attempts_on_one_user_are_serialized_then_refused() -> None:
+    t = throttle(Clock(), max_delay=2.0)
+    waits = [t.reserve("alice", f"10.0.0.{i}") for i in range(6)]
+    assert waits == pytest.approx([0, 0, 1, 3, 5, 7])
+    t2 = throttle(Clock(), max_delay=8.0)
     with pytest.raises(TooManyAttempts) as refused:
-        t.reserve(["user:alice"])
+        for i in range(10):
+            t2.reserve("alice", f"10.0.0.{i}")
     assert refused.value.retry_after > 20
 
 
-def test_per_user_and_per_address_are_independent() -> None:
-    clock = Clock()
-    t = throttle(clock)
+def test_concurrent_logins_of_different_users_from_one_address_are_not_queued() -> None:
+    t = throttle(Clock())
+    assert [t.reserve(f"user{i}", "10.0.0.1") for i in range(20)] == [0] * 20
+
+
+def test_failures_from_one_address_slow_every_user_from_it() -> None:
+    t = throttle(Clock())
     for i in range(4):  # one address spraying four different users
-        t.failed([f"user:u{i}", "addr:10.0.0.9"])
-    assert t.reserve(["user:alice", "addr:10.0.0.9"]) > 0
-    assert t.reserve(["user:alice", "addr:10.0.0.1"]) == 0
+        attempt(t, f"u{i}", "10.0.0.9")
+    assert t.reserve("alice", "10.0.0.9") > 0
+    assert t.reserve("alice", "10.0.0.1") == 0
 
 
 def test_success_resets_the_user_but_not_the_address() -> None:
-    clock = Clock()
-    t = throttle(clock)
+    t = throttle(Clock())
     for _ in range(4):
-        t.failed(["user:alice", "addr:a"])
-    t.succeeded("user:alice")
-    assert t.reserve(["user:alice", "addr:b"]) == 0
-    assert t.reserve(["user:bob", "addr:a"]) > 0
+        attempt(t, "alice", "a")
+    attempt(t, "alice", "a", ok=True)
+    assert t.reserve("alice", "b") == 0
+    assert t.reserve("bob", "a") > 0
 
 
-def test_entries_are_forgotten_after_a_quiet_period() -> None:
+def test_records_are_forgotten_after_a_quiet_period() -> None:
     clock = Clock()
     t = throttle(clock)
     for _ in range(5):
-        t.failed(["user:alice"])
+        attempt(t, "alice", "a")
     clock.now += 101
-    assert t.reserve(["user:alice"]) == 0
-    t.failed(["user:alice"])
-    assert t.reserve(["user:alice"]) == 0  # counting starts again
+    assert attempt(t, "alice", "a") == 0
+    assert attempt(t, "alice", "a") == 0  # counting starts again
 
 
-def test_memory_is_bounded() -> None:
+def test_memory_is_bounded_and_clean_records_are_dropped() -> None:
     t = FailureThrottle(max_entries=10, clock=Clock())
     for i in range(100):
-        t.failed([f"user:u{i}"])
+        attempt(t, f"u{i}", f"10.0.0.{i}")
     assert len(t._entries) == 10  # noqa: SLF001
+    t2 = FailureThrottle(clock=Clock())
+    attempt(t2, "alice", "a", ok=True)
+    assert len(t2._entries) == 0  # noqa: SLF001
