@@ -17,6 +17,7 @@ from aiohttp import web
 
 from .acl import Subject, authorize
 from .authn import Authenticator
+from .config import HEALTH_PATH, TOKEN_PATH
 from .runtime import Runtime
 from .scope import ScopeError, parse_scopes
 from .throttle import TooManyAttempts
@@ -141,7 +142,7 @@ def create_app(runtime: Runtime, authenticator: Authenticator) -> web.Applicatio
     app = web.Application()
     app[RUNTIME] = runtime
     app[AUTHENTICATOR] = authenticator
-    app.router.add_get("/token", get_token)
-    app.router.add_post("/token", post_token)
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get(TOKEN_PATH, get_token)
+    app.router.add_post(TOKEN_PATH, post_token)
+    app.router.add_get(HEALTH_PATH, healthz)
     return app

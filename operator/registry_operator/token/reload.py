@@ -36,15 +36,15 @@ class FileBacked(Generic[T]):
     """A value built by ``load`` from ``paths``; the first load happens now and must succeed."""
 
     def __init__(self, paths: Sequence[str], load: Callable[[], T], name: str) -> None:
-        self.paths = tuple(paths)
+        self._paths = tuple(paths)
         self._load = load
         self._name = name
-        self._seen = _identity(self.paths)
+        self._seen = _identity(self._paths)
         self._value = load()
 
     def get(self) -> T:
         """Return the current value, reloading first if any file changed since the last attempt."""
-        identity = _identity(self.paths)
+        identity = _identity(self._paths)
         if identity != self._seen:
             self._seen = identity
             try:
