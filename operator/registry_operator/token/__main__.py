@@ -1,4 +1,7 @@
-"""``python -m registry_operator.token --config PATH [--listen HOST:PORT]``."""
+"""Token service for the registry's ``auth.mode: token``: issues registry bearer tokens.
+
+Run as ``registry-token-service`` or ``python -m registry_operator.token``.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from .server import serve
 
 def main(argv: list[str] | None = None) -> int:
     """Console script ``registry-token-service``; exits non-zero if the start-up files are unusable."""
-    parser = argparse.ArgumentParser(prog="registry-token-service", description=__doc__)
+    parser = argparse.ArgumentParser(prog="registry-token-service", description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--config", default=CONFIG_PATH, help=f"JSON config file (default {CONFIG_PATH})")
     parser.add_argument("--listen", help="HOST:PORT, overrides the config's listen address")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))

@@ -50,7 +50,7 @@ class Authenticator:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._htpasswd = htpasswd
-        self.throttle = throttle
+        self._throttle = throttle
         self.cache_ttl = cache_ttl
         self.max_cached = max_cached
         self._executor = executor or ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="bcrypt")
@@ -102,7 +102,7 @@ class Authenticator:
         return await asyncio.shield(task)  # a client hanging up does not abort the shared check
 
     async def _throttled_check(self, key: bytes, user: str, secret: bytes, address: str) -> bool:
-        wait = self.throttle.reserve(user, address)
+        wait = self._throttle.reserve(user, address)
         ok = False
         try:
             if wait:
@@ -115,7 +115,7 @@ class Authenticator:
                 self._remember(key)
             return ok
         finally:
-            self.throttle.settle(user, address, ok)
+            self._throttle.settle(user, address, ok)
 
     async def _verify(self, table: Htpasswd, user: str, secret: bytes) -> bool:
         hashed = table.hashes.get(user)
