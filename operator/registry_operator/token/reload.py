@@ -17,10 +17,11 @@ from typing import Generic, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_Identity = tuple[tuple[int, int, int, int] | None, ...]
+Identity = tuple[tuple[int, int, int, int] | None, ...]
 
 
-def _identity(paths: Sequence[str]) -> _Identity:
+def file_identity(paths: Sequence[str]) -> Identity:
+    """(device, inode, mtime, size) per path, ``None`` for a missing file."""
     result = []
     for path in paths:
         try:
@@ -39,12 +40,12 @@ class FileBacked(Generic[T]):
         self._paths = tuple(paths)
         self._load = load
         self._name = name
-        self._seen = _identity(self._paths)
+        self._seen = file_identity(self._paths)
         self._value = load()
 
     def get(self) -> T:
         """Return the current value, reloading first if any file changed since the last attempt."""
-        identity = _identity(self._paths)
+        identity = file_identity(self._paths)
         if identity != self._seen:
             self._seen = identity
             try:
