@@ -27,6 +27,7 @@ USERS = {"alice": "alice-pw", "bob": "bob-pw"}
 ACCESS = [
     {"users": ["alice"], "repositories": ["team-a/*"], "actions": ["*"], "catalog": True},
     {"users": ["bob"], "repositories": ["team-a/*"], "actions": ["pull"]},
+    {"users": ["alice"], "repositories": ["public/*"], "actions": ["pull", "push"]},
     {"anonymous": True, "repositories": ["public/*"], "actions": ["pull"]},
 ]
 

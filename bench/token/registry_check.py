@@ -175,6 +175,9 @@ def check_registry(binary: str, algorithm: str, workdir: Path) -> list[str]:
         )
         expect("push as bob (pull only)", push(bob, "team-a/app", "v2"), 401)
         expect("tag list as anonymous", anonymous.request("GET", "/v2/team-a/app/tags/list")[0], 401)
+        expect("push public/lib:v1 as alice", push(alice, "public/lib", "v1"), 201)
+        expect("tag list public/lib as anonymous", anonymous.request("GET", "/v2/public/lib/tags/list")[0], 200)
+        expect("push public/lib as anonymous", push(anonymous, "public/lib", "v2"), 401)
         expect("catalog as alice", alice.request("GET", "/v2/_catalog")[0], 200)
         expect("catalog as bob", bob.request("GET", "/v2/_catalog")[0], 401)
         other = generate_signing_material(algorithm)  # type: ignore[arg-type]
