@@ -37,6 +37,8 @@ from registry_operator.token.scope import Scope
 from registry_operator.token.signing import Signer
 from registry_operator.token.tokens import issue_token
 
+# The realm names a host, not an IP literal: go-containerregistry (crane, ko, ...) refuses a realm
+# whose host is a private or loopback IP unless it equals the registry's own host:port.
 REGISTRY_CONFIG = """\
 version: 0.1
 log:
@@ -51,7 +53,7 @@ http:
   secret: bench-not-secret
 auth:
   token:
-    realm: http://127.0.0.1:{token_port}/token
+    realm: http://localhost:{token_port}/token
     service: {service}
     issuer: {issuer}
     rootcertbundle: {rootcertbundle}
