@@ -743,7 +743,7 @@ class LocalCluster(Cluster):
             path = self.workdir / sub
             if sub in ("etcd", "flexvolume", "kcm", "scheduler"):
                 shutil.rmtree(path, ignore_errors=True)
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.state_file.unlink(missing_ok=True)
         _write_pki(self.pki)
         self._write_kubeconfig()
@@ -867,7 +867,7 @@ class LocalCluster(Cluster):
 
     def _spawn(self, name: str, args: Sequence[str]) -> Proc:
         logfile = self.logs / f"{name}.log"
-        with open(logfile, "ab") as out:
+        with open(logfile, "wb") as out:  # a fresh log per start
             popen = subprocess.Popen(
                 list(args),
                 stdin=subprocess.DEVNULL,
@@ -969,8 +969,6 @@ class LocalCluster(Cluster):
             [
                 str(b.kube_controller_manager),
                 f"--kubeconfig={kc}",
-                f"--authentication-kubeconfig={kc}",
-                f"--authorization-kubeconfig={kc}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={self.ports['kube-controller-manager']}",
                 f"--cert-dir={self.workdir / 'kcm'}",
@@ -997,8 +995,6 @@ class LocalCluster(Cluster):
             [
                 str(b.kube_scheduler),
                 f"--kubeconfig={kc}",
-                f"--authentication-kubeconfig={kc}",
-                f"--authorization-kubeconfig={kc}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={self.ports['kube-scheduler']}",
                 f"--cert-dir={self.workdir / 'scheduler'}",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from lightkube import ApiError, Client, KubeConfig, codecs
+from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod, Secret
 
@@ -72,24 +73,21 @@ def test_deployment_becomes_available_on_kwok_nodes(kube_client: Client, namespa
         assert any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
 
 
-def _owner_ref(owner) -> dict:
-    return {
-        "apiVersion": owner.apiVersion,
-        "kind": owner.kind,
-        "name": owner.metadata.name,
-        "uid": owner.metadata.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+def _owner_ref(owner) -> OwnerReference:
+    return OwnerReference(
+        apiVersion=owner.apiVersion,
+        kind=owner.kind,
+        name=owner.metadata.name,
+        uid=owner.metadata.uid,
+        controller=True,
+        blockOwnerDeletion=True,
+    )
 
 
 def test_owner_reference_garbage_collection(kube_client: Client, namespace: str, wait_for) -> None:
-    owner = kube_client.create(ConfigMap(metadata={"name": "owner", "namespace": namespace}, data={"a": "b"}))
+    owner = kube_client.create(ConfigMap(metadata=ObjectMeta(name="owner", namespace=namespace), data={"a": "b"}))
     kube_client.create(
-        Secret(
-            metadata={"name": "child", "namespace": namespace, "ownerReferences": [_owner_ref(owner)]},
-            data={},
-        )
+        Secret(metadata=ObjectMeta(name="child", namespace=namespace, ownerReferences=[_owner_ref(owner)]))
     )
     kube_client.delete(ConfigMap, "owner", namespace=namespace)
 
@@ -131,16 +129,12 @@ def test_owner_reference_garbage_collection_with_custom_resource_owner(
     cluster.apply(yaml.safe_dump(obj))
     plural_ref = f"{obj['kind'].lower()}.{obj['apiVersion'].split('/')[0]}"
     uid = cluster.kubectl("get", plural_ref, "gc-owner", "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout
-    owner_ref = {
-        "apiVersion": obj["apiVersion"],
-        "kind": obj["kind"],
-        "name": "gc-owner",
-        "uid": uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    owner_ref = OwnerReference(
+        apiVersion=obj["apiVersion"], kind=obj["kind"], name="gc-owner", uid=uid, controller=True,
+        blockOwnerDeletion=True,
+    )  # fmt: skip
     kube_client.create(
-        ConfigMap(metadata={"name": "cr-child", "namespace": namespace, "ownerReferences": [owner_ref]})
+        ConfigMap(metadata=ObjectMeta(name="cr-child", namespace=namespace, ownerReferences=[owner_ref]))
     )
     cluster.kubectl("delete", plural_ref, "gc-owner", "-n", namespace, "--wait=false")
 
