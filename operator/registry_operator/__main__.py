@@ -22,6 +22,10 @@ def main() -> None:
     args = parser.parse_args()
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level.upper() != "DEBUG":
+        # One line per API request and per handled child event would drown what matters.
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     if args.namespace:
         os.environ["REGISTRY_OPERATOR_NAMESPACES"] = ",".join(args.namespace)
     assert handlers  # imported for its handler registrations
@@ -29,7 +33,7 @@ def main() -> None:
         kopf.operator(
             standalone=True,
             clusterwide=not args.namespace,
-            namespaces=args.namespace or None,
+            namespaces=args.namespace,
             liveness_endpoint=args.liveness,
         )
     )

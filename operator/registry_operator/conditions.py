@@ -74,6 +74,17 @@ def _config_problems(spec: RegistrySpec) -> list[Problem]:
             f"{spec.replicas} replicas requested, running 1: pods cannot share {storage} "
             "(use a ReadWriteMany persistentVolumeClaim to scale out)",
         ))
+    users = {u.name for u in spec.auth.users}
+    unknown_users = {u for g in spec.auth.groups.values() for u in g} - users
+    unknown_users |= {u for r in spec.auth.access for u in r.users} - users
+    unknown_groups = {g for r in spec.auth.access for g in r.groups} - set(spec.auth.groups)
+    if unknown_users or unknown_groups:
+        # Checked here, not in the schema: CEL over nested lists exceeds the API server's cost budget.
+        named = [f"user {u!r}" for u in sorted(unknown_users)] + [f"group {g!r}" for g in sorted(unknown_groups)]
+        out.append(Problem(
+            "AccessRuleInvalid",
+            f"auth names {', '.join(named)} that auth.users / auth.groups do not define; they match nobody",
+        ))
     return out
 
 

@@ -27,9 +27,9 @@ from .spec import parse
 log = logging.getLogger(__name__)
 
 REGISTRY = (names.GROUP, names.VERSION, names.PLURAL)
-CHILDREN = [("apps", "v1", "deployments"), ("", "v1", "services"), ("", "v1", "configmaps"),
-            ("", "v1", "persistentvolumeclaims")]
+CHILDREN = ["deployments", "services", "configmaps", "persistentvolumeclaims"]
 OURS = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
+OURS_SELECTOR = f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY}"
 
 MAX_CONCURRENT = int(os.environ.get("REGISTRY_OPERATOR_MAX_CONCURRENT", "16"))
 RESYNC_SECONDS = float(os.environ.get("REGISTRY_OPERATOR_RESYNC_SECONDS", "3600"))
@@ -43,8 +43,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         prefix=names.ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.watching.server_timeout = 300
-    for group, version, plural in CHILDREN:
-        settings.watching.label_selectors[(group, version, plural)] = OURS
+    for plural in CHILDREN:  # filtered by the API server: we never receive other controllers' objects
+        settings.watching.label_selectors[plural] = OURS_SELECTOR
 
     client = AsyncClient(field_manager=names.FIELD_MANAGER)
     ctx = Context(

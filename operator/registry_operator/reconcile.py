@@ -69,7 +69,7 @@ async def _write_status(ctx: Context, body: Mapping[str, Any], status: dict[str,
     patch = {"status": {**{k: None for k in old if k not in status}, **status}}
     meta = body["metadata"]
     await ctx.client.patch(
-        Registry, meta["name"], patch, namespace=meta["namespace"], subresource="status", patch_type=PatchType.MERGE
+        Registry.Status, meta["name"], patch, namespace=meta["namespace"], patch_type=PatchType.MERGE
     )
     return True
 
@@ -114,6 +114,8 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     outcome.status_written = await _finish(ctx, body, status)
     if outcome.written or outcome.deleted:
         log.info("Registry %s/%s: applied %s, deleted %s", namespace, name, outcome.written, outcome.deleted)
+    log.debug("Registry %s/%s reconciled: %d applied, %d deleted, status %s", namespace, name,
+              len(outcome.written), len(outcome.deleted), "written" if outcome.status_written else "unchanged")
     return outcome
 
 

@@ -65,3 +65,13 @@ def test_events_only_on_transitions():
     assert conditions.transitions(ready, ready) == []
     broken = conditions.compute(SPEC, 1, [Problem("TLSSecretNotFound", "m")], {"reg": deployment(1)}, {}, ready, T1)
     assert ("Warning", "TLSSecretNotFound", "m") in conditions.transitions(ready, broken)
+
+
+def test_rules_naming_unknown_users_or_groups_are_reported():
+    s = spec.parse("reg", "ns", {"auth": {"mode": "token", "users": [{"name": "a"}],
+                                          "groups": [{"name": "g", "users": ["a", "ghost"]}],
+                                          "access": [{"groups": ["nope"], "repositories": ["*"],
+                                                      "actions": ["pull"]}]}})
+    c = by_type(conditions.compute(s, 1, [], {"reg": deployment(1)}, {}, None, T0))
+    assert c["Degraded"]["reason"] == "AccessRuleInvalid"
+    assert "'ghost'" in c["Degraded"]["message"] and "'nope'" in c["Degraded"]["message"]
