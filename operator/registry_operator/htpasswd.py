@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import bcrypt
 
@@ -43,13 +44,26 @@ def hash_password(password: str, cost: int = COST) -> str:
     return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=cost)).decode()
 
 
-def parse(text: str) -> dict[str, str]:
-    """user -> hash of every well-formed line; anything else is dropped (we rewrite the whole file)."""
+_BCRYPT = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
+
+
+def parse(text: str, on_bad_line: Callable[[int], None] | None = None) -> dict[str, str]:
+    """user -> hash of every well-formed `user:bcrypt` line (first one wins); blank lines and comments skipped.
+
+    Malformed lines are dropped, reported by number only (their content holds a hash); the operator always
+    rewrites the whole file, and the token service keeps serving the users that are still well-formed.
+    """
     out: dict[str, str] = {}
-    for line in text.splitlines():
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
         user, sep, digest = line.partition(":")
-        if sep and user and digest.startswith(("$2a$", "$2b$", "$2y$")):
-            out[user] = digest
+        if not (sep and user and _BCRYPT.match(digest)):
+            if on_bad_line:
+                on_bad_line(number)
+            continue
+        out.setdefault(user, digest)
     return out
 
 

@@ -232,35 +232,6 @@ def not_after(cert_pem: bytes) -> dt.datetime:
     return load_chain(cert_pem)[0].not_valid_after_utc
 
 
-def _signing_key(algorithm: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
-    if algorithm == "RS256":
-        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return _new_key()
-
-
-def issue_signing(common_name: str, algorithm: str) -> KeyPair:
-    """A self-signed token-signing certificate: the registry's `rootcertbundle` and the tokens' `x5c`.
-
-    Self-signed rather than issued by the Registry's CA, so that no other key the CA signed (such as the
-    registry's own TLS key) could mint tokens.
-    """
-    key = _signing_key(algorithm)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])])
-    start = now() - BACKDATE
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + SERVER_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
-
-
 def signing_is_current(pair: KeyPair, algorithm: str) -> bool:
     try:
         cert = check_pair(pair.cert_pem, pair.key_pem)

@@ -34,8 +34,12 @@ def test_verifier_remembers_so_a_resync_does_no_bcrypt(monkeypatch):
     assert calls == []
 
 
-def test_malformed_lines_are_dropped():
-    assert htpasswd.parse("alice:$2y$05$abc\nbroken line\nbob:plaintext\n:$2b$x\n") == {"alice": "$2y$05$abc"}
+def test_malformed_lines_are_dropped_and_reported_by_number():
+    good = htpasswd.hash_password("pw", cost=4)
+    text = f"# comment\nalice:{good}\nbroken line\nbob:plaintext\n:{good}\nalice:{good[:-1]}x\n"
+    bad: list[int] = []
+    assert htpasswd.parse(text, bad.append) == {"alice": good}
+    assert bad == [3, 4, 5]
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from ..spec import RegistrySpec
+from ..token import config as token_service_config
 
 PORT = 5000
 DEBUG_PORT = 5001  # metrics, health and pprof: never on the Service
@@ -21,7 +22,6 @@ TLS_DIR = "/etc/registry/tls"
 AUTH_DIR = "/etc/registry/auth"
 TOKEN_DIR = "/etc/registry/token"
 DATA_DIR = "/var/lib/registry"
-TOKEN_ISSUER = "registry-operator-token-service"
 
 
 def config_dir(version: str) -> str:
@@ -77,7 +77,7 @@ def render(spec: RegistrySpec, token_realm: str | None = None, token_service: st
         token: dict[str, Any] = {
             "realm": token_realm,
             "service": token_service,
-            "issuer": TOKEN_ISSUER,
+            "issuer": token_service_config.DEFAULT_ISSUER,
             "rootcertbundle": f"{TOKEN_DIR}/tls.crt",
         }
         if spec.version != "2.8":

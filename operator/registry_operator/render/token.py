@@ -15,15 +15,14 @@ from .. import names
 from ..material import Material
 from ..names import COMPONENT_TOKEN, ChildNames
 from ..spec import RegistrySpec
-from . import config as cfg
+from ..token import config as token_config
 from .common import Obj, metadata
 from .pod import container_security_context, inputs_hash, pod_security_context, scheduling, secret_volume
 
-PORT = 5001
-CONFIG_DIR = "/etc/registry-token/config"
-AUTH_DIR = "/etc/registry-token/auth"
-SIGNING_DIR = "/etc/registry-token/signing"
-TLS_DIR = "/etc/registry-token/tls"
+PORT = token_config.DEFAULT_PORT
+CONFIG_DIR, AUTH_DIR, SIGNING_DIR, TLS_DIR = (
+    f"{token_config.MOUNT_ROOT}/{d}" for d in ("config", "auth", "signing", "tls")
+)
 RESOURCES = {"requests": {"cpu": "20m", "memory": "48Mi"}, "limits": {"memory": "256Mi"}}
 
 
@@ -37,37 +36,31 @@ def realm(spec: RegistrySpec) -> str:
     if spec.auth.token_realm:
         return spec.auth.token_realm
     scheme = "https" if spec.tls_enabled else "http"
-    return f"{scheme}://{ChildNames(spec.name).token}.{spec.namespace}.svc:{PORT}/token"
+    return f"{scheme}://{ChildNames(spec.name).token}.{spec.namespace}.svc:{PORT}{token_config.TOKEN_PATH}"
 
 
 def service_config(spec: RegistrySpec) -> dict[str, Any]:
-    """The token service's config file (see `registry_operator.token`): no secrets, only paths to them."""
-    config: dict[str, Any] = {
-        "listen": f"0.0.0.0:{PORT}",
-        "issuer": cfg.TOKEN_ISSUER,
-        "service": service_name(spec),
-        "ttlSeconds": spec.auth.token_ttl_seconds,
-        "algorithm": spec.auth.token_algorithm,
-        "htpasswdPath": f"{AUTH_DIR}/htpasswd",
-        "signingKeyPath": f"{SIGNING_DIR}/tls.key",
-        "signingCertPath": f"{SIGNING_DIR}/tls.crt",
-        "groups": {name: list(members) for name, members in spec.auth.groups.items()},
-        "access": [
-            {
-                "users": list(r.users),
-                "groups": list(r.groups),
-                "anonymous": r.anonymous,
-                "repositories": list(r.repositories),
-                "catalog": r.catalog,
-                "actions": list(r.actions),
-            }
-            for r in spec.auth.access
-        ],
-    }
-    if spec.tls_enabled:
-        config["tlsCertPath"] = f"{TLS_DIR}/tls.crt"
-        config["tlsKeyPath"] = f"{TLS_DIR}/tls.key"
-    return config
+    """The token service's config file: no secrets, only where they are mounted.
+
+    Rules naming an undefined group keep their other subjects; the Degraded condition reports the name.
+    """
+    groups = {name: list(members) for name, members in spec.auth.groups.items()}
+    access = [
+        {
+            "users": list(r.users),
+            "groups": [g for g in r.groups if g in groups],
+            "anonymous": r.anonymous,
+            "repositories": list(r.repositories),
+            "catalog": r.catalog,
+            "actions": list(r.actions),
+        }
+        for r in spec.auth.access
+    ]
+    return token_config.build_config(
+        service_name(spec), access, groups=groups, ttl_seconds=spec.auth.token_ttl_seconds,
+        algorithm=spec.auth.token_algorithm,  # type: ignore[arg-type]
+        tls=spec.tls_enabled,
+    )
 
 
 def render(spec: RegistrySpec, material: Material, owner: Mapping[str, Any], image: str) -> list[Obj]:
@@ -89,13 +82,13 @@ def render(spec: RegistrySpec, material: Material, owner: Mapping[str, Any], ima
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
         restart_inputs.append(material.token_tls.cert_pem if material.token_tls else b"")
     scheme = "HTTPS" if spec.tls_enabled else "HTTP"
-    probe = {"httpGet": {"path": "/healthz", "port": "https", "scheme": scheme}, "periodSeconds": 10}
+    probe = {"httpGet": {"path": token_config.HEALTH_PATH, "port": "https", "scheme": scheme}, "periodSeconds": 10}
     container: Obj = {
         "name": "token-service",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-m", "registry_operator.token"],
-        "args": ["--config", f"{CONFIG_DIR}/config.json"],
+        "args": ["--config", token_config.CONFIG_PATH],
         "ports": [{"name": "https", "containerPort": PORT, "protocol": "TCP"}],
         "readinessProbe": probe,
         "livenessProbe": {**probe, "failureThreshold": 6},

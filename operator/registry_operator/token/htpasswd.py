@@ -7,15 +7,13 @@ drops that entry (with a warning naming the line number, never its content, whic
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import htpasswd
+
 log = logging.getLogger(__name__)
-
-_BCRYPT = re.compile(rb"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
-
 
 @dataclass(frozen=True)
 class Htpasswd:
@@ -25,19 +23,12 @@ class Htpasswd:
 
 
 def parse_htpasswd(text: str, source: str = "htpasswd") -> Htpasswd:
-    """Parse ``user:hash`` lines; blank lines and ``#`` comments are skipped, first entry wins."""
-    hashes: dict[str, bytes] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        user, sep, hashed = line.partition(":")
-        encoded = hashed.encode("ascii", "replace")
-        if not sep or not user or not _BCRYPT.match(encoded):
-            log.warning("%s line %d: not a user:bcrypt-hash entry, skipped", source, number)
-            continue
-        hashes.setdefault(user, encoded)
-    return Htpasswd(hashes)
+    """Parse the file the operator renders (same parser as the operator's, first entry wins)."""
+
+    def bad(number: int) -> None:
+        log.warning("%s line %d: not a user:bcrypt-hash entry, skipped", source, number)
+
+    return Htpasswd({user: digest.encode() for user, digest in htpasswd.parse(text, bad).items()})
 
 
 def load_htpasswd(path: str | Path) -> Htpasswd:
