@@ -18,7 +18,8 @@ import bcrypt
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "operator"))
 
-from registry_operator.token import build_config, generate_signing_material  # noqa: E402
+from registry_operator.pki import issue_signing  # noqa: E402
+from registry_operator.token import build_config  # noqa: E402
 from registry_operator.token.config import Algorithm  # noqa: E402
 
 SERVICE = "bench/registry"
@@ -51,7 +52,7 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
 
 def write_service_files(directory: Path, algorithm: Algorithm = "ES256", bcrypt_cost: int = 10) -> Path:
     """Everything the operator would mount; returns the config path. Signing cert: ``signing.crt``."""
-    material = generate_signing_material(algorithm)
+    material = issue_signing(algorithm)
     (directory / "signing.key").write_bytes(material.key_pem)
     (directory / "signing.crt").write_bytes(material.cert_pem)
     lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(bcrypt_cost)).decode()}" for u, p in USERS.items()]

@@ -32,7 +32,7 @@ from common import (
     write_service_files,
 )
 
-from registry_operator.token.keys import generate_signing_material
+from registry_operator.pki import issue_signing
 from registry_operator.token.scope import Scope
 from registry_operator.token.signing import Signer
 from registry_operator.token.tokens import issue_token
@@ -182,7 +182,7 @@ def check_registry(binary: str, algorithm: str, workdir: Path) -> list[str]:
         expect("push public/lib as anonymous", push(anonymous, "public/lib", "v2"), 401)
         expect("catalog as alice", alice.request("GET", "/v2/_catalog")[0], 200)
         expect("catalog as bob", bob.request("GET", "/v2/_catalog")[0], 401)
-        other = generate_signing_material(algorithm)  # type: ignore[arg-type]
+        other = issue_signing(algorithm)  # type: ignore[arg-type]
         foreign = Signer.from_pem(algorithm, other.key_pem, other.cert_pem)  # type: ignore[arg-type]
         forged = issue_token(
             foreign,

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from . import htpasswd, pki
 from .names import ChildNames
 from .spec import RegistrySpec
-from .token.keys import generate_signing_material
 
 # Observed Secrets: name -> decoded data (None when the Secret does not exist).
 Secrets = Mapping[str, Mapping[str, bytes] | None]
@@ -172,8 +171,7 @@ def decide(
     if token:
         token_signing = _pair(observed.get(names.token_signing))
         if token_signing is None or not pki.signing_is_current(token_signing, spec.auth.token_algorithm):
-            signing = generate_signing_material(spec.auth.token_algorithm)  # type: ignore[arg-type]
-            token_signing = pki.KeyPair(signing.cert_pem, signing.key_pem)
+            token_signing = pki.issue_signing(spec.auth.token_algorithm)
         if ca is not None:
             token_tls = _keep_or_issue_server(
                 _pair(observed.get(names.token_tls)), ca, service_names(spec, names.token, cluster_domain))

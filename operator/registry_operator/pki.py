@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_VALIDITY = dt.timedelta(days=3650)
 SERVER_VALIDITY = dt.timedelta(days=365)
+SIGNING_VALIDITY = dt.timedelta(days=3650)
 # Re-issue once less than a third of the lifetime is left, like cert-manager's default.
 RENEW_FRACTION = 1 / 3
 BACKDATE = dt.timedelta(minutes=5)  # tolerate small clock skew between operator and clients
@@ -50,7 +51,7 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+def _key_pem(key: PrivateKeyTypes) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -66,31 +67,37 @@ def _san(names: Iterable[str]) -> list[x509.GeneralName]:
     return out
 
 
-def issue_ca(common_name: str) -> KeyPair:
-    """A self-signed CA that may only sign leaf certificates (path length 0)."""
-    key = _new_key()
+def _key_usage(cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True, key_cert_sign=cert_sign, crl_sign=cert_sign, content_commitment=False,
+        key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _self_signed(key: PrivateKeyTypes, common_name: str, validity: dt.timedelta) -> x509.Certificate:
+    """A self-signed root that may sign leaves only (path length 0)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64])])
     start = now() - BACKDATE
-    cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + CA_VALIDITY)
+        .not_valid_after(start + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                key_encipherment=False, data_encipherment=False, key_agreement=False,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(cert_sign=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
+
+
+def issue_ca(common_name: str) -> KeyPair:
+    """The per-Registry CA that issues server certificates."""
+    key = _new_key()
+    cert = _self_signed(key, common_name, CA_VALIDITY)
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
@@ -109,14 +116,7 @@ def issue_server(ca: KeyPair, names: list[str], validity: dt.timedelta = SERVER_
         .not_valid_before(start)
         .not_valid_after(min(start + validity, ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True, key_encipherment=False, key_cert_sign=False, crl_sign=False,
-                content_commitment=False, data_encipherment=False, key_agreement=False,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(_san(names)), critical=False)
         .add_extension(
@@ -230,6 +230,19 @@ def ca_is_current(pair: KeyPair) -> bool:
 
 def not_after(cert_pem: bytes) -> dt.datetime:
     return load_chain(cert_pem)[0].not_valid_after_utc
+
+
+def issue_signing(algorithm: str, common_name: str = "registry-token-service") -> KeyPair:
+    """The token-signing key and its self-signed certificate: the registry's `rootcertbundle` and the `x5c`.
+
+    Self-signed rather than issued by the Registry's CA, so that no other key the CA signed (such as the
+    registry's own TLS key) could mint tokens. The registry checks its validity on every token: long-lived.
+    """
+    key: PrivateKeyTypes = (
+        rsa.generate_private_key(public_exponent=65537, key_size=3072) if algorithm == "RS256" else _new_key()
+    )
+    cert = _self_signed(key, common_name, SIGNING_VALIDITY)
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
 def signing_is_current(pair: KeyPair, algorithm: str) -> bool:

@@ -6,7 +6,6 @@ import pytest
 from cryptography import x509
 
 from registry_operator import pki
-from registry_operator.token.keys import generate_signing_material
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +72,6 @@ def test_error_messages_never_quote_key_material(ca):
 
 @pytest.mark.parametrize("algorithm", ["ES256", "RS256"])
 def test_signing_certificate_matches_its_algorithm(algorithm):
-    signing = generate_signing_material(algorithm)
-    pair = pki.KeyPair(signing.cert_pem, signing.key_pem)
+    pair = pki.issue_signing(algorithm)
     assert pki.signing_is_current(pair, algorithm)
     assert not pki.signing_is_current(pair, "RS256" if algorithm == "ES256" else "ES256")

@@ -5,7 +5,7 @@ access rules, and signs short-lived JWTs that distribution 2.8 and 3.x verify ag
 certificate (``auth.token.rootcertbundle``). Runs as its own Deployment; never imports kopf.
 
 The operator needs only this module's exports: :func:`build_config` to render the ConfigMap,
-:func:`generate_signing_material` for the signing Secret, and the mount path constants.
+and the mount path constants. The signing key pair comes from :func:`registry_operator.pki.issue_signing`.
 """
 
 from .config import (
@@ -28,7 +28,6 @@ from .config import (
     load_config,
     parse_config,
 )
-from .keys import SigningMaterial, generate_signing_material
 
 __all__ = [
     "CONFIG_PATH",
@@ -46,9 +45,7 @@ __all__ = [
     "Algorithm",
     "ConfigError",
     "ServiceConfig",
-    "SigningMaterial",
     "build_config",
-    "generate_signing_material",
     "load_config",
     "parse_config",
 ]

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from registry_operator.token.keys import SigningMaterial, generate_signing_material
+from registry_operator.pki import KeyPair, issue_signing
 
 TEST_COST = 4  # bcrypt cost: fast tests
 _counter = itertools.count()
@@ -96,13 +96,13 @@ def decode_and_verify(token: str, root_pem: bytes) -> tuple[dict, dict]:
 
 
 @pytest.fixture(scope="session")
-def es256() -> SigningMaterial:
-    return generate_signing_material("ES256")
+def es256() -> KeyPair:
+    return issue_signing("ES256")
 
 
 @pytest.fixture(scope="session")
-def rs256() -> SigningMaterial:
-    return generate_signing_material("RS256")
+def rs256() -> KeyPair:
+    return issue_signing("RS256")
 
 
 @dataclass
@@ -127,7 +127,7 @@ class Mounted:
 
 
 @pytest.fixture
-def mounted(tmp_path: Path, es256: SigningMaterial) -> Mounted:
+def mounted(tmp_path: Path, es256: KeyPair) -> Mounted:
     config, auth, signing = (KubeletVolume(tmp_path / d) for d in ("config", "auth", "signing"))
     signing.write({"tls.key": es256.key_pem, "tls.crt": es256.cert_pem})
     document = {

@@ -11,9 +11,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from registry_operator.pki import issue_signing
 from registry_operator.token.app import AUTHENTICATOR, create_app
 from registry_operator.token.authn import Authenticator
-from registry_operator.token.keys import generate_signing_material
 from registry_operator.token.runtime import Runtime
 from registry_operator.token.throttle import FailureThrottle
 
@@ -191,7 +191,7 @@ def test_config_change_applies_without_restart(mounted: Any, es256: Any, verify_
 
 
 def test_signing_key_rotation_applies_without_restart(mounted: Any, verify_jwt: Verify) -> None:
-    rotated = generate_signing_material("ES256")
+    rotated = issue_signing("ES256")
 
     async def scenario(client: TestClient) -> None:
         mounted.signing.write({"tls.key": rotated.key_pem, "tls.crt": rotated.cert_pem})

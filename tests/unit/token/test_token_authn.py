@@ -107,7 +107,7 @@ def test_identical_concurrent_logins_share_one_check(make_htpasswd: Callable[...
 
 
 def test_parallel_guesses_for_one_user_are_queued_then_refused(make_htpasswd: Callable[..., str]) -> None:
-    throttle = FailureThrottle(free_failures=2, base_delay=0.02, max_delay=0.02, max_wait=0.05)
+    throttle = FailureThrottle(free_failures=2, base_delay=0.2, max_delay=0.2, max_wait=0.5)
     auth = authenticator(make_htpasswd({"alice": "pw"}), throttle=throttle)
 
     async def burst() -> list[object]:
@@ -115,7 +115,7 @@ def test_parallel_guesses_for_one_user_are_queued_then_refused(make_htpasswd: Ca
         return await asyncio.gather(*guesses, return_exceptions=True)
 
     results = asyncio.run(burst())
-    assert results.count(False) == 4  # waits 0, 0, 20, 40 ms; the next would wait 60 > 50 ms
+    assert results.count(False) == 4  # waits 0, 0, 200, 400 ms; the next would wait 600 > 500 ms
     assert all(isinstance(r, TooManyAttempts) for r in results if r is not False)
     assert auth.bcrypt_checks == 4
 

@@ -3,7 +3,7 @@
 from collections.abc import Callable
 from typing import Any
 
-from registry_operator.token.keys import generate_signing_material
+from registry_operator.pki import issue_signing
 from registry_operator.token.runtime import Runtime
 
 
@@ -31,6 +31,6 @@ def test_algorithm_change_needs_a_matching_key(mounted: Any, kubelet_volume: Cal
     runtime = Runtime(mounted.config_path)
     mounted.write_config(algorithm="RS256")  # the mounted key is EC: keep signing with it
     assert runtime.signer().algorithm == "ES256" and runtime.signer().algorithm == "ES256"
-    rsa = generate_signing_material("RS256")
+    rsa = issue_signing("RS256")
     mounted.signing.write({"tls.key": rsa.key_pem, "tls.crt": rsa.cert_pem})  # the Secret follows later
     assert runtime.signer().algorithm == "RS256"
