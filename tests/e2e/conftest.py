@@ -51,7 +51,12 @@ def e2e_operator(cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     env.update(
         KUBECONFIG=str(cluster.kubeconfig),
         PYTHONUNBUFFERED="1",
-        PYTHONPATH=os.pathsep.join([str(REPO / "operator"), *filter(None, env.get("PYTHONPATH", "").split(":"))]),
+        PYTHONPATH=os.pathsep.join(
+            [
+                str(REPO / "operator"),
+                *filter(None, env.get("PYTHONPATH", "").split(":")),
+            ]
+        ),
     )
     url = f"http://127.0.0.1:{pick_free_ports(['liveness'])['liveness']}/healthz"
     log = tmp_path_factory.mktemp("operator") / "operator.log"

@@ -1,21 +1,48 @@
 """The OCI distribution-spec conformance suite against an operator-configured registry (TLS + htpasswd).
 
-The suite is told which version of the spec to hold the registry to; what a registry answers as "unsupported"
-is recorded by the suite as Skip, not as a failure. Features switched off below are ones the registry version
-does not implement at all; each is documented where it is switched off.
+Every workflow CNCF distribution implements is tested and must pass. Switched off, because distribution (2.8
+and 3.x alike) does not implement them at all, so they would only re-prove a known absence at ~50 ms of bcrypt
+per request:
+- the referrers API and manifests with a ``subject`` (OCI 1.1): no referrers endpoint; the ``empty/referrers``
+  probe and every subject data set fail;
+- sha512 digests: only sha256 is accepted for blobs and manifests;
+- non-distributable layers: manifests whose layers carry ``urls`` are refused unless
+  ``validation.manifests.urls.allow`` is configured (the operator renders no such rule; these layers are
+  deprecated in image-spec 1.1).
+distribution 2.8 additionally fails a few checks that 3.x passes; they are its known bugs (2.8 is end of
+life), listed in KNOWN_FAILURES and required to be exactly what fails, so a change either way is noticed.
 """
 
 from __future__ import annotations
 
+import collections
 import re
 from pathlib import Path
 
 from tests.support.clients import run_conformance
 from tests.support.deployed import DeployedRegistry
 
-# Spec features a distribution version lacks entirely, as OCI_* switches of the suite (documented per entry).
-UNSUPPORTED: dict[str, dict[str, str]] = {
-    "2.8": {},
+NOT_IMPLEMENTED = {
+    "OCI_API_REFERRER": "false",
+    "OCI_DATA_SUBJECT": "false",
+    "OCI_DATA_SUBJECT_MISSING": "false",
+    "OCI_DATA_SUBJECT_LIST": "false",
+    "OCI_DATA_SHA512": "false",
+    "OCI_DATA_NONDISTRIBUTABLE": "false",
+}
+
+KNOWN_FAILURES: dict[str, dict[str, str]] = {
+    "2.8": {
+        # 202 instead of 416 for a PATCH whose Content-Range does not continue the upload.
+        "OCI Conformance Test/sha256 blobs/chunked out-of-order/blob-patch-chunked": "accepts out-of-order chunk",
+        "OCI Conformance Test/sha256 blobs/chunked out-of-order and put chunk/blob-patch-chunked": "same, final PUT",
+        # An unsatisfiable Range (start > end, or beyond the blob) drops the connection instead of 416.
+        "OCI Conformance Test/sha256 blobs/range requests/range 500-0": "invalid range: connection dropped",
+        "OCI Conformance Test/sha256 blobs/range requests/range 5000-10000": "invalid range: connection dropped",
+        # A malformed digest in the URL gives 500 instead of 400/404.
+        "OCI Conformance Test/invalid-digest-format/manifest-put": "500 on malformed digest",
+        "OCI Conformance Test/invalid-digest-format/manifest-get": "500 on malformed digest",
+    },
     "3": {},
 }
 
@@ -28,24 +55,18 @@ def test_oci_conformance(shared_registry: DeployedRegistry, tmp_path: Path) -> N
         reg.ca_pem(),
         reg.address,
         ("alice", reg.passwords()["alice"]),
-        {
-            "OCI_REPO1": "conformance/repo1",
-            "OCI_REPO2": "conformance/repo2",
-            "OCI_API_PULL": "true",
-            "OCI_API_PUSH": "true",
-            "OCI_API_TAGS_LIST": "true",
-            "OCI_API_MANIFESTS_DELETE": "true",
-            "OCI_API_BLOBS_DELETE": "true",
-            "OCI_API_TAGS_DELETE": "true",
-            **UNSUPPORTED[version],
-        },
+        {"OCI_REPO1": "conformance/repo1", "OCI_REPO2": "conformance/repo2", **NOT_IMPLEMENTED},
     )
-    summary = re.search(r"OCI Conformance Result:.*?(?=\n\n)", result.output, re.S)
-    api = re.search(r"API conformance:.*?(?=\n\n)", result.output, re.S)
-    data = re.search(r"Data conformance:.*?(?=\n\n)", result.output, re.S)
-    print(f"\nregistry {version}: {result.passed} passed, {result.failed} failed, {result.skipped} skipped")
-    for block in (summary, api, data):
-        if block:
-            print(block.group(0))
+    print(f"\nOCI conformance, registry {version}: {result.passed} passed, {result.failed} failed, "
+          f"{result.skipped} skipped (JUnit test cases)")  # fmt: skip
+    for block in re.findall(
+        r"(?:OCI Conformance Result|API conformance|Data conformance):.*?\n\n", result.output, re.S
+    ):
+        print(block.rstrip())
+    print("skipped (registry answered 'unsupported', or switched off):", *sorted(set(result.skips)), sep="\n  ")
     assert result.passed > 0, result.output[-4000:]
-    assert not result.failures, f"conformance failures on {version}: {result.failures}\n{result.output[-6000:]}"
+    failed = collections.Counter(result.failures)
+    unexpected = sorted(set(failed) - set(KNOWN_FAILURES[version]))
+    fixed = sorted(set(KNOWN_FAILURES[version]) - set(failed))
+    assert not unexpected, f"conformance failures on {version}: {unexpected}\n{result.output[-6000:]}"
+    assert not fixed, f"known {version} failures now pass, update KNOWN_FAILURES: {fixed}"

@@ -144,6 +144,7 @@ def test_atomic_volume_layout_and_swap(tmp_path: Path) -> None:
         (lambda p, c: p.update(hostNetwork=True), "hostNetwork"),
         (lambda p, c: p["securityContext"].update(sysctls=[{"name": "a", "value": "b"}]), "sysctls"),
     ],
+    ids=["initContainers", "hostPath", "image", "stdin", "hostNetwork", "sysctls"],
 )
 def test_refuses_what_it_cannot_reproduce(tmp_path: Path, mutate: Any, message: str) -> None:
     deployment, sources = handmade("2.8", TestCA.create(), {"alice": "pw"})

@@ -1,0 +1,200 @@
+"""Token-mode helpers: the token service's pod run by podrunner behind a stand-in for its Service, and direct
+calls to the token endpoint.
+
+The realm the registry advertises must be fixed before the Registry is created (``spec.auth.tokenRealm``),
+but podrunner moves the token service to a free port only when the pod starts. ``ServiceProxy`` plays
+kube-proxy: it binds the realm's port first and forwards each connection, byte for byte (TLS is end to end,
+the proxy never sees plaintext), to whichever pod currently backs the Service.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import socket
+import sys
+import threading
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import ConfigMap
+
+from . import https
+from .deployed import DeployedRegistry, wait_for
+from .podrunner import ApiSources, PodRunner
+
+# Where OperatorImageRunner shows this interpreter's installation inside the pod's mount namespace.
+IMAGE_PYTHON = "/opt/registry-operator-python"
+
+
+def _traversable_by_others(path: str) -> bool:
+    """Whether any user can reach ``path`` (every ancestor directory has the other-execute bit)."""
+    parts = Path(path).resolve().parts
+    return all(os.stat(os.path.join(*parts[: i + 1])).st_mode & 0o001 for i in range(len(parts)))
+
+
+class OperatorImageRunner(PodRunner):
+    """PodRunner for the operator image, runnable as the pod's non-root user.
+
+    Workaround for a podrunner gap: ``resolve_image`` maps ``python`` to ``sys.executable``; under pyenv that
+    lives in /root (mode 0700), so the token pod (runAsUser 1000) cannot exec it. Like the image, which carries
+    its own Python, this runner bind-mounts the interpreter's installation read-only at ``IMAGE_PYTHON`` in the
+    pod's mount namespace and runs it from there (``PYTHONHOME``, as argv[0] is the pod's bare ``python``;
+    ``LD_LIBRARY_PATH``, as its libpython RUNPATH is absolute).
+    Nothing else changes: same user, read-only root, volumes, args. A no-op when the interpreter is reachable.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._relocate = self.program.kind == "operator" and not _traversable_by_others(sys.prefix)
+        if self._relocate:
+            python = f"{IMAGE_PYTHON}/{Path(sys.executable).relative_to(sys.prefix)}"
+            executables = {
+                name: [python, *argv[1:]] if argv[0] == sys.executable else argv
+                for name, argv in self.program.executables.items()
+            }
+            env = {**self.program.env, "PYTHONHOME": IMAGE_PYTHON, "LD_LIBRARY_PATH": f"{IMAGE_PYTHON}/lib"}
+            self.program = dataclasses.replace(self.program, executables=executables, env=env)
+
+    def _mounts(self) -> list[dict[str, Any]]:
+        mounts = super()._mounts()
+        if self._relocate:
+            mounts.append({"source": sys.prefix, "target": IMAGE_PYTHON, "readOnly": True})
+        return mounts
+
+
+class ServiceProxy:
+    """A loopback TCP forwarder standing in for a ClusterIP Service: listens now, routes to ``target`` later."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self.target: tuple[str, int] | None = None
+        self._closed = False
+        threading.Thread(target=self._accept, name=f"proxy-{self.port}", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.target is None:
+                client.close()  # no ready endpoint: a Service without endpoints refuses too
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
+                try:
+                    sock.shutdown(how)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+
+
+@dataclass
+class TokenService:
+    """The ``N-token`` Deployment's pod, run by podrunner, reachable through the realm the Registry publishes."""
+
+    registry: DeployedRegistry
+    proxy: ServiceProxy
+    runner: PodRunner
+
+    @property
+    def name(self) -> str:
+        return f"{self.registry.name}-token"
+
+    @property
+    def host(self) -> str:
+        """The token Service's in-cluster name, which its certificate must carry."""
+        return f"{self.name}.{self.registry.namespace}.svc"
+
+    @property
+    def realm(self) -> str:
+        return str((self.registry.get().get("status") or {}).get("tokenRealm") or "")
+
+    @property
+    def realm_address(self) -> str:
+        """host:port of the realm URL (the proxy's port)."""
+        return urllib.parse.urlsplit(self.realm).netloc
+
+    def config_map(self) -> dict[str, str]:
+        obj = self.registry.client.get(ConfigMap, self.name, namespace=self.registry.namespace)
+        return dict(obj.data or {})
+
+    def config(self) -> dict[str, Any]:
+        return json.loads(self.config_map()["config.json"])
+
+    def sync_volumes(self) -> bool:
+        """What the kubelet does on its next sync: re-materialize changed Secret/ConfigMap volumes."""
+        return self.runner.update()
+
+    def stop(self) -> None:
+        self.runner.stop()
+        self.proxy.close()
+
+
+def start_token_service(reg: DeployedRegistry, proxy: ServiceProxy, workdir: Path) -> TokenService:
+    """Run the token Deployment the operator rendered and point ``proxy`` (the realm's port) at it."""
+    name = f"{reg.name}-token"
+    deployment = wait_for(
+        lambda: reg.client.get(Deployment, name, namespace=reg.namespace), f"Deployment {reg.namespace}/{name}"
+    )
+    runner = OperatorImageRunner(deployment, ApiSources(reg.client, reg.namespace), workdir)
+    runner.start(reg.ca_pem(), f"{name}.{reg.namespace}.svc")
+    proxy.target = ("127.0.0.1", runner.port)
+    return TokenService(reg, proxy, runner)
+
+
+@dataclass
+class TokenAnswer:
+    status: int
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+    def claims(self) -> dict[str, Any]:
+        """The token's payload (not verified here: the registry is the verifier)."""
+        payload = self.body["token"].split(".")[1]
+        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def request_token(
+    realm: str,
+    ca_pem: bytes,
+    server_hostname: str,
+    service: str,
+    scopes: list[str],
+    auth: tuple[str, str] | None,
+) -> TokenAnswer:
+    """``GET realm?service=..&scope=..`` as a registry client does, verifying TLS for ``server_hostname``."""
+    url = urllib.parse.urlsplit(realm)
+    query = urllib.parse.urlencode([("service", service), *(("scope", s) for s in scopes)])
+    resp = https.request(url.netloc, ca_pem, server_hostname, "GET", f"{url.path}?{query}", auth=auth)
+    try:
+        body = json.loads(resp.body) if resp.body else {}
+    except ValueError:
+        body = {"raw": resp.body.decode(errors="replace")}
+    return TokenAnswer(resp.status, resp.headers, body)
