@@ -84,31 +84,36 @@ class ServiceProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            if self.target is None:
-                client.close()  # no ready endpoint: a Service without endpoints refuses too
-                continue
+            threading.Thread(target=self._forward, args=(client,), daemon=True).start()
+
+    def _forward(self, client: socket.socket) -> None:
+        with client:
+            target = self.target
+            if target is None:
+                return  # no ready endpoint yet: closed at once, like a Service without endpoints
             try:
-                upstream = socket.create_connection(self.target, timeout=10)
+                upstream = socket.create_connection(target, timeout=10)
             except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            for src, dst in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+                return
+            with upstream:
+                upstream.settimeout(None)
+                back = threading.Thread(target=self._pipe, args=(upstream, client), daemon=True)
+                back.start()
+                self._pipe(client, upstream)
+                back.join()
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        """Copy until EOF, then pass the half-close on (TLS close_notify and HTTP keep-alive rely on it)."""
         try:
             while data := src.recv(65536):
                 dst.sendall(data)
         except OSError:
             pass
-        finally:
-            for sock, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
-                try:
-                    sock.shutdown(how)
-                except OSError:
-                    pass
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
     def close(self) -> None:
         self._closed = True
