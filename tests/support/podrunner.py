@@ -615,13 +615,13 @@ class PodRunner:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def stop(self, grace: float = 10) -> None:
-        """SIGTERM, then SIGKILL after ``grace`` seconds, by PID, as the kubelet does at pod deletion."""
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after the pod's terminationGracePeriodSeconds, by PID, as the kubelet does."""
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(grace)
+            self.process.wait(self.template["spec"].get("terminationGracePeriodSeconds", 30))
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
