@@ -5,7 +5,6 @@ Digests are compared end to end: what is pulled back must be byte-identical to w
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -43,7 +42,7 @@ def test_skopeo_push_pull_list_delete(shared_registry: DeployedRegistry, tmp_pat
     skopeo.copy_to(image.ref, f"{repo}:v1", creds)
     skopeo.copy_to(image.ref, f"{repo}:v2", creds)
     raw = skopeo.inspect_raw(f"{repo}:v1", creds)
-    assert "sha256:" + hashlib.sha256(raw).hexdigest() == image.manifest_digest
+    assert ociimage.sha256_digest(raw) == image.manifest_digest
     assert sorted(skopeo.list_tags(repo, creds)) == ["v1", "v2"]
 
     skopeo.copy_from(f"{repo}:v2", f"oci:{tmp_path / 'pulled'}:v2", creds)
@@ -78,7 +77,7 @@ def test_crane_push_pull_list_delete(shared_registry: DeployedRegistry, tmp_path
 
     # Interoperability: what crane pushed, skopeo reads with the same digest.
     raw = Skopeo(tmp_path, ca).inspect_raw(f"docker://{ref}:v2", creds)
-    assert "sha256:" + hashlib.sha256(raw).hexdigest() == image.manifest_digest
+    assert ociimage.sha256_digest(raw) == image.manifest_digest
 
     crane.run("delete", f"{ref}@{image.manifest_digest}")
     assert tags(reg, ca, "e2e/crane", creds) == []

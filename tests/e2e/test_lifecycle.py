@@ -6,13 +6,15 @@ Each test gets its own Registry, since it changes the spec.
 from __future__ import annotations
 
 import base64
+import secrets
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Secret
+from lightkube.resources.core_v1 import PersistentVolume, Secret
 
 from tests.support import https, ociimage
 from tests.support.clients import ClientError, Skopeo
@@ -120,3 +122,45 @@ def test_new_certificate_rolls_the_pods(deploy: Callable[..., DeployedRegistry],
     reg.start_pod()
     published_ca = reg.ca_pem()  # must now let clients verify the user's certificate
     assert served(reg, published_ca) == x509.load_pem_x509_certificate(crt)
+
+
+def test_claim_keeps_images_across_a_rollout_into_read_only(
+    deploy: Callable[..., DeployedRegistry], kube_client: Any, version: str, tmp_path: Path
+) -> None:
+    """Images on the claim survive a new pod; ``readOnly`` then serves pulls and refuses pushes with 405.
+
+    No provisioner runs here: a statically provisioned PersistentVolume of a class of our own is bound to
+    the operator's claim (podrunner keeps the claim's data per claim name, like a real volume).
+    """
+    storage_class = f"e2e-static-{secrets.token_hex(3)}"
+    volume = PersistentVolume(
+        metadata=ObjectMeta(name=storage_class),
+        spec={"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": storage_class,
+              "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": f"/nonexistent/{storage_class}"}},
+    )  # fmt: skip
+    kube_client.create(volume)
+    try:
+        claim = {"size": "1Gi", "storageClassName": storage_class}
+        reg = deploy(version, storage={"persistentVolumeClaim": claim})
+        ca, creds = reg.ca_pem(), ("alice", reg.passwords()["alice"])
+        image = ociimage.build(tmp_path / "image", layers=2, size=64 * 1024)
+        skopeo = Skopeo(tmp_path, ca)
+        ref = f"docker://{reg.address}/e2e/kept"
+        skopeo.copy_to(image.ref, f"{ref}:v1", creds)
+        assert reg.deployment()["spec"]["strategy"]["type"] == "Recreate"  # a ReadWriteOnce claim
+
+        first_hash = reg.inputs_hash()
+        reg.patch_spec({"readOnly": True})
+        wait_for(lambda: reg.inputs_hash() != first_hash, "the pod template hash to change")
+        reg.wait_ready()
+        reg.runner.stop()  # Recreate: the old pod is gone before the new one starts
+        reg.start_pod()
+        ref = f"docker://{reg.address}/e2e/kept"
+        raw = skopeo.inspect_raw(f"{ref}:v1", creds)
+        assert ociimage.sha256_digest(raw) == image.manifest_digest
+        upload = https.request(reg.address, ca, reg.host, "POST", "/v2/e2e/kept/blobs/uploads/", auth=creds)
+        assert upload.status == 405, upload.body
+        with pytest.raises(ClientError):
+            skopeo.copy_to(image.ref, f"{ref}:v2", creds)
+    finally:
+        kube_client.delete(PersistentVolume, storage_class)

@@ -202,3 +202,18 @@ def test_handmade_pod_serves_tls_auth_and_reloads_htpasswd(tmp_path: Path, versi
         bad = https.request(runner.address, ca.cert_pem, HOST, "GET", "/v2/", auth=("alice", "alice-pw"))
         assert bad.status == 401
         assert runner.process is not None and runner.process.poll() is None
+
+
+def test_subpath_mount_never_sees_updates(tmp_path: Path) -> None:
+    """The kubelet trap the operator must avoid, reproduced: a subPath htpasswd misses every later change."""
+    ca = TestCA.create()
+    deployment, sources = handmade("2.8", ca, {"alice": "alice-pw"})
+    mounts = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    auth = next(m for m in mounts if m["name"] == "auth")
+    auth.update(mountPath="/etc/registry/auth/htpasswd", subPath="htpasswd")
+    with PodRunner(deployment, sources, tmp_path) as runner:
+        runner.start(ca.cert_pem)
+        sources.secrets[f"{NAME}-htpasswd"]["htpasswd"] = htpasswd({"bob": "bob-pw"})
+        assert runner.update()
+        assert https.request(runner.address, ca.cert_pem, HOST, "GET", "/v2/", auth=("bob", "bob-pw")).status == 401
+        assert https.request(runner.address, ca.cert_pem, HOST, "GET", "/v2/", auth=("alice", "alice-pw")).status == 200

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from lightkube.resources.core_v1 import Service
 
 from tests.support import https, ociimage
 from tests.support.clients import ClientError, Skopeo
@@ -25,6 +26,17 @@ def test_served_certificate_is_the_operators(shared_registry: DeployedRegistry) 
     n, ns = reg.name, reg.namespace
     assert {n, f"{n}.{ns}", f"{n}.{ns}.svc", f"{n}.{ns}.svc.cluster.local"} <= dns
     assert "127.0.0.1" in ips  # spec.tls.ipAddresses
+
+
+def test_service_reaches_the_tls_listener_only(shared_registry: DeployedRegistry) -> None:
+    """The Service selects the pod and forwards to the TLS port, never to the unauthenticated debug port."""
+    reg = shared_registry
+    svc = reg.client.get(Service, reg.name, namespace=reg.namespace).to_dict()["spec"]
+    labels = reg.deployment()["spec"]["template"]["metadata"]["labels"]
+    assert svc["selector"].items() <= labels.items()
+    assert [reg.runner.host_port(p["targetPort"]) for p in svc["ports"]] == [reg.runner.port]
+    assert reg.runner.debug_port is not None and reg.runner.debug_port != reg.runner.port
+    https.peer_certificate(reg.address, reg.ca_pem(), reg.host)
 
 
 def test_certificate_is_verified_not_just_encrypted(shared_registry: DeployedRegistry) -> None:

@@ -44,7 +44,8 @@ class OciImage:
         return (self.config_digest, *self.layer_digests)
 
 
-def _sha256(data: bytes) -> str:
+def sha256_digest(data: bytes) -> str:
+    """The OCI digest (``sha256:<hex>``) of some bytes."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -76,7 +77,7 @@ def build(
     blobs.mkdir(parents=True)
 
     def put(data: bytes) -> str:
-        digest = _sha256(data)
+        digest = sha256_digest(data)
         (blobs / digest.removeprefix("sha256:")).write_bytes(data)
         return digest
 
@@ -85,7 +86,7 @@ def build(
     for i, n in enumerate(sizes):
         payload = rng.randbytes(n) if rng else os.urandom(n)
         tar_bytes, gz = _layer(i, payload)
-        diff_ids.append(_sha256(tar_bytes))
+        diff_ids.append(sha256_digest(tar_bytes))
         descriptors.append({"mediaType": LAYER, "digest": put(gz), "size": len(gz)})
     config = json.dumps(
         {

@@ -583,20 +583,18 @@ class PodRunner:
         get = probe.get("httpGet")
         if get is None or _present(probe) - _PROBE_FIELDS:
             raise Unfaithful(f"readinessProbe {probe} not reproduced")
-        port = get["port"]
-        if isinstance(port, str):
-            named = {p.get("name"): p["containerPort"] for p in self.container.get("ports") or []}
-            port = named.get(port, port)
-        if port not in self.container_ports:
-            raise Unfaithful(f"readinessProbe port {get['port']!r} is not a port the program listens on")
+        try:
+            port = self.host_port(get["port"])
+        except KeyError as e:
+            raise Unfaithful(f"readinessProbe port {get['port']!r} is not a port the program listens on") from e
         headers = {h["name"]: h["value"] for h in get.get("httpHeaders") or []}
         status = None
         while time.monotonic() < deadline:
             conn: http.client.HTTPConnection
             if get.get("scheme", "HTTP") == "HTTPS":
-                conn = VerifiedHTTPSConnection("127.0.0.1", self.container_ports[port], ctx, host)
+                conn = VerifiedHTTPSConnection("127.0.0.1", port, ctx, host)
             else:
-                conn = http.client.HTTPConnection("127.0.0.1", self.container_ports[port], timeout=10)
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             try:
                 conn.request("GET", get.get("path", "/"), headers=headers)
                 status = conn.getresponse().status
@@ -607,6 +605,15 @@ class PodRunner:
             time.sleep(0.1)
         self.stop()
         raise TimeoutError(f"{self.name}: readinessProbe {get} kept failing ({status}):\n{self.logs()}")
+
+    def host_port(self, container_port: int | str) -> int:
+        """The local port standing in for a container port (number or name), as a Service's targetPort."""
+        if isinstance(container_port, str):
+            named = {p.get("name"): p["containerPort"] for p in self.container.get("ports") or []}
+            if container_port not in named:
+                raise KeyError(f"container has no port named {container_port!r}")
+            container_port = named[container_port]
+        return self.container_ports[container_port]
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
