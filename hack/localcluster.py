@@ -97,6 +97,7 @@ class Binaries:
     kubectl: Path
     kwok: Path
     kwok_stages: Path
+    kwok_storageclass: Path
     versions: dict[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -113,6 +114,7 @@ class Binaries:
             kubectl=k8s / "kubectl",
             kwok=base / f"kwok-{v['KWOK_VERSION']}" / "kwok",
             kwok_stages=base / f"kwok-{v['KWOK_VERSION']}" / "stages.yaml",
+            kwok_storageclass=base / f"kwok-{v['KWOK_VERSION']}" / "storageclass.yaml",
             versions=v,
         )
         missing = [str(p) for p in found.paths() if not p.is_file()]
@@ -133,6 +135,7 @@ class Binaries:
             self.kubectl,
             self.kwok,
             self.kwok_stages,
+            self.kwok_storageclass,
         ]
 
 
@@ -765,6 +768,8 @@ class LocalCluster(Cluster):
             # existed when it last looked (every 30 s).
             if self.crd_dir is not None:
                 self.crds = self.install_crds(self.crd_dir)
+            # The default StorageClass: kwok's volume stages bind its PersistentVolumeClaims.
+            self.apply(binaries.kwok_storageclass.read_text())
             step = self.timings.add("crds", step)
 
             self._start_controller_manager(binaries)
