@@ -1,0 +1,211 @@
+"""`python -m bench [--quick]`: the operator's performance on the local control plane, against a floor.
+
+Starts its own control plane (hack/localcluster, with an audit log of the operator's ServiceAccount), runs the
+phases below in one process and writes bench/results/ (results.json, results.md, plot.png when matplotlib
+is installed). Prints the Markdown table. Exits 0 whatever the numbers: it measures, it does not judge.
+
+1. memory at 0 Registries; 2. convergence (sequential, operator blocks and floor blocks alternating);
+3. burst floor (operator stopped); 4. data path (operator running); 5. burst; 6. restart = full reconcile,
+   counted; 7. rest window with periodic resyncs; 8. memory at the burst size, grow to the top size, memory,
+   restart, memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .paths import OPERATOR_DIR, REPO
+
+
+@dataclass(frozen=True)
+class Plan:
+    runs: int
+    block: int
+    burst: int
+    rest_window: float
+    resync: float
+    memory_top: int
+    datapath_iterations: int
+    nodes: int
+    datapath_controls: bool = True  # the operator-direct and bcrypt4 variants
+    restart_top: bool = True  # restart at memory_top too: resume cost and a fresh process's RSS
+    pause: float = 1.0  # between sequential convergence runs
+
+
+FULL = Plan(runs=20, block=5, burst=200, rest_window=300, resync=100, memory_top=1000, datapath_iterations=10,
+            nodes=12)  # fmt: skip
+QUICK = Plan(runs=4, block=4, burst=20, rest_window=30, resync=10, memory_top=50, datapath_iterations=1, nodes=2,
+             datapath_controls=False, restart_top=False, pause=0.5)  # fmt: skip
+
+
+_T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.monotonic() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def environment(plan: Plan) -> dict[str, Any]:
+    import localcluster
+
+    versions = localcluster.read_versions()
+    commit = _git("rev-parse", "--short", "HEAD")
+    if OPERATOR_DIR == (REPO / "operator").resolve() and _git("status", "--porcelain", "--", "operator"):
+        commit += "+dirty"
+    elif OPERATOR_DIR != (REPO / "operator").resolve():
+        commit = f"{OPERATOR_DIR} (checkout at {commit})"
+    return {
+        "operator_commit": commit,
+        "operator_dir": str(OPERATOR_DIR),
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "kubernetes": versions.get("KUBERNETES_VERSION"),
+        "nodes": plan.nodes,
+        "plan": plan.__dict__,
+    }
+
+
+async def run(plan: Plan, workdir: Path, skip: set[str]) -> dict[str, Any]:
+    from . import datapath, phases, workload
+    from .cluster import start_cluster
+
+    res: dict[str, Any] = {"env": environment(plan)}
+    log(f"starting the control plane ({plan.nodes} kwok nodes) in {workdir}")
+    cluster, operator_kubeconfig = await asyncio.to_thread(start_cluster, workdir, plan.nodes)
+    client = workload.admin_client(str(cluster.kubeconfig))
+    b = phases.Bench(cluster, operator_kubeconfig, workdir, client, log=log)
+    try:
+        await b.start_operator()
+        await b.settle(quiet=3.0)
+        memory = [{"registries": 0, "when": "fresh", **phases.rss_now(b)}]
+        res["memory"] = {"levels": memory}
+
+        if "convergence" not in skip:
+            log(f"convergence: {plan.runs} runs each, blocks of {plan.block}")
+            res["convergence"] = await phases.convergence(b, plan.runs, plan.block, plan.pause)
+        await b.stop_operator()
+
+        res["burst"] = {}
+        if "burst" not in skip:
+            log(f"burst floor: {plan.burst} Registries by a bare client")
+            res["burst"]["floor"] = await phases.burst_floor(b, plan.burst)
+            res["burst"]["floor"]["writes_per_registry"] = len(workload.children("x")) + 1
+
+        await b.start_operator()
+        await b.settle(quiet=2.0)
+        if "datapath" not in skip:
+            log(f"data path: {plan.datapath_iterations} iterations")
+            res["datapath"] = await asyncio.to_thread(
+                datapath.run,
+                cluster.kubeconfig,
+                workdir / "datapath",
+                plan.datapath_iterations,
+                controls=plan.datapath_controls,
+                log=log,
+            )
+            await workload.delete_registries(client, "bench-datapath")
+            await b.settle(quiet=2.0)
+
+        if "burst" in skip:
+            return res
+        log(f"burst: {plan.burst} Registries at once")
+        res["burst"]["operator"] = await phases.burst_operator(b, plan.burst)
+        memory.append({"registries": plan.burst, "when": "after burst", **phases.rss_now(b)})
+
+        log(f"restart with {plan.burst} Registries (resume = full reconcile), resync every {plan.resync:.0f} s")
+        resync_env = {"REGISTRY_OPERATOR_RESYNC_SECONDS": str(plan.resync)}
+        res["restart"] = await phases.restart(b, plan.burst, env=resync_env)
+        memory.append({"registries": plan.burst, "when": "after restart", "rss": res["restart"]["rss"],
+                       "hwm": res["restart"]["hwm"]})  # fmt: skip
+
+        if "rest" not in skip:
+            log(f"rest: {plan.rest_window:.0f} s window")
+            res["rest"] = await phases.rest(b, plan.rest_window, plan.resync)
+            res["rest"]["registries"] = plan.burst
+            memory.append({"registries": plan.burst, "when": "after rest", **phases.rss_now(b)})
+
+        if "memory" not in skip and plan.memory_top > plan.burst:
+            log(f"memory: growing to {plan.memory_top} Registries")
+            # Back to the default resync interval: a resync must not run while we grow and settle.
+            await b.stop_operator()
+            await b.start_operator()
+            await b.settle(at_least=plan.burst, quiet=3.0)
+            res["grow"] = await phases.grow(b, "bench-mem", plan.burst, plan.memory_top - plan.burst)
+            memory.append({"registries": plan.memory_top, "when": "after growing", **phases.rss_now(b)})
+            if not plan.restart_top:
+                return res
+            log(f"restart with {plan.memory_top} Registries")
+            res["restart_top"] = await phases.restart(b, plan.memory_top)
+            memory.append({"registries": plan.memory_top, "when": "after restart", "rss": res["restart_top"]["rss"],
+                           "hwm": res["restart_top"]["hwm"]})  # fmt: skip
+        return res
+    finally:
+        if b.operator is not None:
+            res.setdefault("operator_log_tail", b.operator.log_tail(40))
+        await b.stop_operator()
+        await client.close()
+        await asyncio.to_thread(cluster.stop)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="small counts for CI (< 2 min)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="default: bench/results")
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["convergence", "burst", "datapath", "rest", "memory"], help="repeatable")  # fmt: skip
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (cluster logs, audit log)")
+    parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only re-render the report from a file")
+    for field in ("runs", "burst", "rest_window", "memory_top", "datapath_iterations", "nodes"):
+        parser.add_argument(f"--{field.replace('_', '-')}", type=float if field == "rest_window" else int)
+    args = parser.parse_args()
+    if args.report:
+        from . import report
+
+        print(report.write(json.loads(args.report.read_text()), args.out))
+        return 0
+
+    plan = QUICK if args.quick else FULL
+    overrides = {f: getattr(args, f) for f in plan.__dict__ if getattr(args, f, None) is not None}
+    plan = Plan(**{**plan.__dict__, **overrides})
+    workdir = Path(tempfile.mkdtemp(prefix="registry-bench-"))
+    started = time.monotonic()
+    try:
+        res = asyncio.run(run(plan, workdir, set(args.skip)))
+    finally:
+        if args.keep:
+            log(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    res["mode"] = "quick" if args.quick else "full"
+    res["seconds"] = time.monotonic() - started
+    from . import report
+
+    md = report.write(res, args.out)
+    print(md)
+    log(f"results in {args.out}: {', '.join(sorted(p.name for p in args.out.iterdir()))}")
+    if os.environ.get("BENCH_JSON"):
+        print(json.dumps(res, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

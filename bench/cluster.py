@@ -1,0 +1,205 @@
+"""The local control plane with an audit log, and the operator as a counted subprocess.
+
+`AuditedCluster` is hack/localcluster's `LocalCluster` plus `--audit-policy-file/--audit-log-path`: every
+request the operator's ServiceAccount makes is logged (Metadata level, nothing else is), which is the most
+honest count of its API traffic. The operator runs as that ServiceAccount (RBAC from manifests/), under
+`bench.opwrap` for the in-process counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import localcluster  # noqa: E402  (hack/, put on sys.path by .paths)
+
+from .paths import OPERATOR_DIR, REPO
+
+OPERATOR_USER = f"system:serviceaccount:{localcluster.OPERATOR_NAMESPACE}:{localcluster.OPERATOR_SERVICE_ACCOUNT}"
+WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
+AUDIT_POLICY = f"""\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: Metadata
+    users: ["{OPERATOR_USER}"]
+  - level: None
+"""
+
+
+class AuditedCluster(localcluster.LocalCluster):
+    """LocalCluster whose kube-apiserver audits the operator's ServiceAccount (only) to `audit_log`."""
+
+    @property
+    def audit_log(self) -> Path:
+        return self.logs / "audit.jsonl"
+
+    def _spawn(self, name: str, args: Sequence[str]) -> localcluster.Proc:
+        if name == "kube-apiserver":
+            policy = self.workdir / "audit-policy.yaml"
+            policy.write_text(AUDIT_POLICY)
+            args = [*args, f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+                    "--audit-log-format=json", "--audit-log-maxsize=0"]  # fmt: skip
+        return super()._spawn(name, args)
+
+    def audit_counts(self, since: float, until: float | None = None) -> Counter[str]:
+        """Operator requests completed in [since, until) (epoch seconds), by verb and `write`/`read` totals."""
+        counts: Counter[str] = Counter()
+        try:
+            lines = self.audit_log.read_text().splitlines()
+        except OSError:
+            return counts
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            when = _epoch(event.get("requestReceivedTimestamp"))
+            if when < since or (until is not None and when >= until):
+                continue
+            verb = event.get("verb", "?")
+            resource = (event.get("objectRef") or {}).get("resource", "?")
+            sub = (event.get("objectRef") or {}).get("subresource")
+            counts[f"{verb} {resource}{'/' + sub if sub else ''}"] += 1
+            counts["write" if verb in WRITE_VERBS else "read"] += 1
+        return counts
+
+
+def _epoch(stamp: str | None) -> float:
+    if not stamp:
+        return 0.0
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def writes_of(counts: Counter[str]) -> dict[str, int]:
+    return {k: v for k, v in sorted(counts.items()) if k.split(" ")[0] in WRITE_VERBS}
+
+
+# ------------------------------------------------------------------------------------------------ operator
+
+
+@dataclass
+class Operator:
+    """`python -m bench.opwrap` (the operator plus counters) as a subprocess."""
+
+    process: subprocess.Popen[bytes]
+    counters: Path
+    log_path: Path
+    liveness: str
+    started: float  # epoch seconds: process started
+    live: float = 0.0  # epoch seconds: kopf served its liveness endpoint
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def counts(self) -> Counter[str]:
+        for _ in range(20):
+            try:
+                return Counter(json.loads(self.counters.read_text())["counts"])
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.05)
+        return Counter()
+
+    def state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.counters.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def rss(self) -> tuple[int, int]:
+        """(VmRSS, VmHWM) in bytes."""
+        values = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) * 1024
+        return values["VmRSS"], values["VmHWM"]
+
+    def log_tail(self, n: int = 60) -> str:
+        return localcluster.log_tail(self.log_path, n)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def start_operator(
+    kubeconfig: Path,
+    workdir: Path,
+    tag: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    operator_dir: Path = OPERATOR_DIR,
+) -> Operator:
+    """Start the operator (all namespaces, INFO logging) and wait until kopf serves its liveness endpoint."""
+    port = localcluster.pick_free_ports(["liveness"])["liveness"]
+    liveness = f"http://127.0.0.1:{port}/healthz"
+    counters = workdir / f"operator-{tag}.counters.json"
+    log_path = workdir / f"operator-{tag}.log"
+    full_env = dict(os.environ)
+    full_env.update(
+        KUBECONFIG=str(kubeconfig),
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=os.pathsep.join([str(operator_dir), str(REPO)]),
+        REGISTRY_BENCH_OPERATOR_DIR=str(operator_dir),
+        LOG_LEVEL="INFO",
+        **(env or {}),
+    )
+    cmd = [sys.executable, "-m", "bench.opwrap", str(counters), "--", "--all-namespaces", f"--liveness={liveness}"]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            cmd, env=full_env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=localcluster._set_pdeathsig,
+        )  # fmt: skip
+    op = Operator(process, counters, log_path, liveness, time.time())
+    deadline = time.monotonic() + timeout
+    while True:
+        if not op.alive():
+            raise RuntimeError(f"the operator exited ({process.returncode}):\n{op.log_tail()}")
+        try:
+            with urllib.request.urlopen(liveness, timeout=2) as resp:
+                if resp.status == 200:
+                    op.live = time.time()
+                    return op
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            op.stop()
+            raise RuntimeError(f"the operator was not live within {timeout}s:\n{op.log_tail()}")
+        time.sleep(0.1)
+
+
+def start_cluster(workdir: Path, nodes: int, log: Any = None) -> tuple[AuditedCluster, Path]:
+    """The audited control plane and a kubeconfig of the operator's ServiceAccount."""
+    cluster = AuditedCluster(workdir / "cluster", nodes=nodes, log=log)
+    cluster.start()
+    try:
+        ns, sa = cluster.apply_rbac(REPO / "manifests")
+        kubeconfig = cluster.token_kubeconfig(workdir / "operator.kubeconfig", ns, sa)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster, kubeconfig

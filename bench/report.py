@@ -1,0 +1,174 @@
+"""results.json, results.md (the Markdown table `python -m bench` prints) and, with matplotlib, plot.png."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .stats import ratio
+
+MIB = 2**20
+
+
+def _s(x: float) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:.2f} s" if x < 10 else f"{x:.1f} s"
+
+
+def _r(x: float) -> str:
+    return "–" if x is None or math.isnan(x) else f"{x:.2f}×"
+
+
+def _mib(x: int | None) -> str:
+    return "–" if x is None else f"{x / MIB:.0f} MiB"
+
+
+def _counted(c: dict[str, int]) -> str:
+    bcrypt = c.get("bcrypt.hashpw", 0) + c.get("bcrypt.checkpw", 0)
+    keys = c.get("keygen.ec", 0) + c.get("keygen.rsa", 0)
+    return f"bcrypt {bcrypt} (hashpw {c.get('bcrypt.hashpw', 0)}, checkpw {c.get('bcrypt.checkpw', 0)}), keys {keys}"
+
+
+def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+    """(measure, operator, floor, ratio, goal, met) rows."""
+    out: list[tuple[str, str, str, str, str, str]] = []
+    if conv := res.get("convergence"):
+        n = conv["runs"]
+        for what, label in (("children", "all children exist"), ("ready", "Ready=True (floor: Deployment available)")):
+            op, fl = conv[what]["operator"], conv[what]["floor"]
+            out.append((
+                f"Convergence, {label}, p50 / p95 of {n}", f"{_s(op['p50'])} / {_s(op['p95'])}",
+                f"{_s(fl['p50'])} / {_s(fl['p95'])}",
+                f"{_r(ratio(op['p50'], fl['p50']))} / {_r(ratio(op['p95'], fl['p95']))}", "–", "",
+            ))  # fmt: skip
+    if (burst := res.get("burst")) and "operator" in burst and "floor" in burst:
+        op, fl = burst["operator"], burst["floor"]
+        for what, label in (("children", "all children exist"), ("ready", "all Ready (floor: all available)")):
+            out.append((f"Burst of {op['n']}, {label}", _s(op[what]), _s(fl[what]),
+                        _r(ratio(op[what], fl[what])), "–", ""))  # fmt: skip
+        out.append((f"Burst of {op['n']}: API writes / reads per Registry (audit)",
+                    f"{op['writes_per_registry']:.1f} / {op['reads_per_registry']:.1f}",
+                    f"{len(burst.get('floor_objects', [])) or 10} / 0", "–", "–", ""))  # fmt: skip
+    if rest := res.get("rest"):
+        w = rest["write_total"]
+        out.append((f"Rest, {rest['registries']} settled, {rest['window']:.0f} s: API writes (audit log)",
+                     str(w), "0", "–", "0", "yes" if w == 0 else "no"))  # fmt: skip
+        c = rest["counted"]
+        work = sum(c.values())
+        out.append((f"Rest: {rest['reconciles']} reconciles by periodic resync (every {rest['resync_interval']:.0f} s)",
+                    _counted(c), "0", "–", "0", "yes" if work == 0 else "no"))  # fmt: skip
+    if rs := res.get("restart"):
+        c = rs["counted"]
+        work = sum(c.values())
+        out.append((f"Restart = full reconcile of {rs['registries']}: writes; bcrypt, key generation",
+                    f"{rs['write_total']} writes; {_counted(c)}", "0", "–", "0",
+                    "yes" if work == 0 and rs["write_total"] == 0 else "no"))  # fmt: skip
+    if mem := res.get("memory"):
+        counts = sorted({m["registries"] for m in mem["levels"]})
+        worst = {n: max(m["rss"] for m in mem["levels"] if m["registries"] == n) for n in counts}
+        fresh = {n: min(m["rss"] for m in mem["levels"] if m["registries"] == n) for n in counts}
+        peak = max(m["hwm"] for m in mem["levels"])
+        out.append((
+            "Operator RSS at " + " / ".join(map(str, counts)) + " Registries (highest of the samples at each)",
+            " / ".join(_mib(worst[n]) for n in counts), "–", "–", f"≤ 100 MiB at {counts[-1]}",
+            "yes" if worst[counts[-1]] <= 100 * MIB else "no",
+        ))  # fmt: skip
+        out.append(
+            (
+                "Operator RSS, lowest sample at each (e.g. right after a restart); peak VmHWM",
+                " / ".join(_mib(fresh[n]) for n in counts) + f"; peak {_mib(peak)}",
+                "–",
+                "–",
+                "–",
+                "",
+            )
+        )
+    if dp := res.get("datapath"):
+        v = dp["variants"]
+        size = f"{dp['size'] // MIB} MiB"
+
+        def total(name: str) -> float:
+            return v[name]["push"]["median"] + v[name]["pull"]["median"]
+
+        for name, label in (("operator", "htpasswd + TLS (operator)"), ("token", "token + TLS (operator)"),
+                            ("tls", "TLS only"), ("bcrypt4", "htpasswd bcrypt cost 4 + TLS (what-if)")):  # fmt: skip
+            if name not in v:
+                continue
+            push = ratio(v[name]["push"]["median"], v["plain"]["push"]["median"])
+            pull = ratio(v[name]["pull"]["median"], v["plain"]["pull"]["median"])
+            both = ratio(total(name), total("plain"))
+            goal = name in ("operator", "token")
+            out.append((
+                f"Data path {size}, {label}: push / pull (median of {dp['iterations']})",
+                f"{_s(v[name]['push']['median'])} / {_s(v[name]['pull']['median'])}",
+                f"{_s(v['plain']['push']['median'])} / {_s(v['plain']['pull']['median'])}",
+                f"{_r(push)} / {_r(pull)} (both {_r(both)})", "≤ 1.3×" if goal else "–",
+                ("yes" if max(push, pull) <= 1.3 else "no") if goal else "",
+            ))  # fmt: skip
+    return out
+
+
+def markdown(res: dict[str, Any]) -> str:
+    lines = ["| Measure | Operator | Floor | Ratio | Goal | Met |", "|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows(res)]
+    env = res.get("env", {})
+    lines += ["", f"Mode `{res.get('mode')}`, operator {env.get('operator_commit', '?')}, "
+              f"{env.get('cpus', '?')} CPUs, Kubernetes {env.get('kubernetes', '?')}, "
+              f"{env.get('nodes', '?')} kwok nodes, total {res.get('seconds', 0):.0f} s."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot(res: dict[str, Any], path: Path) -> bool:
+    """plot.png; False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    if conv := res.get("convergence"):
+        s = conv["samples"]
+        data = [[r["children"] for r in s["operator"]], [r["children"] for r in s["floor"]],
+                [r["ready"] for r in s["operator"]], [r["ready"] for r in s["floor"]]]  # fmt: skip
+        axes[0].boxplot(data)
+        axes[0].set_xticks([1, 2, 3, 4], ["children\noperator", "children\nfloor", "Ready\noperator", "Ready\nfloor"])
+        axes[0].set_ylabel("seconds after create")
+        axes[0].set_title(f"Convergence ({conv['runs']} runs)")
+    if mem := res.get("memory"):
+        pts = sorted((m["registries"], m["rss"] / MIB) for m in mem["levels"])
+        axes[1].plot([p[0] for p in pts], [p[1] for p in pts], "o-", label="RSS")
+        axes[1].axhline(100, color="red", linestyle="--", label="goal")
+        axes[1].set_xlabel("Registries")
+        axes[1].set_ylabel("MiB")
+        axes[1].set_title("Operator memory")
+        axes[1].legend()
+    if dp := res.get("datapath"):
+        names = list(dp["variants"])
+        xs = range(len(names))
+        axes[2].bar([x - 0.2 for x in xs], [dp["variants"][n]["push"]["median"] for n in names], 0.4, label="push")
+        axes[2].bar([x + 0.2 for x in xs], [dp["variants"][n]["pull"]["median"] for n in names], 0.4, label="pull")
+        axes[2].set_xticks(list(xs), names, rotation=20)
+        axes[2].set_ylabel("seconds (median)")
+        axes[2].set_title(f"Data path, {dp['size'] // MIB} MiB image")
+        axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write(res: dict[str, Any], out: Path) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    md = markdown(res)
+    (out / "results.md").write_text(md)
+    try:
+        plot(res, out / "plot.png")
+    except Exception as exc:  # noqa: BLE001 - the plot is optional, the numbers are not
+        print(f"plot.png not written: {type(exc).__name__}: {exc}")
+    return md

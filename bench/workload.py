@@ -1,0 +1,119 @@
+"""What the benchmarks create: Registries for the operator, and the floor's bare-client equivalent.
+
+The floor does exactly the API work the operator's first reconcile must do, with no kopf and no operator
+logic around it: create the Registry, decide material and render with the operator's own functions
+(`material.decide`, `render.desired`, `apply.with_intent_hash`: byte-identical objects), server-side-apply
+them in the operator's order, then wait for the Deployment to become available through kwok.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import httpx2
+from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace, Pod, ServiceAccount
+from lightkube.types import PatchType
+
+from registry_operator import material, render
+from registry_operator.apply import with_intent_hash
+from registry_operator.htpasswd import Verifier
+from registry_operator.kinds import Registry, resource
+from registry_operator.spec import parse
+
+from .observe import Key
+
+SPEC: dict[str, Any] = {"auth": {"users": [{"name": "alice"}]}}  # htpasswd, SelfSigned TLS: the defaults
+OPERATOR_IMAGE = "registry-operator:0.1.0"
+FLOOR_MANAGER = "bench-floor"
+
+
+def admin_client(kubeconfig: str) -> AsyncClient:
+    return AsyncClient(KubeConfig.from_file(kubeconfig), field_manager=FLOOR_MANAGER, timeout=httpx2.Timeout(120))
+
+
+def _child_suffixes() -> list[tuple[str, str]]:
+    """(kind, name suffix) of every child of a `SPEC` Registry: rendered once for a template name."""
+    owner = {"metadata": {"name": "tmpl", "namespace": "ns", "uid": "0"}}
+    spec = parse("tmpl", "ns", SPEC)
+    mat = material.decide(spec, {}, Verifier())
+    return [(o["kind"], o["metadata"]["name"][len("tmpl") :]) for o in render.desired(spec, mat, owner, OPERATOR_IMAGE)]
+
+
+_SUFFIXES: list[tuple[str, str]] | None = None
+
+
+def children(name: str) -> list[Key]:
+    global _SUFFIXES
+    if _SUFFIXES is None:
+        _SUFFIXES = _child_suffixes()
+    return [(kind, name + suffix) for kind, suffix in _SUFFIXES]
+
+
+async def ensure_namespace(client: AsyncClient, name: str, timeout: float = 60) -> None:
+    """Create `name` and wait for its default ServiceAccount (pods are refused without it)."""
+    try:
+        await client.create(Namespace(metadata=ObjectMeta(name=name)))
+    except ApiError as exc:
+        if exc.status.code != 409:
+            raise
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await client.get(ServiceAccount, "default", namespace=name)
+            return
+        except ApiError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def create_registry(client: AsyncClient, namespace: str, name: str) -> dict[str, Any]:
+    obj = await client.create(Registry(metadata=ObjectMeta(name=name, namespace=namespace), spec=dict(SPEC)))
+    return obj.to_dict()
+
+
+async def floor_one(client: AsyncClient, namespace: str, name: str, verifier: Verifier) -> None:
+    """Everything the operator's first reconcile writes, done by a bare client."""
+    body = await create_registry(client, namespace, name)
+    spec = parse(name, namespace, body.get("spec"))
+    mat = await asyncio.to_thread(material.decide, spec, {}, verifier)
+    for obj in render.desired(spec, mat, body, OPERATOR_IMAGE):
+        obj = with_intent_hash(obj)
+        await client.patch(
+            resource(obj["apiVersion"], obj["kind"]), obj["metadata"]["name"], obj, namespace=namespace,
+            patch_type=PatchType.APPLY, field_manager=FLOOR_MANAGER, force=True,
+        )  # fmt: skip
+
+
+async def count(client: AsyncClient, res: Any, namespace: str) -> int:
+    n = 0
+    async for _ in client.list(res, namespace=namespace):
+        n += 1
+    return n
+
+
+async def delete_registries(client: AsyncClient, namespace: str, wait_pods: bool = True, timeout: float = 300) -> None:
+    """Delete every Registry of `namespace`; wait until they are gone and (optionally) GC removed their pods."""
+    await client.deletecollection(Registry, namespace=namespace)
+    deadline = time.monotonic() + timeout
+    while await count(client, Registry, namespace) or (wait_pods and await count(client, Pod, namespace)):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{namespace}: Registries or their pods still there after {timeout}s")
+        await asyncio.sleep(0.5)
+
+
+async def ready_count(client: AsyncClient, namespace: str, names: Iterable[str] | None = None) -> int:
+    from .observe import registry_ready
+
+    wanted = set(names) if names is not None else None
+    n = 0
+    async for reg in client.list(Registry, namespace=namespace):
+        d = reg.to_dict()
+        if (wanted is None or d["metadata"]["name"] in wanted) and registry_ready(d):
+            n += 1
+    return n
