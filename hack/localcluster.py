@@ -121,7 +121,7 @@ class Binaries:
         if missing:
             raise BinariesMissing(
                 "the local control plane is not built: missing "
-                + ", ".join(os.path.relpath(p, REPO) for p in missing)
+                + ", ".join(_show_path(p) for p in missing)
                 + ".\nRun `hack/build control-plane` (about 5 min cold on 2 cores, seconds when cached)."
             )
         return found
@@ -137,6 +137,14 @@ class Binaries:
             self.kwok_stages,
             self.kwok_storageclass,
         ]
+
+
+def _show_path(path: str | Path) -> str:
+    """Relative to the repository when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def find_kubectl() -> str:

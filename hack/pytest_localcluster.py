@@ -133,20 +133,26 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
 def _start_local(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> localcluster.LocalCluster:
     keep = config.getoption("--keep-cluster")
     workdir = tmp_path_factory.mktemp("cluster", numbered=True)
+    missing: str | None = None
     try:
         binaries = localcluster.Binaries.locate()
     except localcluster.BinariesMissing as e:
+        missing = str(e)
+    if missing:  # outside the except block: no "During handling of the above exception" noise
         pytest.fail(
-            f"{e}\n(Integration tests need it; deselect them with -m 'not integration and not e2e'.)",
+            f"{missing}\n(Integration tests need it; deselect them with -m 'not integration and not e2e'.)",
             pytrace=False,
         )
     cluster = localcluster.LocalCluster(
         workdir, nodes=config.getoption("--cluster-nodes"), binaries=binaries, detach=keep
     )
+    problem = None
     try:
         cluster.start()
     except localcluster.ClusterError as e:
-        pytest.fail(f"the local control plane did not start: {e}\nlogs: {cluster.logs}", pytrace=False)
+        problem = str(e)
+    if problem:
+        pytest.fail(f"the local control plane did not start: {problem}\nlogs: {cluster.logs}", pytrace=False)
     rss = ", ".join(f"{n} {v / 2**20:.0f} MiB" for n, v in cluster.rss().items() if v)
     _SESSION["summary"] = (
         f"started in {cluster.timings.steps.get('total', 0):.1f}s ({cluster.timings}); "
@@ -156,8 +162,14 @@ def _start_local(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory
 
 
 def _external(config: pytest.Config, kubeconfig: str) -> localcluster.Cluster:
-    cluster = localcluster.Cluster(kubeconfig)
-    context = cluster.current_context()
+    problem = None
+    try:
+        cluster = localcluster.Cluster(kubeconfig)
+        context = cluster.current_context()
+    except localcluster.ClusterError as e:
+        problem = str(e)
+    if problem:
+        pytest.fail(f"cannot use --kubeconfig={kubeconfig}: {problem}", pytrace=False)
     allowed = [p.strip() for p in config.getoption("--allowed-contexts").split(",") if p.strip()]
     if not localcluster.context_allowed(context, allowed):
         pytest.exit(
@@ -165,7 +177,12 @@ def _external(config: pytest.Config, kubeconfig: str) -> localcluster.Cluster:
             f"--allowed-contexts={','.join(allowed)}",
             returncode=4,
         )
-    cluster.install_crds(REPO / "crds")
+    try:
+        cluster.install_crds(REPO / "crds")
+    except localcluster.ClusterError as e:
+        problem = str(e)
+    if problem:
+        pytest.fail(f"cannot install crds/ into the cluster of --kubeconfig={kubeconfig}: {problem}", pytrace=False)
     return cluster
 
 

@@ -190,3 +190,12 @@ def test_operator_runs_with_its_own_rbac(operator_with_rbac) -> None:
     operator_with_rbac.assert_running()
     log = operator_with_rbac.log()
     assert "403" not in log and "Forbidden" not in log, log[-4000:]
+
+
+def test_async_client_fixture(async_kube_client, namespace: str) -> None:
+    import asyncio
+
+    async def names() -> list[str]:
+        return [ns.metadata.name async for ns in async_kube_client.list(Namespace)]
+
+    assert namespace in asyncio.run(names())
