@@ -120,7 +120,21 @@ def deploy(
         reg.stop()
 
 
+@pytest.fixture(scope="session")
+def shared(deploy: Callable[..., DeployedRegistry]) -> Callable[[str], DeployedRegistry]:
+    """shared(version) -> the session's one Registry of that version (created on first use), deletion enabled,
+    for the tests that do not change its spec."""
+    registries: dict[str, DeployedRegistry] = {}
+
+    def get(version: str) -> DeployedRegistry:
+        if version not in registries:
+            registries[version] = deploy(version, storage={"deleteEnabled": True})
+        return registries[version]
+
+    return get
+
+
 @pytest.fixture(scope="session", params=sorted(VERSIONS), ids=VERSIONS.get)
-def shared_registry(request: pytest.FixtureRequest, deploy: Callable[..., DeployedRegistry]) -> DeployedRegistry:
-    """One Registry per version for the tests that do not change its spec; deletion enabled."""
-    return deploy(request.param, storage={"deleteEnabled": True})
+def shared_registry(request: pytest.FixtureRequest, shared: Callable[[str], DeployedRegistry]) -> DeployedRegistry:
+    """The shared Registry, once per version."""
+    return shared(request.param)

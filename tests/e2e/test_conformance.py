@@ -11,16 +11,21 @@ per request:
   deprecated in image-spec 1.1).
 distribution 2.8 additionally fails a few checks that 3.x passes; they are its known bugs (2.8 is end of
 life), listed in KNOWN_FAILURES and required to be exactly what fails, so a change either way is noticed.
+
+Each run costs about a minute of bcrypt checks on one core (one per request at cost 10), so the runs of all
+selected versions start together, in the background, when the first conformance test needs its result.
 """
 
 from __future__ import annotations
 
-import collections
 import re
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 
-from tests.support.clients import run_conformance
-from tests.support.deployed import DeployedRegistry
+import pytest
+
+from tests.support.clients import ConformanceResult, run_conformance
+from tests.support.deployed import VERSIONS, DeployedRegistry
 
 NOT_IMPLEMENTED = {
     "OCI_API_REFERRER": "false",
@@ -47,16 +52,40 @@ KNOWN_FAILURES: dict[str, dict[str, str]] = {
 }
 
 
-def test_oci_conformance(shared_registry: DeployedRegistry, tmp_path: Path) -> None:
-    reg = shared_registry
-    version = reg.get()["spec"]["version"]
-    result = run_conformance(
-        tmp_path,
-        reg.ca_pem(),
-        reg.address,
-        ("alice", reg.passwords()["alice"]),
-        {"OCI_REPO1": "conformance/repo1", "OCI_REPO2": "conformance/repo2", **NOT_IMPLEMENTED},
+@pytest.fixture(scope="session")
+def conformance_runs(
+    request: pytest.FixtureRequest,
+    shared: Callable[[str], DeployedRegistry],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Future[ConformanceResult]]]:
+    """Started conformance runs (version -> result), one per version among the selected tests."""
+    ids = {v: k for k, v in VERSIONS.items()}
+    wanted = sorted(
+        ids[item.callspec.id]
+        for item in request.session.items
+        if getattr(item, "originalname", None) == "test_oci_conformance"
     )
+    pool = ThreadPoolExecutor(max_workers=len(wanted) or 1)
+    runs = {}
+    for version in wanted:
+        reg = shared(version)
+        runs[version] = pool.submit(
+            run_conformance,
+            tmp_path_factory.mktemp(f"conformance-{VERSIONS[version]}"),
+            reg.ca_pem(),
+            reg.address,
+            ("alice", reg.passwords()["alice"]),
+            {"OCI_REPO1": "conformance/repo1", "OCI_REPO2": "conformance/repo2", **NOT_IMPLEMENTED},
+        )
+    yield runs
+    pool.shutdown(wait=True)
+
+
+def test_oci_conformance(
+    shared_registry: DeployedRegistry, conformance_runs: dict[str, Future[ConformanceResult]]
+) -> None:
+    version = shared_registry.get()["spec"]["version"]
+    result = conformance_runs[version].result()
     print(f"\nOCI conformance, registry {version}: {result.passed} passed, {result.failed} failed, "
           f"{result.skipped} skipped (JUnit test cases)")  # fmt: skip
     for block in re.findall(
@@ -65,8 +94,8 @@ def test_oci_conformance(shared_registry: DeployedRegistry, tmp_path: Path) -> N
         print(block.rstrip())
     print("skipped (registry answered 'unsupported', or switched off):", *sorted(set(result.skips)), sep="\n  ")
     assert result.passed > 0, result.output[-4000:]
-    failed = collections.Counter(result.failures)
-    unexpected = sorted(set(failed) - set(KNOWN_FAILURES[version]))
-    fixed = sorted(set(KNOWN_FAILURES[version]) - set(failed))
+    failed = set(result.failures)
+    unexpected = sorted(failed - set(KNOWN_FAILURES[version]))
+    fixed = sorted(set(KNOWN_FAILURES[version]) - failed)
     assert not unexpected, f"conformance failures on {version}: {unexpected}\n{result.output[-6000:]}"
     assert not fixed, f"known {version} failures now pass, update KNOWN_FAILURES: {fixed}"
