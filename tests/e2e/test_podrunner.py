@@ -185,6 +185,10 @@ def test_handmade_pod_serves_tls_auth_and_reloads_htpasswd(tmp_path: Path, versi
     deployment, sources = handmade(version, ca, {"alice": "alice-pw"})
     with PodRunner(deployment, sources, tmp_path) as runner:
         runner.start(ca.cert_pem)
+        config_dir = VERSIONS[version][1]
+        assert runner.argv == ["registry", "serve", f"{config_dir}/config.yml"]
+        assert runner.env["REGISTRY_HTTP_SECRET"] == "0123456789abcdef"  # from the secretKeyRef
+        assert runner.env["OTEL_TRACES_EXPORTER"] == "none"
         assert https.request(runner.address, ca.cert_pem, HOST, "GET", "/v2/").status == 401
         ok = https.request(runner.address, ca.cert_pem, HOST, "GET", "/v2/", auth=("alice", "alice-pw"))
         assert ok.status == 200, runner.logs()

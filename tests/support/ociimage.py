@@ -32,7 +32,6 @@ class OciImage:
     manifest_digest: str
     config_digest: str
     layer_digests: tuple[str, ...]
-    layer_sizes: tuple[int, ...]
 
     @property
     def ref(self) -> str:
@@ -130,5 +129,4 @@ def build(
         manifest_digest=manifest_digest,
         config_digest=config_digest,
         layer_digests=tuple(d["digest"] for d in descriptors),
-        layer_sizes=tuple(d["size"] for d in descriptors),
     )

@@ -305,7 +305,7 @@ class PodRunner:
         self.port = 0
         self.debug_port: int | None = None
         self.container_ports: dict[int, int] = {}
-        self.argv: list[str] = []
+        self.argv: list[str] = []  # what the container runs (argv[0] as the image names it), set by start()
         self.env: dict[str, str] = {}
         pod = self.template["spec"]
         if pod.get("initContainers"):
