@@ -15,7 +15,10 @@ from . import handlers
 def main() -> None:
     parser = argparse.ArgumentParser(prog="registry-operator", description=__doc__)
     scope = parser.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)")
+    scope.add_argument(
+        "-n", "--namespace", action="append", default=[],
+        help="watch this namespace, or a glob such as 'team-*' (repeatable; globs need RBAC to list namespaces)",
+    )
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces (default)")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING")
     parser.add_argument("--liveness", default=None, help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")

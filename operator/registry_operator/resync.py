@@ -7,6 +7,7 @@ the API. A settled Registry costs only reads here, so the resync is cheap even f
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -18,11 +19,12 @@ log = logging.getLogger(__name__)
 
 
 async def list_all(client: AsyncClient, namespaces: list[str] | None) -> list[tuple[str, str]]:
-    """(namespace, name) of every Registry in `namespaces` (None: all namespaces)."""
+    """(namespace, name) of every Registry in `namespaces`: names or globs as kopf takes them (None: all)."""
     out = []
-    for ns in namespaces or ["*"]:
-        async for reg in client.list(Registry, namespace=ns):
-            out.append((reg.metadata.namespace, reg.metadata.name))
+    async for reg in client.list(Registry, namespace="*"):
+        ns = reg.metadata.namespace
+        if namespaces is None or any(fnmatch.fnmatchcase(ns, pattern) for pattern in namespaces):
+            out.append((ns, reg.metadata.name))
     return out
 
 
