@@ -43,7 +43,11 @@ def registry_spec(version: str, **extra: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def e2e_operator(cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One ``python -m registry_operator --all-namespaces`` for the session, ready when kopf is live."""
+    """One operator for the e2e session, ready when kopf is live.
+
+    It watches only the ``e2e-*`` namespaces: the integration tests start operators of their own in the same
+    session, and two operators must never handle the same Registry.
+    """
     from localcluster import pick_free_ports
     from pytest_localcluster import OperatorProcess
 
@@ -60,7 +64,7 @@ def e2e_operator(cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     )
     url = f"http://127.0.0.1:{pick_free_ports(['liveness'])['liveness']}/healthz"
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    proc = OperatorProcess([sys.executable, "-m", "registry_operator", "--all-namespaces", f"--liveness={url}"],
+    proc = OperatorProcess([sys.executable, "-m", "registry_operator", "--namespace", "e2e-*", f"--liveness={url}"],
                            env, log)  # fmt: skip
     deadline = time.monotonic() + 60
     while True:
