@@ -199,3 +199,15 @@ def test_async_client_fixture(async_kube_client, namespace: str) -> None:
         return [ns.metadata.name async for ns in async_kube_client.list(Namespace)]
 
     assert namespace in asyncio.run(names())
+
+
+def test_hack_build_knows_every_component_and_the_control_plane_is_current() -> None:
+    import subprocess
+
+    dirs = subprocess.run([REPO / "hack" / "build", "--print-dirs"], capture_output=True, text=True, check=True)
+    names = [line.split("=", 1)[0] for line in dirs.stdout.splitlines()]
+    assert names == ["k8s", "etcd", "kwok", "distribution", "crane", "oci-conformance", "docker_auth"], dirs
+    check = subprocess.run([REPO / "hack" / "build", "--check", "all"], capture_output=True, text=True)
+    assert "command not found" not in check.stderr, check.stderr
+    check = subprocess.run([REPO / "hack" / "build", "--check", "control-plane"], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
