@@ -126,6 +126,31 @@ class Program:
     entrypoint: Callable[[list[str]], list[str]] | None
     default_args: list[str]
     env: Mapping[str, str] = field(default_factory=dict)
+    mounts: list[dict[str, Any]] = field(default_factory=list)  # read-only host paths the image carries
+
+
+# Where an operator "image" shows this interpreter's installation when the pod's user cannot reach it.
+IMAGE_PYTHON = "/opt/registry-operator-python"
+
+
+def _traversable_by_others(path: str) -> bool:
+    """Whether any user can reach ``path`` (every ancestor directory has the other-execute bit)."""
+    parts = Path(path).resolve().parts
+    return all(os.stat(os.path.join(*parts[: i + 1])).st_mode & 0o001 for i in range(len(parts)))
+
+
+def _python_for_pods() -> tuple[str, dict[str, str], list[dict[str, Any]]]:
+    """(interpreter, env, mounts) that a non-root pod user can run, like the image's own Python.
+
+    Under pyenv the interpreter lives in /root (mode 0700): it is then bind-mounted read-only at
+    ``IMAGE_PYTHON`` and run from there (``PYTHONHOME`` because argv[0] is the pod's bare ``python``;
+    ``LD_LIBRARY_PATH`` because libpython's RUNPATH is absolute).
+    """
+    if _traversable_by_others(sys.prefix):
+        return sys.executable, {}, []
+    python = f"{IMAGE_PYTHON}/{Path(sys.executable).relative_to(sys.prefix)}"
+    env = {"PYTHONHOME": IMAGE_PYTHON, "LD_LIBRARY_PATH": f"{IMAGE_PYTHON}/lib"}
+    return python, env, [{"source": sys.prefix, "target": IMAGE_PYTHON, "readOnly": True}]
 
 
 def _registry_entrypoint(args: list[str]) -> list[str]:
@@ -159,7 +184,8 @@ def resolve_image(image: str) -> Program:
             default_args=[config],
         )
     if repo.rsplit("/", 1)[-1] == "registry-operator":
-        python = [sys.executable]
+        interpreter, python_env, python_mounts = _python_for_pods()
+        python = [interpreter]
         return Program(
             kind="operator",
             executables={
@@ -170,7 +196,8 @@ def resolve_image(image: str) -> Program:
             },
             entrypoint=None,
             default_args=[],
-            env={"PYTHONPATH": str(REPO / "operator"), "PYTHONDONTWRITEBYTECODE": "1"},
+            env={"PYTHONPATH": str(REPO / "operator"), "PYTHONDONTWRITEBYTECODE": "1", **python_env},
+            mounts=python_mounts,
         )
     raise Unfaithful(f"no local program for image {image!r}")
 
@@ -411,6 +438,7 @@ class PodRunner:
                     raise Unfaithful(f"subPath {vm['subPath']!r} missing in volume {vm['name']!r}")
             read_only = bool(vm.get("readOnly")) or volume.atomic is not None  # Secret/ConfigMap: always ro
             mounts.append({"source": str(source), "target": vm["mountPath"], "readOnly": read_only})
+        mounts += self.program.mounts
         targets = sorted(m["target"].rstrip("/") for m in mounts)
         for a, b in zip(targets, targets[1:], strict=False):
             if b == a or b.startswith(a + "/"):

@@ -10,11 +10,8 @@ the proxy never sees plaintext), to whichever pod currently backs the Service.
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
-import os
 import socket
-import sys
 import threading
 import urllib.parse
 from dataclasses import dataclass
@@ -27,45 +24,6 @@ from lightkube.resources.core_v1 import ConfigMap
 from . import https
 from .deployed import DeployedRegistry, wait_for
 from .podrunner import ApiSources, PodRunner
-
-# Where OperatorImageRunner shows this interpreter's installation inside the pod's mount namespace.
-IMAGE_PYTHON = "/opt/registry-operator-python"
-
-
-def _traversable_by_others(path: str) -> bool:
-    """Whether any user can reach ``path`` (every ancestor directory has the other-execute bit)."""
-    parts = Path(path).resolve().parts
-    return all(os.stat(os.path.join(*parts[: i + 1])).st_mode & 0o001 for i in range(len(parts)))
-
-
-class OperatorImageRunner(PodRunner):
-    """PodRunner for the operator image, runnable as the pod's non-root user.
-
-    Workaround for a podrunner gap: ``resolve_image`` maps ``python`` to ``sys.executable``; under pyenv that
-    lives in /root (mode 0700), so the token pod (runAsUser 1000) cannot exec it. Like the image, which carries
-    its own Python, this runner bind-mounts the interpreter's installation read-only at ``IMAGE_PYTHON`` in the
-    pod's mount namespace and runs it from there (``PYTHONHOME``, as argv[0] is the pod's bare ``python``;
-    ``LD_LIBRARY_PATH``, as its libpython RUNPATH is absolute).
-    Nothing else changes: same user, read-only root, volumes, args. A no-op when the interpreter is reachable.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._relocate = self.program.kind == "operator" and not _traversable_by_others(sys.prefix)
-        if self._relocate:
-            python = f"{IMAGE_PYTHON}/{Path(sys.executable).relative_to(sys.prefix)}"
-            executables = {
-                name: [python, *argv[1:]] if argv[0] == sys.executable else argv
-                for name, argv in self.program.executables.items()
-            }
-            env = {**self.program.env, "PYTHONHOME": IMAGE_PYTHON, "LD_LIBRARY_PATH": f"{IMAGE_PYTHON}/lib"}
-            self.program = dataclasses.replace(self.program, executables=executables, env=env)
-
-    def _mounts(self) -> list[dict[str, Any]]:
-        mounts = super()._mounts()
-        if self._relocate:
-            mounts.append({"source": sys.prefix, "target": IMAGE_PYTHON, "readOnly": True})
-        return mounts
 
 
 class ServiceProxy:
@@ -168,7 +126,7 @@ def start_token_service(reg: DeployedRegistry, proxy: ServiceProxy, workdir: Pat
     deployment = wait_for(
         lambda: reg.client.get(Deployment, name, namespace=reg.namespace), f"Deployment {reg.namespace}/{name}"
     )
-    runner = OperatorImageRunner(deployment, ApiSources(reg.client, reg.namespace), workdir)
+    runner = PodRunner(deployment, ApiSources(reg.client, reg.namespace), workdir)
     runner.start(reg.ca_pem(), f"{name}.{reg.namespace}.svc")
     proxy.target = ("127.0.0.1", runner.port)
     return TokenService(reg, proxy, runner)
