@@ -122,7 +122,7 @@ class Binaries:
             raise BinariesMissing(
                 "the local control plane is not built: missing "
                 + ", ".join(_show_path(p) for p in missing)
-                + ".\nRun `hack/build control-plane` (about 5 min cold on 2 cores, seconds when cached)."
+                + ".\nRun `hack/build control-plane` (cold: 10-15 min on 2 idle cores; a second run builds nothing)."
             )
         return found
 
