@@ -407,6 +407,33 @@ def _wait_liveness(proc: OperatorProcess, url: str, timeout: float) -> None:
         time.sleep(0.1)
 
 
+def start_operator(
+    kubeconfig: str | Path,
+    log_path: Path,
+    args: Sequence[str] | None = None,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 60,
+) -> OperatorProcess:
+    """`python -m registry_operator <args or --all-namespaces> --liveness=...` with KUBECONFIG, once live."""
+    full_env = dict(os.environ)
+    pythonpath = [str(REPO / "operator")] + [p for p in full_env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    full_env.update(
+        {"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(pythonpath)}
+    )
+    full_env.update(env or {})
+    port = localcluster.pick_free_ports(["operator-liveness"])["operator-liveness"]
+    url = f"http://127.0.0.1:{port}/healthz"
+    scope = list(args) if args is not None else ["--all-namespaces"]
+    proc = OperatorProcess([sys.executable, "-m", "registry_operator", *scope, f"--liveness={url}"], full_env, log_path)
+    proc.liveness_url = url
+    try:
+        _wait_liveness(proc, url, ready_timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
 @pytest.fixture
 def operator_factory(cluster, request: pytest.FixtureRequest, tmp_path: Path):
     """Start operator processes:
@@ -426,24 +453,9 @@ def operator_factory(cluster, request: pytest.FixtureRequest, tmp_path: Path):
         env: dict[str, str] | None = None,
         ready_timeout: float = 60,
     ) -> OperatorProcess:
-        full_env = dict(os.environ)
-        pythonpath = [str(REPO / "operator")] + [p for p in full_env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        full_env.update(
-            {
-                "KUBECONFIG": str(kubeconfig or cluster.kubeconfig),
-                "PYTHONUNBUFFERED": "1",
-                "PYTHONPATH": os.pathsep.join(pythonpath),
-            }
-        )
-        full_env.update(env or {})
-        port = localcluster.pick_free_ports(["operator-liveness"])["operator-liveness"]
-        url = f"http://127.0.0.1:{port}/healthz"
-        scope = list(args) if args is not None else ["--all-namespaces"]
-        cmd = [sys.executable, "-m", "registry_operator", *scope, f"--liveness={url}"]
-        proc = OperatorProcess(cmd, full_env, tmp_path / f"operator-{len(started)}.log")
-        proc.liveness_url = url
+        proc = start_operator(kubeconfig or cluster.kubeconfig, tmp_path / f"operator-{len(started)}.log",
+                              args, env, ready_timeout)
         started.append(proc)
-        _wait_liveness(proc, url, ready_timeout)
         return proc
 
     yield start

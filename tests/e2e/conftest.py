@@ -11,11 +11,8 @@ import mode and working directory are.
 
 from __future__ import annotations
 
-import os
 import secrets
 import sys
-import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,35 +45,10 @@ def e2e_operator(cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     It watches only the ``e2e-*`` namespaces: the integration tests start operators of their own in the same
     session, and two operators must never handle the same Registry.
     """
-    from localcluster import pick_free_ports
-    from pytest_localcluster import OperatorProcess
+    from pytest_localcluster import start_operator
 
-    env = dict(os.environ)
-    env.update(
-        KUBECONFIG=str(cluster.kubeconfig),
-        PYTHONUNBUFFERED="1",
-        PYTHONPATH=os.pathsep.join(
-            [
-                str(REPO / "operator"),
-                *filter(None, env.get("PYTHONPATH", "").split(":")),
-            ]
-        ),
-    )
-    url = f"http://127.0.0.1:{pick_free_ports(['liveness'])['liveness']}/healthz"
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    proc = OperatorProcess([sys.executable, "-m", "registry_operator", "--namespace", "e2e-*", f"--liveness={url}"],
-                           env, log)  # fmt: skip
-    deadline = time.monotonic() + 60
-    while True:
-        proc.assert_running()
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, f"operator not live after 60s:\n{proc.log()[-5000:]}"
-        time.sleep(0.1)
+    proc = start_operator(cluster.kubeconfig, log, args=["--namespace", "e2e-*"])
     yield proc
     proc.stop()
 
