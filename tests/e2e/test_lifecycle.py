@@ -16,10 +16,10 @@ from cryptography import x509
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import PersistentVolume, Secret
 
+from registry_operator import pki
 from tests.support import https, ociimage
 from tests.support.clients import ClientError, Skopeo
 from tests.support.deployed import VERSIONS, DeployedRegistry, secret_data, wait_for
-from tests.support.pki import TestCA
 
 pytestmark = pytest.mark.parametrize("version", sorted(VERSIONS), ids=VERSIONS.get)
 
@@ -109,8 +109,9 @@ def test_new_certificate_rolls_the_pods(deploy: Callable[..., DeployedRegistry],
 
     # 2. Switch to a user-supplied certificate from another CA.
     second_hash = reg.inputs_hash()
-    user_ca = TestCA.create("user CA")
-    crt, key = user_ca.issue([reg.host, f"{reg.name}.{reg.namespace}"], ["127.0.0.1"])
+    user_ca = pki.issue_ca("user CA")
+    server = pki.issue_server(user_ca, [reg.host, f"{reg.name}.{reg.namespace}", "127.0.0.1"])
+    crt, key = server.cert_pem, server.key_pem
     reg.client.create(Secret(
         metadata=ObjectMeta(name="user-tls", namespace=reg.namespace), type="kubernetes.io/tls",
         data={k: base64.b64encode(v).decode() for k, v in

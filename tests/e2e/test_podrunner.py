@@ -15,9 +15,9 @@ import bcrypt
 import pytest
 import yaml
 
+from registry_operator import pki
 from tests.support import https, ociimage
 from tests.support.clients import ClientError, Skopeo
-from tests.support.pki import TestCA
 from tests.support.podrunner import (
     DISTRIBUTION_2,
     DISTRIBUTION_3,
@@ -44,7 +44,7 @@ def htpasswd(users: dict[str, str]) -> bytes:
     )
 
 
-def handmade(version: str, ca: TestCA, users: dict[str, str]) -> tuple[dict[str, Any], StaticSources]:
+def handmade(version: str, ca: pki.KeyPair, users: dict[str, str]) -> tuple[dict[str, Any], StaticSources]:
     image, config_dir, _ = VERSIONS[version]
     config = {
         "version": 0.1,
@@ -57,7 +57,8 @@ def handmade(version: str, ca: TestCA, users: dict[str, str]) -> tuple[dict[str,
         },
         "auth": {"htpasswd": {"realm": NAME, "path": "/etc/registry/auth/htpasswd"}},
     }
-    crt, key = ca.issue([HOST], ["127.0.0.1"])
+    server = pki.issue_server(ca, [HOST, "127.0.0.1"])
+    crt, key = server.cert_pem, server.key_pem
     sources = StaticSources(
         secrets={
             f"{NAME}-tls": {"tls.crt": crt, "tls.key": key, "ca.crt": ca.cert_pem},
@@ -147,7 +148,7 @@ def test_atomic_volume_layout_and_swap(tmp_path: Path) -> None:
     ids=["initContainers", "hostPath", "image", "stdin", "hostNetwork", "sysctls"],
 )
 def test_refuses_what_it_cannot_reproduce(tmp_path: Path, mutate: Any, message: str) -> None:
-    deployment, sources = handmade("2.8", TestCA.create(), {"alice": "pw"})
+    deployment, sources = handmade("2.8", pki.issue_ca("test CA"), {"alice": "pw"})
     pod = deployment["spec"]["template"]["spec"]
     mutate(pod, pod["containers"][0])
     with pytest.raises(Unfaithful, match=message):
@@ -155,7 +156,7 @@ def test_refuses_what_it_cannot_reproduce(tmp_path: Path, mutate: Any, message: 
 
 
 def test_refuses_missing_secret(tmp_path: Path) -> None:
-    deployment, sources = handmade("2.8", TestCA.create(), {"alice": "pw"})
+    deployment, sources = handmade("2.8", pki.issue_ca("test CA"), {"alice": "pw"})
     del sources.secrets[f"{NAME}-tls"]
     with pytest.raises(Unfaithful, match="source missing"):
         PodRunner(deployment, sources, tmp_path)
@@ -163,7 +164,7 @@ def test_refuses_missing_secret(tmp_path: Path) -> None:
 
 def test_plain_http_registry_is_caught(tmp_path: Path) -> None:
     """The known trap: a mistyped TLS key makes the registry serve HTTP; start() must not call that ready."""
-    ca = TestCA.create()
+    ca = pki.issue_ca("test CA")
     deployment, sources = handmade("2.8", ca, {"alice": "pw"})
     config = yaml.safe_load(sources.config_maps[f"{NAME}-config"]["config.yml"])
     config["http"]["tls"] = {
@@ -181,7 +182,7 @@ def test_plain_http_registry_is_caught(tmp_path: Path) -> None:
 def test_handmade_pod_serves_tls_auth_and_reloads_htpasswd(tmp_path: Path, version: str) -> None:
     if not VERSIONS[version][2].exists():
         pytest.skip(f"{VERSIONS[version][2]} not built (hack/build registry)")
-    ca = TestCA.create()
+    ca = pki.issue_ca("test CA")
     deployment, sources = handmade(version, ca, {"alice": "alice-pw"})
     with PodRunner(deployment, sources, tmp_path) as runner:
         runner.start(ca.cert_pem)
@@ -210,7 +211,7 @@ def test_handmade_pod_serves_tls_auth_and_reloads_htpasswd(tmp_path: Path, versi
 
 def test_subpath_mount_never_sees_updates(tmp_path: Path) -> None:
     """The kubelet trap the operator must avoid, reproduced: a subPath htpasswd misses every later change."""
-    ca = TestCA.create()
+    ca = pki.issue_ca("test CA")
     deployment, sources = handmade("2.8", ca, {"alice": "alice-pw"})
     mounts = deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
     auth = next(m for m in mounts if m["name"] == "auth")

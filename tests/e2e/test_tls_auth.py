@@ -9,10 +9,10 @@ import pytest
 from cryptography import x509
 from lightkube.resources.core_v1 import Service
 
+from registry_operator import pki
 from tests.support import https, ociimage
 from tests.support.clients import ClientError, Skopeo
 from tests.support.deployed import DeployedRegistry, secret_data
-from tests.support.pki import TestCA
 
 
 def test_served_certificate_is_the_operators(shared_registry: DeployedRegistry) -> None:
@@ -43,7 +43,7 @@ def test_certificate_is_verified_not_just_encrypted(shared_registry: DeployedReg
     """A client trusting another CA, or expecting another name, must fail the handshake."""
     reg = shared_registry
     with pytest.raises(ssl.SSLCertVerificationError):
-        https.peer_certificate(reg.address, TestCA.create().cert_pem, reg.host)
+        https.peer_certificate(reg.address, pki.issue_ca("test CA").cert_pem, reg.host)
     with pytest.raises(ssl.SSLCertVerificationError):
         https.peer_certificate(reg.address, reg.ca_pem(), f"{reg.name}.elsewhere.svc")
 
