@@ -174,8 +174,8 @@ def main() -> int:
                         choices=["convergence", "burst", "datapath", "rest", "memory"], help="repeatable")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the work directory (cluster logs, audit log)")
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only re-render the report from a file")
-    for field in ("runs", "burst", "rest_window", "memory_top", "datapath_iterations", "nodes"):
-        parser.add_argument(f"--{field.replace('_', '-')}", type=float if field == "rest_window" else int)
+    for field in ("runs", "burst", "rest_window", "resync", "memory_top", "datapath_iterations", "nodes"):
+        parser.add_argument(f"--{field.replace('_', '-')}", type=float if field in ("rest_window", "resync") else int)
     args = parser.parse_args()
     if args.report:
         from . import report

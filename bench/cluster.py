@@ -40,14 +40,22 @@ rules:
 """
 
 
+# localcluster's /24 holds about 250 ClusterIP Services: 1000 Registries need more. Same first address
+# (10.0.0.1, in the apiserver's certificate), larger range.
+SERVICE_CIDR = "10.0.0.0/16"
+
+
 class AuditedCluster(localcluster.LocalCluster):
-    """LocalCluster whose kube-apiserver audits the operator's ServiceAccount (only) to `audit_log`."""
+    """LocalCluster whose kube-apiserver audits the operator's ServiceAccount (only) to `audit_log`, with a
+    Service range large enough for a thousand Registries."""
 
     @property
     def audit_log(self) -> Path:
         return self.logs / "audit.jsonl"
 
     def _spawn(self, name: str, args: Sequence[str]) -> localcluster.Proc:
+        args = [f"--service-cluster-ip-range={SERVICE_CIDR}" if a.startswith("--service-cluster-ip-range=") else a
+                for a in args]  # fmt: skip
         if name == "kube-apiserver":
             policy = self.workdir / "audit-policy.yaml"
             policy.write_text(AUDIT_POLICY)
@@ -128,6 +136,12 @@ class Operator:
             if key in ("VmRSS", "VmHWM"):
                 values[key] = int(rest.split()[0]) * 1024
         return values["VmRSS"], values["VmHWM"]
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the operator process has used so far."""
+        raw = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = raw[raw.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self, n: int = 60) -> str:
         return localcluster.log_tail(self.log_path, n)

@@ -7,8 +7,13 @@ Counted, by wrapping the functions the operator calls (so calls made in worker t
   (`kopf._cogs.clients.api.request`: watches, annotation and status patches of kopf itself);
 - reconciles (`registry_operator.handlers.reconcile`), with the time of the last one finished.
 
-The counters are written to the JSON file every 0.25 s and at exit. Nothing else changes: same entry point,
-arguments and environment as `python -m registry_operator`.
+The counters are written to the JSON file every 0.5 s when they changed, and at exit. Nothing else changes:
+same entry point, arguments and environment as `python -m registry_operator`.
+
+For memory investigations only (it slows the process and costs memory itself): with `BENCH_TRACEMALLOC=1`,
+SIGUSR1 writes the top allocation sites (grouped by file and by line) next to the counters file. SIGUSR2 calls
+glibc's `malloc_trim(0)` and records VmRSS before and after in the counters (`trim`): how much of the RSS is
+freed memory that the allocator kept.
 """
 
 from __future__ import annotations
@@ -103,17 +108,61 @@ def _dump(path: Path) -> None:
     tmp.replace(path)
 
 
+def _tracemalloc(path: Path) -> None:
+    import signal
+    import tracemalloc
+
+    tracemalloc.start(1)
+
+    def dump(*_: Any) -> None:
+        snap = tracemalloc.take_snapshot()
+        lines = [f"traced {tracemalloc.get_traced_memory()[0] / 2**20:.1f} MiB"]
+        for group in ("filename", "lineno"):
+            lines.append(f"-- by {group}")
+            lines += [str(stat) for stat in snap.statistics(group)[:40]]
+        path.with_suffix(".tracemalloc.txt").write_text("\n".join(lines) + "\n")
+
+    signal.signal(signal.SIGUSR1, dump)
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _trim(*_: Any) -> None:
+    import ctypes
+
+    before = _rss_kib()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    STATE["trim_before_kib"], STATE["trim_after_kib"] = before, _rss_kib()
+    with _LOCK:
+        COUNTS["trim"] += 1
+
+
 def main() -> None:
     if len(sys.argv) < 2 or "--" not in sys.argv:
         sys.exit("usage: python -m bench.opwrap COUNTERS.json -- [operator arguments]")
     path = Path(sys.argv[1])
     operator_args = sys.argv[sys.argv.index("--") + 1 :]
     install()
+    import signal
+
+    signal.signal(signal.SIGUSR2, _trim)
+    if os.environ.get("BENCH_TRACEMALLOC"):
+        _tracemalloc(path)
 
     def writer() -> None:
+        last: dict[str, int] = {}
         while True:
-            _dump(path)
-            time.sleep(0.25)
+            with _LOCK:
+                changed = COUNTS != last
+                last = dict(COUNTS)
+            if changed or not path.exists():
+                _dump(path)
+            time.sleep(0.5)
 
     threading.Thread(target=writer, daemon=True, name="bench-counters").start()
     atexit.register(_dump, path)

@@ -164,7 +164,7 @@ async def burst_operator(b: Bench, n: int) -> dict[str, Any]:
     await workload.ensure_namespace(b.client, ns)
     names = [f"reg-{i}" for i in range(n)]
     keys = [k for name in names for k in workload.children(name)]
-    before = op.counts()
+    before, cpu0 = op.counts(), op.cpu()
     async with Observer(b.client, ns) as obs:
         wall0, t0 = time.time(), time.monotonic()
         await asyncio.gather(*(workload.create_registry(b.client, ns, name) for name in names))
@@ -178,6 +178,7 @@ async def burst_operator(b: Bench, n: int) -> dict[str, Any]:
             "ready_each": summary([obs.ready[x] - t0 for x in names]),
         }
     last = await b.settle(quiet=3.0)
+    result["operator_cpu"] = op.cpu() - cpu0
     audit = b.cluster.audit_counts(wall0, last + 0.5)
     result["settled_after"] = last - wall0
     result["writes_per_registry"] = audit["write"] / n
@@ -197,11 +198,13 @@ async def restart(b: Bench, expected: int, env: dict[str, str] | None = None) ->
     await b.stop_operator()
     wall0, t0 = time.time(), time.monotonic()
     op = await b.start_operator(env)
-    last = await b.settle(at_least=expected, quiet=3.0)
+    last = await b.settle(at_least=expected, quiet=3.0, timeout=1800)
     counts = op.counts()
+    cpu = op.cpu()
     audit = b.cluster.audit_counts(wall0, last + 0.5)
     rss, hwm = op.rss()
     return {
+        "operator_cpu": cpu,
         "registries": expected,
         "seconds": last - wall0,
         "live_after": op.live - wall0,
@@ -221,15 +224,16 @@ async def rest(b: Bench, window: float, resync: float) -> dict[str, Any]:
     """Count the operator's API writes (audit log) and bcrypt/key generation over a quiet `window`."""
     op = b.operator
     assert op is not None
-    c0, wall0 = op.counts(), time.time()
+    c0, wall0, cpu0 = op.counts(), time.time(), op.cpu()
     await asyncio.sleep(window)
-    c1, wall1 = op.counts(), time.time()
+    c1, wall1, cpu1 = op.counts(), time.time(), op.cpu()
     audit = b.cluster.audit_counts(wall0, wall1)
     requests = {k.removeprefix("http."): c1.get(k, 0) - c0.get(k, 0) for k in c1 if k.startswith("http.")}
     return {
         "window": wall1 - wall0,
         "resync_interval": resync,
         "reconciles": c1["reconcile"] - c0["reconcile"],
+        "operator_cpu": cpu1 - cpu0,
         "write_total": audit["write"],
         "read_total": audit["read"],
         "writes": writes_of(audit),

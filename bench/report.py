@@ -60,12 +60,23 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         work = sum(c.values())
         out.append((f"Rest: {rest['reconciles']} reconciles by periodic resync (every {rest['resync_interval']:.0f} s)",
                     _counted(c), "0", "–", "0", "yes" if work == 0 else "no"))  # fmt: skip
+        per = rest["read_total"] / rest["reconciles"] if rest["reconciles"] else float("nan")
+        cpu = f", operator CPU {rest['operator_cpu']:.1f} s" if "operator_cpu" in rest else ""
+        out.append(("Rest: API reads (audit log)", f"{rest['read_total']} ({per:.1f} per reconcile){cpu}", "–", "–",
+                    "–", ""))  # fmt: skip
     if rs := res.get("restart"):
         c = rs["counted"]
         work = sum(c.values())
         out.append((f"Restart = full reconcile of {rs['registries']}: writes; bcrypt, key generation",
                     f"{rs['write_total']} writes; {_counted(c)}", "0", "–", "0",
                     "yes" if work == 0 and rs["write_total"] == 0 else "no"))  # fmt: skip
+    for key in ("restart", "restart_top"):
+        if rs := res.get(key):
+            n = rs["registries"]
+            cpu = f", operator CPU {rs['operator_cpu']:.0f} s" if "operator_cpu" in rs else ""
+            out.append((f"Restart with {n}: until settled; reconciles and reads per Registry",
+                        f"{_s(rs['seconds'])}; {rs['reconciles'] / n:.1f} and {rs['read_total'] / n:.0f}{cpu}",
+                        "–", "–", "–", ""))  # fmt: skip
     if mem := res.get("memory"):
         counts = sorted({m["registries"] for m in mem["levels"]})
         worst = {n: max(m["rss"] for m in mem["levels"] if m["registries"] == n) for n in counts}
