@@ -4,19 +4,22 @@ The registry re-reads the file whenever its mtime changes and one malformed line
 file is always written whole and valid. A fresh bcrypt hash has a fresh salt: re-hashing on every reconcile
 would rewrite the Secret each time, so an existing hash is kept while it still verifies the password.
 
-Verifying costs a bcrypt round too (about 50 ms at cost 10). `Verifier` remembers successful checks in memory,
-keyed by an HMAC under a per-process random key (never the plaintext), so a resync of a settled Registry does no
-bcrypt work at all.
+Verifying costs a bcrypt round too (about 50 ms at cost 10), so next to each hash we keep a fingerprint: an
+HMAC-SHA256 of user and password under a random per-Registry key. A password whose fingerprint matches is
+unchanged, and its hash is kept without any bcrypt work, in this process or the next one (a restart, a resync
+of a thousand Registries). The key lives in a different Secret than the fingerprints and no pod mounts either;
+whoever can read both can already read the generated passwords and the referenced password Secrets, so the
+fingerprints reveal nothing new.
 
 bcrypt is called directly: passlib 1.7.4 fails with bcrypt 5.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
-import secrets
 from collections.abc import Callable, Iterable, Mapping
 
 import bcrypt
@@ -71,42 +74,36 @@ def render(hashes: Iterable[tuple[str, str]]) -> str:
     return "".join(f"{user}:{digest}\n" for user, digest in hashes)
 
 
-class Verifier:
-    """bcrypt checks with a memory of the ones that succeeded."""
+def fingerprint(key: bytes, user: str, password: str) -> str:
+    return base64.b64encode(hmac.new(key, f"{user}\0{password}".encode(), hashlib.sha256).digest()).decode()
 
-    def __init__(self) -> None:
-        self._key = secrets.token_bytes(32)
-        self._known: set[bytes] = set()
 
-    def _fingerprint(self, user: str, digest: str, password: str) -> bytes:
-        return hmac.new(self._key, f"{user}\0{digest}\0{password}".encode(), hashlib.sha256).digest()
-
-    def verify(self, user: str, digest: str, password: str) -> bool:
-        fingerprint = self._fingerprint(user, digest, password)
-        if fingerprint in self._known:
-            return True
-        try:
-            ok = bcrypt.checkpw(password.encode(), digest.encode())
-        except ValueError:  # malformed hash: treat as stale
-            return False
-        if ok:
-            self._known.add(fingerprint)
-        return ok
-
-    def remember(self, user: str, digest: str, password: str) -> None:
-        """Record a hash we just made, so the next reconcile does not check it again."""
-        self._known.add(self._fingerprint(user, digest, password))
+def _verifies(password: str, digest: str) -> bool:
+    try:
+        return bcrypt.checkpw(password.encode(), digest.encode())
+    except ValueError:  # malformed hash: treat as stale
+        return False
 
 
 def reconcile(
-    passwords: Mapping[str, str], existing: Mapping[str, str], verifier: Verifier, cost: int = COST
-) -> list[tuple[str, str]]:
-    """The (user, hash) lines for `passwords`, in their order, keeping every existing hash that still verifies."""
-    lines = []
+    passwords: Mapping[str, str],
+    existing: Mapping[str, str],
+    fingerprints: Mapping[str, str],
+    key: bytes,
+    cost: int = COST,
+) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(user, hash) lines for `passwords` in their order, and their fingerprints.
+
+    An existing hash is kept when its fingerprint matches; without a fingerprint (a file from elsewhere) it is
+    kept if bcrypt verifies it, once, and then fingerprinted.
+    """
+    lines, prints = [], {}
     for user, password in passwords.items():
         digest = existing.get(user)
-        if digest is None or not verifier.verify(user, digest, password):
+        mark = fingerprint(key, user, password)
+        known = hmac.compare_digest(fingerprints.get(user, ""), mark)
+        if digest is None or not (known or _verifies(password, digest)):
             digest = hash_password(password, cost)
-            verifier.remember(user, digest, password)
         lines.append((user, digest))
-    return lines
+        prints[user] = mark
+    return lines, prints

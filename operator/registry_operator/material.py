@@ -13,6 +13,7 @@ temporarily broken.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -36,8 +37,10 @@ class Problem:
 @dataclass(frozen=True)
 class Material:
     http_secret: str
+    fingerprint_key: bytes  # HMAC key of the password fingerprints (see `htpasswd`)
     passwords: Mapping[str, str]  # generated passwords only, user -> password
     htpasswd: str
+    fingerprints: Mapping[str, str]  # user -> fingerprint of the password its hash was made from
     ca: pki.KeyPair | None = None  # the operator's CA, when it issues anything
     server: pki.KeyPair | None = None  # issued server certificate (SelfSigned mode)
     client_ca_pem: bytes | None = None  # what clients must trust, published in the `-ca` Secret
@@ -106,19 +109,20 @@ def _passwords(spec: RegistrySpec, observed: Secrets, names: ChildNames, problem
 
 
 def _htpasswd(
-    spec: RegistrySpec, usable: Mapping[str, str], observed: Secrets, names: ChildNames,
-    verifier: htpasswd.Verifier,
-) -> str:
-    existing = htpasswd.parse(((observed.get(names.htpasswd) or {}).get("htpasswd") or b"").decode())
-    fresh = dict(htpasswd.reconcile(usable, existing, verifier))
+    spec: RegistrySpec, usable: Mapping[str, str], observed: Secrets, names: ChildNames, key: bytes
+) -> tuple[str, dict[str, str]]:
+    """(htpasswd file, fingerprints) for the users of `spec`."""
+    stored = observed.get(names.htpasswd) or {}
+    existing = htpasswd.parse((stored.get("htpasswd") or b"").decode())
+    known = json.loads(stored.get("fingerprints") or b"{}")
+    fresh, prints = htpasswd.reconcile(usable, existing, known, key)
+    hashes = dict(fresh)
     # A user whose password source is broken keeps their last good line: never lock someone out
     # because a Secret is briefly missing.
-    lines = [
-        (u.name, fresh.get(u.name) or existing[u.name])
-        for u in spec.auth.users
-        if u.name in fresh or u.name in existing
-    ]
-    return htpasswd.render(lines)
+    lines = [(u.name, hashes.get(u.name) or existing[u.name]) for u in spec.auth.users
+             if u.name in hashes or u.name in existing]
+    kept = {user: known[user] for user, _ in lines if user not in prints and user in known}
+    return htpasswd.render(lines), {**kept, **prints}
 
 
 def _user_tls(spec: RegistrySpec, observed: Secrets, problems: list[Problem]) -> tuple[bytes | None, bytes | None]:
@@ -139,16 +143,18 @@ def _user_tls(spec: RegistrySpec, observed: Secrets, problems: list[Problem]) ->
     return data["tls.crt"], data.get("ca.crt")
 
 
-def decide(
-    spec: RegistrySpec, observed: Secrets, verifier: htpasswd.Verifier, cluster_domain: str = "cluster.local"
-) -> Material:
+def decide(spec: RegistrySpec, observed: Secrets, cluster_domain: str = "cluster.local") -> Material:
     """All material for `spec`, reusing everything in `observed` that is still valid."""
     names = ChildNames(spec.name)
     problems: list[Problem] = []
 
-    http_secret = (observed.get(names.http_secret) or {}).get("secret")
+    kept = observed.get(names.http_secret) or {}
+    http_secret = kept["secret"].decode() if "secret" in kept else secrets.token_hex(32)
+    fingerprint_key = kept.get("fingerprint-key") or secrets.token_bytes(32)
     usable, generated = _passwords(spec, observed, names, problems)
-    htpasswd_text = _htpasswd(spec, usable, observed, names, verifier) if spec.auth.mode != "none" else ""
+    htpasswd_text, fingerprints = (
+        _htpasswd(spec, usable, observed, names, fingerprint_key) if spec.auth.mode != "none" else ("", {})
+    )
 
     token = spec.auth.mode == "token"
     needs_ca = spec.tls.mode == "SelfSigned" or (token and spec.tls_enabled)
@@ -179,9 +185,11 @@ def decide(
                 client_ca = (client_ca or b"") + ca.cert_pem
 
     return Material(
-        http_secret=http_secret.decode() if http_secret else secrets.token_hex(32),
+        http_secret=http_secret,
+        fingerprint_key=fingerprint_key,
         passwords=generated,
         htpasswd=htpasswd_text,
+        fingerprints=fingerprints,
         ca=ca,
         server=server,
         client_ca_pem=client_ca,

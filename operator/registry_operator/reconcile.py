@@ -20,7 +20,6 @@ from lightkube.types import PatchType
 
 from . import conditions, events, material, pki, render
 from .apply import Key, apply_all, delete_all
-from .htpasswd import Verifier
 from .kinds import Registry
 from .names import ChildNames
 from .observe import observe
@@ -37,7 +36,6 @@ class Context:
     client: AsyncClient
     operator_image: str
     cluster_domain: str = "cluster.local"
-    verifier: Verifier = field(default_factory=Verifier)
 
 
 @dataclass
@@ -98,7 +96,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
 
     observed = await observe(ctx.client, spec)
     # Key generation and bcrypt are CPU work: keep them off the event loop that serves every Registry.
-    mat = await asyncio.to_thread(material.decide, spec, observed.secrets, ctx.verifier, ctx.cluster_domain)
+    mat = await asyncio.to_thread(material.decide, spec, observed.secrets, ctx.cluster_domain)
     desired = render.desired(spec, mat, body, ctx.operator_image)
     applied = await apply_all(ctx.client, desired, observed.children)
     outcome.written = applied.written

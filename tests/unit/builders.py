@@ -3,7 +3,7 @@
 import base64
 from typing import Any
 
-from registry_operator import htpasswd, material, render, spec
+from registry_operator import material, render, spec
 
 OWNER = {"metadata": {"name": "reg", "namespace": "ns", "uid": "0000-1111"}}
 
@@ -18,14 +18,11 @@ def decode_secrets(objects: list[dict[str, Any]]) -> dict[str, dict[str, bytes]]
 
 
 class Pipeline:
-    """spec -> material -> objects, with a verifier shared across runs like the operator's."""
-
-    def __init__(self) -> None:
-        self.verifier = htpasswd.Verifier()
+    """spec -> material -> objects."""
 
     def run(self, raw: dict[str, Any], observed: dict[str, Any] | None = None):
         s = spec.parse("reg", "ns", raw)
-        mat = material.decide(s, observed or {}, self.verifier)
+        mat = material.decide(s, observed or {})
         return s, mat, render.desired(s, mat, OWNER, "registry-operator:test")
 
 

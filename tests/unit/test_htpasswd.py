@@ -5,33 +5,43 @@ import pytest
 
 from registry_operator import htpasswd
 
+KEY = b"k" * 32
+
 
 def test_lines_are_bcrypt_and_verify():
-    lines = htpasswd.reconcile({"alice": "pw-a", "bob": "pw-b"}, {}, htpasswd.Verifier(), cost=4)
+    lines, prints = htpasswd.reconcile({"alice": "pw-a", "bob": "pw-b"}, {}, {}, KEY, cost=4)
     text = htpasswd.render(lines)
     assert text.endswith("\n") and text.count("\n") == 2
     parsed = htpasswd.parse(text)
     assert list(parsed) == ["alice", "bob"]
     assert parsed["alice"].startswith("$2b$04$")
     assert bcrypt.checkpw(b"pw-a", parsed["alice"].encode())
+    assert set(prints) == {"alice", "bob"} and "pw-a" not in str(prints)
 
 
 def test_unchanged_passwords_keep_their_hash_and_changed_ones_get_a_new_one():
-    verifier = htpasswd.Verifier()
-    first = dict(htpasswd.reconcile({"alice": "a", "bob": "b"}, {}, verifier, cost=4))
-    second = dict(htpasswd.reconcile({"alice": "a", "bob": "new"}, first, htpasswd.Verifier(), cost=4))
-    assert second["alice"] == first["alice"]
-    assert second["bob"] != first["bob"] and bcrypt.checkpw(b"new", second["bob"].encode())
+    first, prints = htpasswd.reconcile({"alice": "a", "bob": "b"}, {}, {}, KEY, cost=4)
+    second, _ = htpasswd.reconcile({"alice": "a", "bob": "new"}, dict(first), prints, KEY, cost=4)
+    old, new = dict(first), dict(second)
+    assert new["alice"] == old["alice"]
+    assert new["bob"] != old["bob"] and bcrypt.checkpw(b"new", new["bob"].encode())
 
 
-def test_verifier_remembers_so_a_resync_does_no_bcrypt(monkeypatch):
-    verifier = htpasswd.Verifier()
-    lines = dict(htpasswd.reconcile({"alice": "a"}, {}, verifier, cost=4))
+def test_fingerprints_spare_bcrypt_in_any_later_process(monkeypatch):
+    lines, prints = htpasswd.reconcile({"alice": "a"}, {}, {}, KEY, cost=4)
     calls = []
     monkeypatch.setattr(htpasswd.bcrypt, "checkpw", lambda *a: calls.append(a) or True)
     monkeypatch.setattr(htpasswd.bcrypt, "hashpw", lambda *a: calls.append(a) or b"")
-    assert dict(htpasswd.reconcile({"alice": "a"}, lines, verifier, cost=4)) == lines
+    assert htpasswd.reconcile({"alice": "a"}, dict(lines), prints, KEY, cost=4) == (lines, prints)
     assert calls == []
+
+
+def test_a_hash_without_fingerprint_is_verified_once_and_kept():
+    digest = htpasswd.hash_password("a", cost=4)
+    lines, prints = htpasswd.reconcile({"alice": "a"}, {"alice": digest}, {}, KEY, cost=4)
+    assert lines == [("alice", digest)] and prints["alice"] == htpasswd.fingerprint(KEY, "alice", "a")
+    other_key, _ = htpasswd.reconcile({"alice": "b"}, {"alice": digest}, prints, KEY, cost=4)
+    assert other_key[0][1] != digest  # a changed password never matches the old fingerprint
 
 
 def test_malformed_lines_are_dropped_and_reported_by_number():

@@ -1,6 +1,7 @@
 """Material decisions: what is kept, what is created, and how bad input is reported."""
 
 import base64
+import json
 
 from builders import by_key, decode_secrets
 
@@ -70,3 +71,18 @@ def test_extra_names_reissue_the_server_certificate(pipeline):
                                 decode_secrets(objects))
     assert second.ca == first.ca and second.server != first.server
     assert "127.0.0.1" in pki.sans(pki.load_chain(second.server.cert_pem)[0])
+
+
+def test_a_settled_registry_costs_no_bcrypt_and_no_key_generation(pipeline, monkeypatch):
+    _, first, objects = pipeline.run(USERS, {"bob-pw": {"password": b"bob-secret"}})
+    observed = {**decode_secrets(objects), "bob-pw": {"password": b"bob-secret"}}
+    calls = []
+    for name in ("hashpw", "checkpw", "gensalt"):
+        monkeypatch.setattr(htpasswd.bcrypt, name, lambda *a, _n=name: calls.append(_n))
+    for name in ("issue_ca", "issue_server", "issue_signing"):
+        monkeypatch.setattr(pki, name, lambda *a, _n=name: calls.append(_n))
+    _, again, rendered = pipeline.run(USERS, observed)  # what a fresh process (a restart) sees
+    assert calls == [] and again == first and rendered == objects
+    fingerprints = decode_secrets(rendered)["reg-htpasswd"]["fingerprints"].decode()
+    assert set(json.loads(fingerprints)) == {"alice", "bob"}
+    assert "bob-secret" not in fingerprints and first.passwords["alice"] not in fingerprints

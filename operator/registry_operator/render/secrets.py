@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,9 +25,11 @@ def render(spec: RegistrySpec, material: Material, owner: Mapping[str, Any]) -> 
         data = {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem, **({"ca.crt": ca} if ca else {})}
         return secret(name, owner, component, data, TLS_TYPE)
 
-    out = [opaque(names.http_secret, {"secret": material.http_secret})]
+    out = [opaque(names.http_secret, {"secret": material.http_secret, "fingerprint-key": material.fingerprint_key})]
     if spec.auth.mode != "none":
-        out.append(opaque(names.htpasswd, {"htpasswd": material.htpasswd}))
+        # Pods mount only the `htpasswd` key; the fingerprints are the operator's.
+        fingerprints = json.dumps(dict(material.fingerprints), sort_keys=True)
+        out.append(opaque(names.htpasswd, {"htpasswd": material.htpasswd, "fingerprints": fingerprints}))
     if material.passwords:
         out.append(opaque(names.passwords, dict(material.passwords)))
     if material.client_ca_pem:
