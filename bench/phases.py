@@ -11,8 +11,6 @@ from typing import Any
 
 from lightkube import AsyncClient
 
-from registry_operator.htpasswd import Verifier
-
 from . import workload
 from .cluster import AuditedCluster, Operator, start_operator, writes_of
 from .observe import Observer
@@ -85,10 +83,10 @@ async def _operator_run(b: Bench, obs: Observer, name: str) -> dict[str, float]:
     }
 
 
-async def _floor_run(b: Bench, obs: Observer, name: str, verifier: Verifier) -> dict[str, float]:
+async def _floor_run(b: Bench, obs: Observer, name: str) -> dict[str, float]:
     keys = workload.children(name)
     t0 = time.monotonic()
-    await workload.floor_one(b.client, obs.namespace, name, verifier)
+    await workload.floor_one(b.client, obs.namespace, name)
     await obs.wait_for(lambda: name in obs.available and obs.last_seen(keys) is not None, timeout=180)
     return {"children": obs.last_seen(keys) - t0, "ready": obs.available[name] - t0}  # type: ignore[operator]
 
@@ -101,7 +99,6 @@ async def convergence(b: Bench, runs: int, block: int, pause: float = 1.0) -> di
     await workload.ensure_namespace(b.client, ns_floor)
     op_runs: list[dict[str, float]] = []
     floor_runs: list[dict[str, float]] = []
-    verifier = Verifier()
     while len(op_runs) < runs:
         if b.operator is None:
             await b.start_operator()
@@ -113,7 +110,7 @@ async def convergence(b: Bench, runs: int, block: int, pause: float = 1.0) -> di
         await b.stop_operator()
         async with Observer(b.client, ns_floor) as obs:
             for _ in range(min(block, runs - len(floor_runs))):
-                floor_runs.append(await _floor_run(b, obs, f"floor-{len(floor_runs)}", verifier))
+                floor_runs.append(await _floor_run(b, obs, f"floor-{len(floor_runs)}"))
                 await asyncio.sleep(pause)
         await workload.delete_registries(b.client, ns_floor)
         b.log(f"convergence: {len(op_runs)}/{runs} operator runs, {len(floor_runs)}/{runs} floor runs")
@@ -139,10 +136,9 @@ async def burst_floor(b: Bench, n: int) -> dict[str, Any]:
     await workload.ensure_namespace(b.client, ns)
     names = [f"floor-{i}" for i in range(n)]
     keys = [k for name in names for k in workload.children(name)]
-    verifier = Verifier()
     async with Observer(b.client, ns) as obs:
         t0 = time.monotonic()
-        await asyncio.gather(*(workload.floor_one(b.client, ns, name, verifier) for name in names))
+        await asyncio.gather(*(workload.floor_one(b.client, ns, name) for name in names))
         applied = time.monotonic() - t0
         await obs.wait_for(lambda: all(x in obs.available for x in names) and obs.last_seen(keys), timeout=1800)
         result = {

@@ -9,6 +9,7 @@ them in the operator's order, then wait for the Deployment to become available t
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -21,7 +22,6 @@ from lightkube.types import PatchType
 
 from registry_operator import material, render
 from registry_operator.apply import with_intent_hash
-from registry_operator.htpasswd import Verifier
 from registry_operator.kinds import Registry, resource
 from registry_operator.spec import parse
 
@@ -32,6 +32,15 @@ OPERATOR_IMAGE = "registry-operator:0.1.0"
 FLOOR_MANAGER = "bench-floor"
 
 
+def decide(spec: Any) -> material.Material:
+    """`material.decide` for a Registry with nothing yet (older operators also take a bcrypt `Verifier`)."""
+    if "verifier" in inspect.signature(material.decide).parameters:
+        from registry_operator.htpasswd import Verifier  # type: ignore[attr-defined]
+
+        return material.decide(spec, {}, Verifier())  # type: ignore[call-arg]
+    return material.decide(spec, {})
+
+
 def admin_client(kubeconfig: str) -> AsyncClient:
     return AsyncClient(KubeConfig.from_file(kubeconfig), field_manager=FLOOR_MANAGER, timeout=httpx2.Timeout(120))
 
@@ -40,7 +49,7 @@ def _child_suffixes() -> list[tuple[str, str]]:
     """(kind, name suffix) of every child of a `SPEC` Registry: rendered once for a template name."""
     owner = {"metadata": {"name": "tmpl", "namespace": "ns", "uid": "0"}}
     spec = parse("tmpl", "ns", SPEC)
-    mat = material.decide(spec, {}, Verifier())
+    mat = decide(spec)
     return [(o["kind"], o["metadata"]["name"][len("tmpl") :]) for o in render.desired(spec, mat, owner, OPERATOR_IMAGE)]
 
 
@@ -77,11 +86,11 @@ async def create_registry(client: AsyncClient, namespace: str, name: str) -> dic
     return obj.to_dict()
 
 
-async def floor_one(client: AsyncClient, namespace: str, name: str, verifier: Verifier) -> None:
+async def floor_one(client: AsyncClient, namespace: str, name: str) -> None:
     """Everything the operator's first reconcile writes, done by a bare client."""
     body = await create_registry(client, namespace, name)
     spec = parse(name, namespace, body.get("spec"))
-    mat = await asyncio.to_thread(material.decide, spec, {}, verifier)
+    mat = await asyncio.to_thread(decide, spec)
     for obj in render.desired(spec, mat, body, OPERATOR_IMAGE):
         obj = with_intent_hash(obj)
         await client.patch(
