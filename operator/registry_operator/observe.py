@@ -37,19 +37,26 @@ def referenced_secrets(spec: RegistrySpec) -> set[str]:
     return refs
 
 
-def _candidates(spec: RegistrySpec) -> list[tuple[str, str, str]]:
-    """(apiVersion, kind, name) of everything worth reading for `spec`."""
+def _candidates(spec: RegistrySpec, token_was_on: bool) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of what this reconcile needs: every child `spec` can render (to compare before
+    applying), the Secrets it refers to, and the token service's workload while it may still exist."""
     n = ChildNames(spec.name)
-    ours = [n.http_secret, n.htpasswd, n.passwords, n.ca, n.ca_key, n.tls, n.token_signing, n.token_tls]
-    out = [("v1", "Secret", name) for name in sorted(set(ours) | referenced_secrets(spec))]
-    out += [
-        ("v1", "ConfigMap", n.config),
-        ("apps/v1", "Deployment", n.deployment),
-        ("v1", "Service", n.service),
-        ("apps/v1", "Deployment", n.token),
-        ("v1", "Service", n.token),
-        ("v1", "ConfigMap", n.token),
-    ]
+    token = spec.auth.mode == "token"
+    secrets = {n.http_secret, *referenced_secrets(spec)}
+    if spec.auth.mode != "none":
+        secrets.add(n.htpasswd)
+    if any(u.password_ref is None for u in spec.auth.users):
+        secrets.add(n.passwords)
+    if spec.tls_enabled:
+        secrets.add(n.ca)
+    if spec.tls.mode == "SelfSigned" or (token and spec.tls_enabled):
+        secrets |= {n.ca_key, n.tls}
+    if token:
+        secrets |= {n.token_signing, n.token_tls}
+    out = [("v1", "Secret", name) for name in sorted(secrets)]
+    out += [("v1", "ConfigMap", n.config), ("apps/v1", "Deployment", n.deployment), ("v1", "Service", n.service)]
+    if token or token_was_on:
+        out += [("apps/v1", "Deployment", n.token), ("v1", "Service", n.token), ("v1", "ConfigMap", n.token)]
     if spec.storage.claim is not None:
         out.append(("v1", "PersistentVolumeClaim", n.claim))
     return out
@@ -69,8 +76,9 @@ def decode(secret: Obj) -> dict[str, bytes]:
     return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
 
 
-async def observe(client: AsyncClient, spec: RegistrySpec) -> Observed:
-    wanted = _candidates(spec)
+async def observe(client: AsyncClient, spec: RegistrySpec, token_was_on: bool) -> Observed:
+    """Everything this reconcile reads; `token_was_on`: the last status published a token realm."""
+    wanted = _candidates(spec, token_was_on)
     found = await asyncio.gather(*(_get(client, av, kind, name, spec.namespace) for av, kind, name in wanted))
     children = {(kind, name): obj for (_, kind, name), obj in zip(wanted, found, strict=True)}
     secrets = {name: decode(obj) if obj else None for (kind, name), obj in children.items() if kind == "Secret"}

@@ -94,7 +94,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         outcome.status_written = await _finish(ctx, body, status)
         return outcome
 
-    observed = await observe(ctx.client, spec)
+    observed = await observe(ctx.client, spec, token_was_on="tokenRealm" in (body.get("status") or {}))
     # Key generation and bcrypt are CPU work: keep them off the event loop that serves every Registry.
     mat = await asyncio.to_thread(material.decide, spec, observed.secrets, ctx.cluster_domain)
     desired = render.desired(spec, mat, body, ctx.operator_image)

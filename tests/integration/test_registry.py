@@ -118,9 +118,9 @@ def test_missing_secret_is_reported_and_recovers(cluster, kube_client, namespace
     c = wait_for(degraded, timeout=30, what="Degraded")
     assert c["reason"] == "PasswordSecretNotFound" and "bob-password" in c["message"]
     assert condition(kube_client, "reg", namespace, "Ready")["status"] == "False"
-    events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
-                             "involvedObject.kind=Registry,reason=PasswordSecretNotFound", "-o", "name").stdout
-    assert events.strip()
+    wait_for(lambda: cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                                     "involvedObject.kind=Registry,reason=PasswordSecretNotFound",
+                                     "-o", "name").stdout.strip(), timeout=10, what="Warning Event")
 
     cluster.apply(password_secret(namespace))
     wait_for(lambda: is_ready(kube_client, "reg", namespace), timeout=30, what="Ready after the Secret appeared")
