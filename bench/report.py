@@ -89,7 +89,7 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         ))  # fmt: skip
         out.append(
             (
-                "Operator RSS, lowest sample at each (e.g. right after a restart); peak VmHWM",
+                "Operator RSS, lowest sample at each; peak VmHWM",
                 " / ".join(_mib(fresh[n]) for n in counts) + f"; peak {_mib(peak)}",
                 "–",
                 "–",

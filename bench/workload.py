@@ -3,7 +3,8 @@
 The floor does exactly the API work the operator's first reconcile must do, with no kopf and no operator
 logic around it: create the Registry, decide material and render with the operator's own functions
 (`material.decide`, `render.desired`, `apply.with_intent_hash`: byte-identical objects), server-side-apply
-them in the operator's order, then wait for the Deployment to become available through kwok.
+them all at once (the fastest a bare client can; creation order does not matter to the API server), then wait
+for the Deployment to become available through kwok.
 """
 
 from __future__ import annotations
@@ -91,12 +92,14 @@ async def floor_one(client: AsyncClient, namespace: str, name: str) -> None:
     body = await create_registry(client, namespace, name)
     spec = parse(name, namespace, body.get("spec"))
     mat = await asyncio.to_thread(decide, spec)
-    for obj in render.desired(spec, mat, body, OPERATOR_IMAGE):
-        obj = with_intent_hash(obj)
-        await client.patch(
+    intents = [with_intent_hash(obj) for obj in render.desired(spec, mat, body, OPERATOR_IMAGE)]
+    await asyncio.gather(*(
+        client.patch(
             resource(obj["apiVersion"], obj["kind"]), obj["metadata"]["name"], obj, namespace=namespace,
             patch_type=PatchType.APPLY, field_manager=FLOOR_MANAGER, force=True,
-        )  # fmt: skip
+        )
+        for obj in intents
+    ))  # fmt: skip
 
 
 async def count(client: AsyncClient, res: Any, namespace: str) -> int:
