@@ -102,11 +102,25 @@ async def floor_one(client: AsyncClient, namespace: str, name: str) -> None:
     ))  # fmt: skip
 
 
+async def _retrying(what: Any, attempts: int = 5) -> Any:
+    """Await `what()`, again after a dropped connection (a busy API server closes idle keep-alives)."""
+    for attempt in range(attempts):
+        try:
+            return await what()
+        except httpx2.TransportError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(1 + attempt)
+
+
 async def count(client: AsyncClient, res: Any, namespace: str) -> int:
-    n = 0
-    async for _ in client.list(res, namespace=namespace):
-        n += 1
-    return n
+    async def once() -> int:
+        n = 0
+        async for _ in client.list(res, namespace=namespace):
+            n += 1
+        return n
+
+    return await _retrying(once)
 
 
 async def delete_registries(client: AsyncClient, namespace: str, wait_pods: bool = True, timeout: float = 300) -> None:
@@ -123,9 +137,13 @@ async def ready_count(client: AsyncClient, namespace: str, names: Iterable[str] 
     from .observe import registry_ready
 
     wanted = set(names) if names is not None else None
-    n = 0
-    async for reg in client.list(Registry, namespace=namespace):
-        d = reg.to_dict()
-        if (wanted is None or d["metadata"]["name"] in wanted) and registry_ready(d):
-            n += 1
-    return n
+
+    async def once() -> int:
+        n = 0
+        async for reg in client.list(Registry, namespace=namespace):
+            d = reg.to_dict()
+            if (wanted is None or d["metadata"]["name"] in wanted) and registry_ready(d):
+                n += 1
+        return n
+
+    return await _retrying(once)
