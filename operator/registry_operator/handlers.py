@@ -94,16 +94,21 @@ def secret_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tu
 @kopf.on.event("", "v1", "services", labels=OURS)
 @kopf.on.event("", "v1", "configmaps", labels=OURS)
 @kopf.on.event("", "v1", "persistentvolumeclaims", labels=OURS)
-async def child_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def child_changed(
+    namespace: str, labels: kopf.Labels, type: str | None, memo: kopf.Memo, **_: Any
+) -> None:
     registry = labels.get(names.LABEL_INSTANCE)
-    if registry:
+    if registry and type is not None:  # None: kopf's initial listing, when resume reconciles every Registry
         await memo.coalescer.trigger((namespace, registry))
 
 
 @kopf.on.event("", "v1", "secrets")
 async def secret_changed(
-    namespace: str, name: str, labels: kopf.Labels, secret_refs: kopf.Index, memo: kopf.Memo, **_: Any
+    namespace: str, name: str, labels: kopf.Labels, type: str | None, secret_refs: kopf.Index, memo: kopf.Memo,
+    **_: Any,
 ) -> None:
+    if type is None:  # kopf's initial listing: resume reconciles every Registry anyway
+        return
     targets = set(secret_refs.get((namespace, name), ()))
     if labels.get(names.LABEL_MANAGED_BY) == names.MANAGED_BY and labels.get(names.LABEL_INSTANCE):
         targets.add(labels[names.LABEL_INSTANCE])

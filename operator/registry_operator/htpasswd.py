@@ -25,6 +25,9 @@ from collections.abc import Callable, Iterable, Mapping
 import bcrypt
 
 COST = 10  # each authenticated request pays one check: cost 10 is ~50 ms, cost 12 ~190 ms
+# Passwords the operator generates are 192 random bits: no hash cost makes them easier or harder to guess, so
+# they get the minimum and the registry's per-request check costs about 1 ms instead of 50.
+GENERATED_COST = 4
 MAX_PASSWORD_BYTES = 72  # bcrypt ignores what follows; refuse rather than silently truncate
 
 
@@ -90,19 +93,20 @@ def reconcile(
     existing: Mapping[str, str],
     fingerprints: Mapping[str, str],
     key: bytes,
-    cost: int = COST,
+    costs: Mapping[str, int] | None = None,
 ) -> tuple[list[tuple[str, str]], dict[str, str]]:
     """(user, hash) lines for `passwords` in their order, and their fingerprints.
 
-    An existing hash is kept when its fingerprint matches; without a fingerprint (a file from elsewhere) it is
-    kept if bcrypt verifies it, once, and then fingerprinted.
+    An existing hash is kept when its fingerprint matches and it has the wanted cost (`costs`, default `COST`);
+    without a fingerprint (a file from elsewhere) it is kept if bcrypt verifies it, once, and then fingerprinted.
     """
     lines, prints = [], {}
     for user, password in passwords.items():
         digest = existing.get(user)
+        cost = (costs or {}).get(user, COST)
         mark = fingerprint(key, user, password)
         known = hmac.compare_digest(fingerprints.get(user, ""), mark)
-        if digest is None or not (known or _verifies(password, digest)):
+        if digest is None or digest[4:7] != f"{cost:02d}$" or not (known or _verifies(password, digest)):
             digest = hash_password(password, cost)
         lines.append((user, digest))
         prints[user] = mark

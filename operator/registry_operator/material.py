@@ -115,7 +115,8 @@ def _htpasswd(
     stored = observed.get(names.htpasswd) or {}
     existing = htpasswd.parse((stored.get("htpasswd") or b"").decode())
     known = json.loads(stored.get("fingerprints") or b"{}")
-    fresh, prints = htpasswd.reconcile(usable, existing, known, key)
+    costs = {u.name: htpasswd.GENERATED_COST for u in spec.auth.users if u.password_ref is None}
+    fresh, prints = htpasswd.reconcile(usable, existing, known, key, costs)
     hashes = dict(fresh)
     # A user whose password source is broken keeps their last good line: never lock someone out
     # because a Secret is briefly missing.

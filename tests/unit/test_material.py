@@ -86,3 +86,10 @@ def test_a_settled_registry_costs_no_bcrypt_and_no_key_generation(pipeline, monk
     fingerprints = decode_secrets(rendered)["reg-htpasswd"]["fingerprints"].decode()
     assert set(json.loads(fingerprints)) == {"alice", "bob"}
     assert "bob-secret" not in fingerprints and first.passwords["alice"] not in fingerprints
+
+
+def test_generated_passwords_get_the_minimum_bcrypt_cost_and_referenced_ones_the_default(pipeline):
+    _, mat, _ = pipeline.run(USERS, {"bob-pw": {"password": b"bob-secret"}})
+    hashes = htpasswd.parse(mat.htpasswd)
+    assert hashes["alice"].startswith(f"$2b${htpasswd.GENERATED_COST:02d}$")
+    assert hashes["bob"].startswith(f"$2b${htpasswd.COST:02d}$")
