@@ -8,11 +8,9 @@ honest count of its API traffic. The operator runs as that ServiceAccount (RBAC 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -150,14 +148,7 @@ class Operator:
         return self.process.poll() is None
 
     def stop(self, timeout: float = 15) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        localcluster.terminate(self.pid, timeout=timeout, popen=self.process)
 
 
 def start_operator(

@@ -31,7 +31,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -374,14 +373,7 @@ class OperatorProcess:
 
     def stop(self, timeout: float = 10) -> int | None:
         """SIGTERM (kopf shuts down gracefully), then SIGKILL after timeout. Returns the exit code."""
-        if self.running():
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        localcluster.terminate(self.process.pid, timeout=timeout, popen=self.process)
         self._log.close()
         return self.returncode
 
