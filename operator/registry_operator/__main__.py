@@ -6,10 +6,37 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 
 import kopf
+from lightkube import AsyncClient
 
-from . import handlers
+from . import config as config_, handlers
+from .leader import Elector
+
+
+async def _run(config: config_.Config, liveness: str | None) -> int:
+    """Run kopf until it is stopped by a signal (exit 0) or, under leader election, the Lease is lost (1)."""
+    stop = asyncio.Event()
+    hold = None
+    if config.leader_election:
+        client = AsyncClient()
+        elector = Elector(client, config)
+        await elector.acquire()
+        hold = asyncio.create_task(elector.hold(stop))
+    try:
+        await kopf.operator(
+            standalone=True,  # kopf's peering is not leader election; the Lease above is
+            clusterwide=config.clusterwide,
+            namespaces=list(config.namespaces),
+            liveness_endpoint=liveness,
+            memo=kopf.Memo(config=config),
+            stop_flag=stop,
+        )
+    finally:
+        if hold is not None:
+            hold.cancel()
+    return 1 if stop.is_set() else 0  # only a lost Lease sets it: exit so that the Deployment restarts us
 
 
 def main() -> None:
@@ -22,24 +49,23 @@ def main() -> None:
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch all namespaces (default)")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING")
     parser.add_argument("--liveness", default=None, help="serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--leader-elect", action=argparse.BooleanOptionalAction, default=None,
+                        help="hold a Lease before acting, for more than one replica "
+                             "(default: REGISTRY_OPERATOR_LEADER_ELECTION, else off)")
     args = parser.parse_args()
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level.upper() != "DEBUG":
         # One line per API request and per handled child event would drown what matters.
         logging.getLogger("httpx2").setLevel(logging.WARNING)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    if args.namespace:
-        os.environ["REGISTRY_OPERATOR_NAMESPACES"] = ",".join(args.namespace)
+    try:
+        config = config_.load(namespaces=args.namespace, leader_election=args.leader_elect)
+    except config_.ConfigError as exc:
+        parser.error(str(exc))
     assert handlers  # imported for its handler registrations
-    asyncio.run(
-        kopf.operator(
-            standalone=True,
-            clusterwide=not args.namespace,
-            namespaces=args.namespace,
-            liveness_endpoint=args.liveness,
-        )
-    )
+    sys.exit(asyncio.run(_run(config, args.liveness)))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,16 @@
 
 An object is skipped when the live one already carries the hash of this exact intent *and* still holds every
 field we set. The hash catches fields we stopped sending (which only an apply removes); the field comparison
-catches hand edits of fields we own. Everything else is applied: a deleted child is re-created, a hand-edited
-one is taken back. A settled Registry therefore costs reads only.
+catches hand edits of fields we own, comparing quantities by value (the API server stores `1Gi` for `1024Mi`).
+Everything else is applied: a deleted child is re-created, a hand-edited one is taken back. A settled
+Registry therefore costs reads only.
+
+`force=True` would take over any object that happens to have a child's name, so nothing is written unless
+every existing object we would write is controlled by this Registry (its controller ownerReference carries
+the Registry's UID): otherwise the Registry reports `NameConflict` and writes nothing at all.
+
+Workloads go last: a Deployment is applied only after every Secret and ConfigMap it reads was stored, so a
+refused write can never roll pods onto material that does not exist.
 """
 
 from __future__ import annotations
@@ -16,15 +24,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
+from . import quantity
 from .kinds import resource
 from .material import Problem
-from .names import APPLIED_HASH, FIELD_MANAGER, LABEL_MANAGED_BY, MANAGED_BY
+from .names import APPLIED_HASH, FIELD_MANAGER, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
 
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (kind, name)
+
+# Keys whose values are resource quantities, compared by value.
+_QUANTITY_PARENTS = {"requests", "limits"}
+_QUANTITY_KEYS = {"sizeLimit"}
 
 
 def key(obj: Mapping[str, Any]) -> Key:
@@ -39,11 +53,16 @@ def with_intent_hash(obj: Obj) -> Obj:
     return out
 
 
-def contains(observed: Any, desired: Any) -> bool:
+def _same_quantity(observed: Any, desired: Any) -> bool:
+    a, b = quantity.parse(observed), quantity.parse(desired)
+    return a is not None and a == b
+
+
+def contains(observed: Any, desired: Any, _key: str | None = None, _parent: str | None = None) -> bool:
     """Whether every field in `desired` has the same value in `observed` (lists: same length, element-wise)."""
     if isinstance(desired, Mapping):
         return isinstance(observed, Mapping) and all(
-            k in observed and contains(observed[k], v) for k, v in desired.items()
+            k in observed and contains(observed[k], v, k, _key) for k, v in desired.items()
         )
     if isinstance(desired, list):
         return (
@@ -51,7 +70,9 @@ def contains(observed: Any, desired: Any) -> bool:
             and len(observed) == len(desired)
             and all(contains(o, d) for o, d in zip(observed, desired, strict=True))
         )
-    return observed == desired
+    if observed == desired:
+        return True
+    return (_key in _QUANTITY_KEYS or _parent in _QUANTITY_PARENTS) and _same_quantity(observed, desired)
 
 
 def up_to_date(desired: Obj, observed: Obj | None) -> bool:
@@ -63,19 +84,65 @@ def up_to_date(desired: Obj, observed: Obj | None) -> bool:
 
 @dataclass
 class Applied:
-    """The outcome of one apply pass: what was written, the live objects after it, and failures."""
+    """The outcome of one apply pass: what was written, the live objects after it, and failures.
+
+    `problems` explain failures in status; `retry` lists those worth another attempt (throttling, conflicts,
+    server errors, the network, missing permissions), as opposed to objects the API server rejected as
+    invalid, which only a change of the inputs can fix.
+    """
 
     written: list[Key] = field(default_factory=list)
     live: dict[Key, Obj] = field(default_factory=dict)
+    failed: set[Key] = field(default_factory=set)
     problems: list[Problem] = field(default_factory=list)
+    retry: list[str] = field(default_factory=list)
 
 
-def _describe(obj: Mapping[str, Any], exc: ApiError) -> str:
-    # The API server can echo submitted values in its messages; for Secrets say only what failed.
-    where = f"{obj['kind']} {obj['metadata']['name']!r}"
-    if obj["kind"] == "Secret":
-        return f"{where}: the API server refused it ({exc.status.reason or exc.status.code})"
-    return f"{where}: {exc.status.message}"
+def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("controller") and ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or ())
+
+
+def ours(kind: str, obj: Mapping[str, Any], registry: Mapping[str, Any]) -> bool:
+    """Whether `obj` belongs to `registry`: controlled by its UID, or (a claim kept without an owner, see
+    render/storage) labelled as its data and controlled by nobody else."""
+    meta = registry["metadata"]
+    if controlled_by(obj, meta["uid"]):
+        return True
+    if kind != "PersistentVolumeClaim":
+        return False
+    labels = obj["metadata"].get("labels") or {}
+    controllers = [r for r in obj["metadata"].get("ownerReferences") or () if r.get("controller")]
+    return not controllers and labels.get(LABEL_MANAGED_BY) == MANAGED_BY and labels.get(LABEL_INSTANCE) == meta["name"]
+
+
+def conflicts(desired: Sequence[Obj], observed: Mapping[Key, Obj | None], registry: Mapping[str, Any]) -> list[Problem]:
+    """A `NameConflict` for every existing object with a child's name that this Registry does not control."""
+    out = []
+    for obj in desired:
+        live = observed.get(key(obj))
+        kind, name = key(obj)
+        if live is not None and not ours(kind, live, registry):
+            out.append(Problem("NameConflict", f"{kind} {name!r} already exists and is not controlled by this "
+                                               "Registry; delete or rename it (the operator will not take it over)"))
+    return out
+
+
+def _describe(obj: Mapping[str, Any], reason: str) -> str:
+    return f"{obj['kind']} {obj['metadata']['name']!r}: {reason}"
+
+
+def _failure(obj: Mapping[str, Any], exc: Exception) -> tuple[Problem, bool]:
+    """(problem for status, whether retrying may help). Never quotes what was sent: for a Secret the API
+    server's message could echo submitted values."""
+    if isinstance(exc, ApiError):
+        code, why = exc.status.code, exc.status.reason or ""
+        detail = why if obj["kind"] == "Secret" else (exc.status.message or why)
+        if code in (400, 422):
+            return Problem("ApplyRefused", _describe(obj, f"the API server refused it: {detail}")), False
+        if code == 403:
+            return Problem("Forbidden", _describe(obj, f"the operator may not write it: {detail}")), True
+        return Problem("ApplyFailed", _describe(obj, f"{code} {detail}".strip())), True
+    return Problem("ApplyFailed", _describe(obj, f"{type(exc).__name__}")), True
 
 
 async def _apply(client: AsyncClient, obj: Obj, current: Obj | None, result: Applied) -> None:
@@ -94,35 +161,61 @@ async def _apply(client: AsyncClient, obj: Obj, current: Obj | None, result: App
             field_manager=FIELD_MANAGER,
             force=True,
         )
-    except ApiError as exc:
-        result.problems.append(Problem("ApplyFailed", _describe(obj, exc)))
+    except (ApiError, httpx2.HTTPError) as exc:
+        problem, retry = _failure(obj, exc)
+        result.failed.add(k)
+        result.problems.append(problem)
+        if retry:
+            result.retry.append(problem.message)
+        if current is not None:
+            result.live[k] = current
         return
     result.written.append(k)
     result.live[k] = live.to_dict()
 
 
-async def apply_all(client: AsyncClient, desired: Sequence[Obj], observed: Mapping[Key, Obj | None]) -> Applied:
-    """Apply what changed, all at once: nothing here depends on creation order (a pod simply waits for
-    its Secrets), and one round trip instead of a dozen is most of a new Registry's convergence time."""
+async def apply_all(
+    client: AsyncClient, desired: Sequence[Obj], observed: Mapping[Key, Obj | None], registry: Mapping[str, Any]
+) -> Applied:
+    """Apply what changed: everything but the workloads at once, then the workloads if all of that was stored.
+
+    Nothing else here depends on creation order, and one round trip instead of a dozen is most of a new
+    Registry's convergence time.
+    """
     result = Applied()
+    result.problems = conflicts(desired, observed, registry)
+    if result.problems:
+        return result
     intents = [with_intent_hash(obj) for obj in desired]
-    await asyncio.gather(*(_apply(client, obj, observed.get(key(obj)), result) for obj in intents))
+    first = [obj for obj in intents if obj["kind"] != "Deployment"]
+    workloads = [obj for obj in intents if obj["kind"] == "Deployment"]
+    await asyncio.gather(*(_apply(client, obj, observed.get(key(obj)), result) for obj in first))
+    if result.failed:
+        for obj in workloads:  # keep what runs; status reports the failures above
+            live = observed.get(key(obj))
+            if live is not None:
+                result.live[key(obj)] = live
+    else:
+        await asyncio.gather(*(_apply(client, obj, observed.get(key(obj)), result) for obj in workloads))
     order = {key(obj): i for i, obj in enumerate(intents)}
     result.written.sort(key=order.__getitem__)
     return result
 
 
 async def delete_all(
-    client: AsyncClient, doomed: Sequence[tuple[str, str, str]], namespace: str, observed: Mapping[Key, Obj | None]
+    client: AsyncClient,
+    doomed: Sequence[tuple[str, str, str]],
+    observed: Mapping[Key, Obj | None],
+    registry: Mapping[str, Any],
 ) -> list[Key]:
-    """Delete the children in `doomed` that exist and are ours (a missing one costs no request)."""
+    """Delete the children in `doomed` that exist and are this Registry's (a missing one costs no request)."""
     deleted = []
     for api_version, kind, name in doomed:
         current = observed.get((kind, name))
-        if current is None or (current["metadata"].get("labels") or {}).get(LABEL_MANAGED_BY) != MANAGED_BY:
+        if current is None or not ours(kind, current, registry):
             continue
         try:
-            await client.delete(resource(api_version, kind), name, namespace=namespace)
+            await client.delete(resource(api_version, kind), name, namespace=registry["metadata"]["namespace"])
         except ApiError as exc:
             if exc.status.code != 404:
                 raise

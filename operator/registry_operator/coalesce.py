@@ -1,35 +1,125 @@
-"""Run at most one reconcile per Registry at a time, and fold the triggers that arrive meanwhile into one rerun.
+"""One reconcile loop per Registry: folds triggers that arrive meanwhile into one rerun, and retries failures.
 
 A Registry is triggered by its own changes and by the events of every child; creating one Registry alone
-produces a dozen child events. kopf runs each object's handlers concurrently with other objects', so without
-this the same Registry would be reconciled many times in parallel, racing its own writes.
+produces a dozen child events. Without this the same Registry would be reconciled many times in parallel,
+racing its own writes.
+
+Modelled on kopf's `reactor/queueing.py`: a trigger is never dropped. A trigger that arrives while the
+Registry is being reconciled marks it for one more run; a run that fails is always run again, after a capped
+exponential backoff with jitter (so a refused write or an unreachable API server never becomes a hot loop),
+and an urgent trigger (the user changed the spec) cuts the wait short. Each failure is logged once, when it
+first appears or changes, not on every retry.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+
+class Retry(Exception):
+    """A reconcile that did what it could but must run again later (a write failed in a way that may pass).
+
+    The message is for the log: it names objects and the API's reason, never secret values.
+    """
+
+
+def backoff(failures: int, base: float, cap: float, jitter: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after the `failures`-th consecutive failure: base * 2^(n-1), capped, minus up to half."""
+    delay = min(cap, base * 2 ** min(failures - 1, 32))
+    return delay * (1 - jitter() / 2)
+
+
+@dataclass
+class _State:
+    again: asyncio.Event = field(default_factory=asyncio.Event)  # triggered while running or waiting
+    urgent: asyncio.Event = field(default_factory=asyncio.Event)  # a trigger that must not wait out a backoff
+    failures: int = 0
+    last_error: str | None = None
 
 
 class Coalescer:
-    def __init__(self, run: Callable[[Hashable], Awaitable[None]]) -> None:
+    def __init__(
+        self, run: Callable[[Hashable], Awaitable[object]], base: float = 0.5, cap: float = 60.0
+    ) -> None:
         self._run = run
-        self._pending: dict[Hashable, bool] = {}  # key -> triggered again while running
+        self._base, self._cap = base, cap
+        self._tasks: dict[Hashable, asyncio.Task[None]] = {}
+        self._states: dict[Hashable, _State] = {}
 
     @property
     def busy(self) -> int:
-        return len(self._pending)
+        """Registries with a run in progress, pending, or waiting to retry."""
+        return len(self._tasks)
 
-    async def trigger(self, key: Hashable) -> None:
-        """Reconcile `key` now, or, if it is already running, once more right after."""
-        if key in self._pending:
-            self._pending[key] = True
+    def trigger(self, key: Hashable, urgent: bool = False) -> None:
+        """Reconcile `key` soon: now if idle, else once more after the current run (or its backoff)."""
+        state = self._states.get(key)
+        if state is not None:
+            state.again.set()
+            if urgent:
+                state.urgent.set()
             return
-        self._pending[key] = False
+        self._states[key] = _State()
+        self._tasks[key] = asyncio.get_running_loop().create_task(self._loop(key), name=f"reconcile {key}")
+
+    async def idle(self) -> None:
+        """Wait until no Registry is being reconciled or waiting to retry (for tests and benchmarks)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def _loop(self, key: Hashable) -> None:
+        state = self._states[key]
         try:
             while True:
-                await self._run(key)
-                if not self._pending[key]:
+                state.again.clear()
+                state.urgent.clear()
+                try:
+                    await self._run(key)
+                except Exception as exc:  # noqa: BLE001 - every failure is retried, none may end the loop
+                    await self._wait_after_failure(key, state, exc)
+                    continue
+                if state.last_error is not None:
+                    log.info("%s: reconciled after %d failed attempts", _name(key), state.failures)
+                state.failures, state.last_error = 0, None
+                if not state.again.is_set():
                     return
-                self._pending[key] = False
         finally:
-            del self._pending[key]
+            del self._tasks[key], self._states[key]
+
+    async def _wait_after_failure(self, key: Hashable, state: _State, exc: Exception) -> None:
+        state.failures += 1
+        error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, Retry) else str(exc)
+        delay = backoff(state.failures, self._base, self._cap)
+        if error != state.last_error:
+            if isinstance(exc, Retry) or _is_api_trouble(exc):
+                log.warning("%s: %s; retrying with backoff", _name(key), error)
+            else:
+                log.exception("%s: reconcile failed; retrying with backoff", _name(key))
+            state.last_error = error
+        else:
+            log.debug("%s: still failing (attempt %d), next try in %.1fs", _name(key), state.failures, delay)
+        try:
+            await asyncio.wait_for(state.urgent.wait(), delay)
+        except TimeoutError:
+            pass
+
+
+def _name(key: Hashable) -> str:
+    return "Registry " + "/".join(key) if isinstance(key, tuple) else str(key)
+
+
+def _is_api_trouble(exc: Exception) -> bool:
+    """Errors of the API or the network, which need no traceback: the message says it all."""
+    module = type(exc).__module__
+    return module.startswith(("lightkube", "httpx", "httpcore", "ssl")) or isinstance(exc, OSError | TimeoutError)

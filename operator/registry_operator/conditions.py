@@ -54,6 +54,10 @@ class Rollout:
         )
 
 
+# Problems that stop the spec from being applied (the others degrade a Registry that is otherwise applied).
+WRITE_BLOCKERS = {"InvalidSpec", "InvalidName", "NameConflict", "ApplyRefused", "ApplyFailed", "Forbidden"}
+
+
 def _condition(type_: str, ok: bool, reason: str, message: str, generation: int) -> Obj:
     return {
         "type": type_,
@@ -111,11 +115,20 @@ def compute(
     published: Mapping[str, Any],
     previous: Mapping[str, Any] | None,
     now: dt.datetime,
+    retrying: bool = False,
 ) -> Obj:
-    """The Registry's status. `workloads`: Deployment name -> live object; `published`: endpoint, Secrets."""
+    """The Registry's status. `workloads`: Deployment name -> live object; `published`: endpoint, Secrets;
+    `retrying`: a write failed and will be tried again."""
     problems = [*problems, *_config_problems(spec)]
     rollouts = {name: Rollout.of(obj) for name, obj in workloads.items()}
     progressing, rollout_reason, rollout_message = _rollout_state(rollouts)
+    blocker = next((p for p in problems if p.reason in WRITE_BLOCKERS), None)
+    if retrying and blocker:
+        progressing, rollout_reason = True, "Retrying"
+        rollout_message = f"a write failed, retrying with backoff: {blocker.message}"
+    elif blocker:
+        progressing, rollout_reason = False, blocker.reason
+        rollout_message = f"not applied: {blocker.message}"
     stuck = [name for name, r in rollouts.items() if r is not None and r.stuck]
     if stuck:
         problems.append(Problem("RolloutStuck", f"Deployment {stuck[0]!r} exceeded its progress deadline"))

@@ -1,7 +1,8 @@
 """Kubernetes Events on a Registry, posted directly through the API.
 
 Posting ourselves (rather than through kopf's event queue) works from any task, including the periodic
-resync. Messages come from `conditions`, which never contain secret material.
+resync, and tells us when a post failed so that it is tried again. Messages come from `conditions` and
+`material`, which never contain secret material.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
+import httpx2
 from lightkube import ApiError, AsyncClient
 from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
@@ -20,7 +22,8 @@ from . import names
 COMPONENT = "registry-operator"
 
 
-async def post(client: AsyncClient, registry: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+async def post(client: AsyncClient, registry: Mapping[str, Any], type_: str, reason: str, message: str) -> bool:
+    """Post one Event; False when the API refused it or could not be reached (the caller retries)."""
     meta = registry["metadata"]
     now = dt.datetime.now(dt.UTC)
     event = Event(
@@ -39,5 +42,6 @@ async def post(client: AsyncClient, registry: Mapping[str, Any], type_: str, rea
     )
     try:
         await client.create(event, namespace=meta["namespace"])
-    except ApiError:
-        pass  # an Event is best effort: never fail a reconcile for one
+    except (ApiError, httpx2.HTTPError):
+        return False
+    return True

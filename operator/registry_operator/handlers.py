@@ -1,6 +1,10 @@
 """kopf glue: which events lead to a reconcile of which Registry. No logic lives here.
 
-- Registry created, resumed, or its spec changed: reconcile it.
+- A Registry appeared (also kopf's initial listing: a restart re-verifies every Registry) or its spec changed
+  (its generation is ahead of status.observedGeneration): reconcile it now, even if it was waiting to retry.
+  These are plain event handlers, not kopf's create/update handlers: those keep the whole spec in an
+  annotation (a spec near the 256 KiB annotation limit then fails kopf's own patch) and write it back after
+  each change; level-based reconciles need neither.
 - A child (labelled as ours) changed or vanished: reconcile the Registry named in its instance label, which
   restores a deleted or hand-edited child and refreshes status from Deployment progress.
 - A Secret that some Registry refers to (a password, a user TLS certificate) appeared or changed: reconcile
@@ -11,8 +15,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 from typing import Any
 
 import kopf
@@ -20,24 +22,21 @@ from lightkube import AsyncClient
 
 from . import names, resync
 from .coalesce import Coalescer
+from .config import Config
 from .observe import referenced_secrets
 from .reconcile import Context, reconcile
 from .spec import parse
-
-log = logging.getLogger(__name__)
 
 REGISTRY = (names.GROUP, names.VERSION, names.PLURAL)
 CHILDREN = ["deployments", "services", "configmaps", "persistentvolumeclaims"]
 OURS = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 OURS_SELECTOR = f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY}"
 
-MAX_CONCURRENT = int(os.environ.get("REGISTRY_OPERATOR_MAX_CONCURRENT", "16"))
-RESYNC_SECONDS = float(os.environ.get("REGISTRY_OPERATOR_RESYNC_SECONDS", "3600"))
-
 
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    # Our own prefix from day one: changing where kopf keeps its state later would re-trigger every handler.
+    config: Config = memo.get("config") or Config()
+    # Our own prefix, in case kopf ever stores state on our objects.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=names.ANNOTATION_PREFIX, key="last-handled-configuration"
@@ -46,38 +45,34 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     for plural in CHILDREN:  # filtered by the API server: we never receive other controllers' objects
         settings.watching.label_selectors[plural] = OURS_SELECTOR
 
-    client = AsyncClient(field_manager=names.FIELD_MANAGER)
-    ctx = Context(
-        client=client,
-        operator_image=os.environ.get("REGISTRY_OPERATOR_IMAGE", "registry-operator:0.1.0"),
-        cluster_domain=os.environ.get("REGISTRY_OPERATOR_CLUSTER_DOMAIN", "cluster.local"),
-    )
-    limit = asyncio.Semaphore(MAX_CONCURRENT)
+    ctx = Context(client=AsyncClient(field_manager=names.FIELD_MANAGER), config=config)
+    limit = asyncio.Semaphore(config.max_concurrent)
 
     async def run(key: Any) -> None:
         async with limit:
             await reconcile(ctx, *key)
 
     memo.ctx = ctx
-    memo.coalescer = Coalescer(run)
-    namespaces = [ns for ns in os.environ.get("REGISTRY_OPERATOR_NAMESPACES", "").split(",") if ns] or None
-    memo.resync = asyncio.create_task(resync.forever(client, namespaces, RESYNC_SECONDS, memo.coalescer.trigger))
+    memo.coalescer = Coalescer(run, config.retry_base_seconds, config.retry_max_seconds)
+    memo.resync = asyncio.create_task(
+        resync.forever(ctx.client, list(config.namespaces) or None, config.resync_seconds, memo.coalescer.trigger))
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     memo.resync.cancel()
+    await memo.coalescer.close()
     await memo.ctx.client.close()
 
 
-@kopf.on.resume(*REGISTRY)
-@kopf.on.create(*REGISTRY)
-@kopf.on.update(*REGISTRY, field="spec")
-async def registry_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    try:
-        await memo.coalescer.trigger((namespace, name))
-    except Exception as exc:  # API trouble: let kopf retry soon instead of after its default minute
-        raise kopf.TemporaryError(f"reconcile failed: {type(exc).__name__}: {exc}", delay=10) from exc
+@kopf.on.event(*REGISTRY)
+async def registry_changed(
+    namespace: str, name: str, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    generation = body.metadata.get("generation")
+    observed = (body.get("status") or {}).get("observedGeneration")
+    if type in (None, "ADDED", "DELETED") or generation != observed:  # not our own status write
+        memo.coalescer.trigger((namespace, name), urgent=True)
 
 
 @kopf.index(*REGISTRY)
@@ -98,8 +93,8 @@ async def child_changed(
     namespace: str, labels: kopf.Labels, type: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
     registry = labels.get(names.LABEL_INSTANCE)
-    if registry and type is not None:  # None: kopf's initial listing, when resume reconciles every Registry
-        await memo.coalescer.trigger((namespace, registry))
+    if registry and type is not None:  # None: kopf's initial listing, when every Registry is reconciled anyway
+        memo.coalescer.trigger((namespace, registry))
 
 
 @kopf.on.event("", "v1", "secrets")
@@ -107,10 +102,10 @@ async def secret_changed(
     namespace: str, name: str, labels: kopf.Labels, type: str | None, secret_refs: kopf.Index, memo: kopf.Memo,
     **_: Any,
 ) -> None:
-    if type is None:  # kopf's initial listing: resume reconciles every Registry anyway
+    if type is None:  # kopf's initial listing: every Registry is reconciled anyway
         return
     targets = set(secret_refs.get((namespace, name), ()))
     if labels.get(names.LABEL_MANAGED_BY) == names.MANAGED_BY and labels.get(names.LABEL_INSTANCE):
         targets.add(labels[names.LABEL_INSTANCE])
     for registry in targets:
-        await memo.coalescer.trigger((namespace, registry))
+        memo.coalescer.trigger((namespace, registry))

@@ -35,9 +35,14 @@ class PasswordError(ValueError):
     """A password the registry could not use; the message never contains the password."""
 
 
+def validate_user(user: str) -> None:
+    """A user name must fit an htpasswd line and an HTTP Basic credential: no ':', no whitespace or controls."""
+    if not user or ":" in user or any(c.isspace() or not c.isprintable() for c in user):
+        raise PasswordError(f"user name {user!r} is empty or contains ':', whitespace or control characters")
+
+
 def validate(user: str, password: str) -> None:
-    if ":" in user or not user:
-        raise PasswordError(f"user name {user!r} is empty or contains ':'")
+    validate_user(user)
     if not password:
         raise PasswordError(f"the password of user {user!r} is empty")
     if len(password.encode()) > MAX_PASSWORD_BYTES:

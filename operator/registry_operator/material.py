@@ -13,13 +13,14 @@ temporarily broken.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from . import htpasswd, pki
-from .names import ChildNames
+from .names import ChildNames, password_key
 from .spec import RegistrySpec
 
 # Observed Secrets: name -> decoded data (None when the Secret does not exist).
@@ -35,6 +36,15 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class Rotation:
+    """Material the operator replaced, and why: logged and posted as an Event once it is stored."""
+
+    secret: str  # the Secret that holds the new material
+    reason: str  # CamelCase, for the Event
+    message: str
+
+
+@dataclass(frozen=True)
 class Material:
     http_secret: str
     fingerprint_key: bytes  # HMAC key of the password fingerprints (see `htpasswd`)
@@ -42,12 +52,23 @@ class Material:
     htpasswd: str
     fingerprints: Mapping[str, str]  # user -> fingerprint of the password its hash was made from
     ca: pki.KeyPair | None = None  # the operator's CA, when it issues anything
-    server: pki.KeyPair | None = None  # issued server certificate (SelfSigned mode)
+    server: pki.KeyPair | None = None  # the registry's serving pair, issued by our CA or copied from tls.secretName
+    server_ca_pem: bytes | None = None  # the `ca.crt` stored next to it
     client_ca_pem: bytes | None = None  # what clients must trust, published in the `-ca` Secret
-    serving_cert_pem: bytes | None = None  # the registry's certificate, whoever issued it
     token_signing: pki.KeyPair | None = None
+    token_trust_pem: bytes | None = None  # signing certificates the registry accepts: current and recent ones
     token_tls: pki.KeyPair | None = None
     problems: tuple[Problem, ...] = field(default_factory=tuple)
+    rotations: tuple[Rotation, ...] = field(default_factory=tuple)
+
+    @property
+    def serving_cert_pem(self) -> bytes | None:
+        return self.server.cert_pem if self.server else None
+
+
+# How long a replaced CA or token-signing certificate stays published next to its successor, so clients and
+# registries that still hold the old one keep working while the new one reaches them.
+OVERLAP = dt.timedelta(days=7)
 
 
 def service_names(spec: RegistrySpec, service: str, cluster_domain: str) -> list[str]:
@@ -64,22 +85,45 @@ def _pair(data: Mapping[str, bytes] | None) -> pki.KeyPair | None:
     return pki.KeyPair(data["tls.crt"], data["tls.key"])
 
 
-def _keep_or_issue_server(
-    existing: pki.KeyPair | None, ca: pki.KeyPair, names: list[str]
+def _trust(current: bytes, published: bytes | None, now: dt.datetime) -> bytes:
+    """`current` followed by the earlier certificates of `published` that are still within their overlap.
+
+    The overlap is counted from when `current` was issued, so a bundle needs no stored timestamps: it shrinks
+    back to one certificate by itself once `OVERLAP` has passed.
+    """
+    if now >= pki.not_before(current) + pki.BACKDATE + OVERLAP:
+        return current
+    older = [pem for pem in pki.split(published or b"") if pem != current and pki.still_valid(pem, now)]
+    return b"".join([current, *older])
+
+
+def _server(
+    existing: pki.KeyPair | None, ca: pki.KeyPair, trusted: bytes, names: list[str], secret: str,
+    now: dt.datetime, rotations: list[Rotation],
 ) -> pki.KeyPair:
-    if existing and pki.server_is_current(existing, ca.cert_pem, names):
+    reason = pki.server_renewal_reason(existing, pki.split(trusted), names, now)
+    if reason is None and existing is not None:
         return existing
+    if existing is not None:  # a first issue is no news
+        rotations.append(Rotation(secret, "CertificateIssued", f"issued a new certificate in Secret {secret!r}: {reason}"))
     return pki.issue_server(ca, names)
 
 
-def _passwords(spec: RegistrySpec, observed: Secrets, names: ChildNames, problems: list[Problem]):
+def _passwords(
+    spec: RegistrySpec, observed: Secrets, names: ChildNames, problems: list[Problem]
+) -> tuple[dict[str, str], dict[str, str]]:
     """(all usable passwords, generated ones); users whose referenced password is unusable are left out."""
     stored = observed.get(names.passwords) or {}
     usable: dict[str, str] = {}
     generated: dict[str, str] = {}
     for user in spec.auth.users:
+        try:
+            htpasswd.validate_user(user.name)
+        except htpasswd.PasswordError as exc:
+            problems.append(Problem("UserNameInvalid", str(exc)))
+            continue
         if user.password_ref is None:
-            kept = stored.get(user.name)
+            kept = stored.get(password_key(user.name))
             password = kept.decode() if kept else secrets.token_urlsafe(24)
             generated[user.name] = usable[user.name] = password
             continue
@@ -126,28 +170,44 @@ def _htpasswd(
     return htpasswd.render(lines), {**kept, **prints}
 
 
-def _user_tls(spec: RegistrySpec, observed: Secrets, problems: list[Problem]) -> tuple[bytes | None, bytes | None]:
-    """(serving certificate, its CA if the Secret carries one) of a `tls.mode: Secret` Registry."""
+def _user_tls(
+    spec: RegistrySpec, observed: Secrets, names: ChildNames, now: dt.datetime, problems: list[Problem]
+) -> tuple[pki.KeyPair | None, bytes | None]:
+    """(serving pair, its CA if any) of a `tls.mode: Secret` Registry.
+
+    The user's pair is copied into our own `-tls` Secret only once it has passed every check, and the pods
+    mount that copy: a user Secret that expires, stops matching or briefly disappears leaves the running
+    registry (and the next pod) on the last good certificate, with a condition saying what is wrong.
+    """
     name = spec.tls.secret_name or ""
     data = observed.get(name)
+    problem = None
     if data is None:
-        problems.append(Problem("TLSSecretNotFound", f"TLS Secret {name!r} does not exist"))
-        return None, None
-    if "tls.crt" not in data or "tls.key" not in data:
-        problems.append(Problem("TLSSecretInvalid", f"TLS Secret {name!r} must have keys tls.crt and tls.key"))
-        return None, None
-    try:
-        pki.check_pair(data["tls.crt"], data["tls.key"])
-    except pki.CertificateError as exc:
-        problems.append(Problem(f"TLS{exc.reason}", f"TLS Secret {name!r}: {exc}"))
-        return None, None
-    return data["tls.crt"], data.get("ca.crt")
+        problem = Problem("TLSSecretNotFound", f"TLS Secret {name!r} does not exist")
+    elif "tls.crt" not in data or "tls.key" not in data:
+        problem = Problem("TLSSecretInvalid", f"TLS Secret {name!r} must have keys tls.crt and tls.key")
+    else:
+        try:
+            pki.check_pair(data["tls.crt"], data["tls.key"], now)
+        except pki.CertificateError as exc:
+            problem = Problem(f"TLS{exc.reason}", f"TLS Secret {name!r}: {exc}")
+        else:
+            return pki.KeyPair(data["tls.crt"], data["tls.key"]), data.get("ca.crt")
+    last = observed.get(names.tls)
+    good = _pair(last)
+    problems.append(Problem(problem.reason, problem.message + (
+        "; the registry keeps serving the last good certificate" if good else "")))
+    return good, (last or {}).get("ca.crt")
 
 
-def decide(spec: RegistrySpec, observed: Secrets, cluster_domain: str = "cluster.local") -> Material:
+def decide(
+    spec: RegistrySpec, observed: Secrets, cluster_domain: str = "cluster.local", now: dt.datetime | None = None
+) -> Material:
     """All material for `spec`, reusing everything in `observed` that is still valid."""
+    now = now or pki.now()
     names = ChildNames(spec.name)
     problems: list[Problem] = []
+    rotations: list[Rotation] = []
 
     kept = observed.get(names.http_secret) or {}
     http_secret = kept["secret"].decode() if "secret" in kept else secrets.token_hex(32)
@@ -159,31 +219,43 @@ def decide(spec: RegistrySpec, observed: Secrets, cluster_domain: str = "cluster
 
     token = spec.auth.mode == "token"
     needs_ca = spec.tls.mode == "SelfSigned" or (token and spec.tls_enabled)
-    ca = None
+    ca = trusted = None
     if needs_ca:
         ca = _pair(observed.get(names.ca_key))
-        if ca is None or not pki.ca_is_current(ca):
+        reason = pki.ca_renewal_reason(ca, now)
+        if reason is not None:
+            if ca is not None or observed.get(names.ca) is not None:
+                rotations.append(Rotation(names.ca_key, "CARotated", f"issued a new CA: {reason}; the old one stays "
+                                          f"in Secret {names.ca!r} for {OVERLAP.days} days"))
             ca = pki.issue_ca(f"{spec.name}.{spec.namespace} registry CA")
+        trusted = _trust(ca.cert_pem, (observed.get(names.ca) or {}).get("ca.crt"), now)
 
-    server = serving = client_ca = None
+    server = server_ca = client_ca = None
     if spec.tls.mode == "SelfSigned":
-        assert ca is not None
+        assert ca is not None and trusted is not None
         hosts = service_names(spec, names.service, cluster_domain)
-        server = _keep_or_issue_server(_pair(observed.get(names.tls)), ca, hosts)
-        serving, client_ca = server.cert_pem, ca.cert_pem
+        server = _server(_pair(observed.get(names.tls)), ca, trusted, hosts, names.tls, now, rotations)
+        server_ca = client_ca = trusted
     elif spec.tls.mode == "Secret":
-        serving, client_ca = _user_tls(spec, observed, problems)
+        server, server_ca = _user_tls(spec, observed, names, now, problems)
+        client_ca = server_ca
 
-    token_signing = token_tls = None
+    token_signing = token_trust = token_tls = None
     if token:
-        token_signing = _pair(observed.get(names.token_signing))
-        if token_signing is None or not pki.signing_is_current(token_signing, spec.auth.token_algorithm):
+        stored = observed.get(names.token_signing)
+        token_signing = _pair(stored)
+        reason = pki.signing_renewal_reason(token_signing, spec.auth.token_algorithm, now)
+        if reason is not None:
+            if token_signing is not None:
+                rotations.append(Rotation(names.token_signing, "SigningKeyRotated",
+                                          f"issued a new token-signing key: {reason}"))
             token_signing = pki.issue_signing(spec.auth.token_algorithm)
-        if ca is not None:
-            token_tls = _keep_or_issue_server(
-                _pair(observed.get(names.token_tls)), ca, service_names(spec, names.token, cluster_domain))
+        token_trust = _trust(token_signing.cert_pem, (stored or {}).get("ca.crt") or (stored or {}).get("tls.crt"), now)
+        if ca is not None and trusted is not None:
+            token_tls = _server(_pair(observed.get(names.token_tls)), ca, trusted,
+                                service_names(spec, names.token, cluster_domain), names.token_tls, now, rotations)
             if spec.tls.mode == "Secret":  # clients must trust both the user's CA and ours
-                client_ca = (client_ca or b"") + ca.cert_pem
+                client_ca = (client_ca or b"") + trusted
 
     return Material(
         http_secret=http_secret,
@@ -193,9 +265,11 @@ def decide(spec: RegistrySpec, observed: Secrets, cluster_domain: str = "cluster
         fingerprints=fingerprints,
         ca=ca,
         server=server,
+        server_ca_pem=server_ca,
         client_ca_pem=client_ca,
-        serving_cert_pem=serving,
         token_signing=token_signing,
+        token_trust_pem=token_trust,
         token_tls=token_tls,
         problems=tuple(problems),
+        rotations=tuple(rotations),
     )

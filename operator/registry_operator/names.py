@@ -6,6 +6,9 @@ map a child's event back to its Registry, and users and tests who look the child
 
 from __future__ import annotations
 
+import hashlib
+import re
+
 GROUP = "registry.operator.dev"
 VERSION = "v1alpha1"
 PLURAL = "registries"
@@ -26,6 +29,9 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
+
+MAX_NAME = 63  # the Registry's name is its Service's name and a label value
+TOKEN_SUFFIX = "-token"
 
 COMPONENT_REGISTRY = "registry"
 COMPONENT_TOKEN = "token-service"
@@ -55,6 +61,36 @@ class ChildNames:
         self.passwords = f"{registry}-passwords"
         self.http_secret = f"{registry}-http-secret"
         self.claim = f"{registry}-data"
-        self.token = f"{registry}-token"  # token service Deployment, Service and ConfigMap
+        self.token = f"{registry}{TOKEN_SUFFIX}"  # token service Deployment, Service and ConfigMap
         self.token_tls = f"{registry}-token-tls"
         self.token_signing = f"{registry}-token-signing"
+
+
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def password_key(user: str) -> str:
+    """The key of `user`'s generated password in the `-passwords` Secret.
+
+    The user name itself when the API server accepts it as a Secret key; otherwise (an e-mail address such as
+    `ci@corp`, or `..`) a stable, readable encoding: the name with other characters replaced by `_`, then a dot
+    and 8 hex digits of its SHA-256, so two users never share a key. status.passwordKeys lists these.
+    """
+    if _SECRET_KEY.match(user) and not user.startswith("..") and user != ".":
+        return user
+    readable = re.sub(r"[^-_a-zA-Z0-9]", "_", user)
+    return f"{readable}.{hashlib.sha256(user.encode()).hexdigest()[:8]}"
+
+
+def invalid_name(registry: str, token_mode: bool) -> str | None:
+    """Why `registry` cannot name a Registry's children, or None. The CRD says the same with CEL rules; this
+    covers a CRD installed without them, before anything is written."""
+    if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", registry):
+        return "the name must be a DNS label (lowercase letters, digits and '-', starting with a letter)"
+    if len(registry) > MAX_NAME:
+        return f"the name is longer than {MAX_NAME} characters"
+    if token_mode and len(registry + TOKEN_SUFFIX) > MAX_NAME:
+        return f"in token mode the name must be at most {MAX_NAME - len(TOKEN_SUFFIX)} characters (Service <name>-token)"
+    if registry.endswith(TOKEN_SUFFIX):
+        return f"the name must not end in {TOKEN_SUFFIX!r}: Registry <name> in token mode owns <name>-token"
+    return None

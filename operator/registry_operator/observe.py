@@ -25,8 +25,8 @@ Key = tuple[str, str]
 
 @dataclass(frozen=True)
 class Observed:
-    children: Mapping[Key, Obj | None]  # (kind, name) -> live object
-    secrets: Secrets  # name -> decoded data, for material decisions
+    children: Mapping[Key, Obj | None]  # (kind, name) -> live object, for every child this spec may have
+    secrets: Secrets  # name -> decoded data of our Secrets and the referenced ones, for material decisions
 
 
 def referenced_secrets(spec: RegistrySpec) -> set[str]:
@@ -37,20 +37,21 @@ def referenced_secrets(spec: RegistrySpec) -> set[str]:
     return refs
 
 
-def _candidates(spec: RegistrySpec, token_was_on: bool) -> list[tuple[str, str, str]]:
-    """(apiVersion, kind, name) of what this reconcile needs: every child `spec` can render (to compare before
-    applying), the Secrets it refers to, and the token service's workload while it may still exist."""
+def candidates(spec: RegistrySpec, token_was_on: bool) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of every child this spec can render (to compare before applying) and of the
+    token service's workload while it may still exist (to delete it). Tests check that every rendered child
+    is among these."""
     n = ChildNames(spec.name)
     token = spec.auth.mode == "token"
-    secrets = {n.http_secret, *referenced_secrets(spec)}
+    secrets = {n.http_secret}
     if spec.auth.mode != "none":
         secrets.add(n.htpasswd)
     if any(u.password_ref is None for u in spec.auth.users):
         secrets.add(n.passwords)
     if spec.tls_enabled:
-        secrets.add(n.ca)
+        secrets |= {n.ca, n.tls}
     if spec.tls.mode == "SelfSigned" or (token and spec.tls_enabled):
-        secrets |= {n.ca_key, n.tls}
+        secrets.add(n.ca_key)
     if token:
         secrets |= {n.token_signing, n.token_tls}
     out = [("v1", "Secret", name) for name in sorted(secrets)]
@@ -78,9 +79,15 @@ def decode(secret: Obj) -> dict[str, bytes]:
 
 async def observe(client: AsyncClient, spec: RegistrySpec, token_was_on: bool) -> Observed:
     """Everything this reconcile reads; `token_was_on`: the last status published a token realm."""
-    wanted = _candidates(spec, token_was_on)
-    found = await asyncio.gather(*(_get(client, av, kind, name, spec.namespace) for av, kind, name in wanted))
-    children = {(kind, name): obj for (_, kind, name), obj in zip(wanted, found, strict=True)}
-    secrets = {name: decode(obj) if obj else None for (kind, name), obj in children.items() if kind == "Secret"}
+    wanted = candidates(spec, token_was_on)
+    refs = sorted(referenced_secrets(spec) - {name for _, kind, name in wanted if kind == "Secret"})
+    wanted_refs = [("v1", "Secret", name) for name in refs]
+    found = await asyncio.gather(
+        *(_get(client, av, kind, name, spec.namespace) for av, kind, name in [*wanted, *wanted_refs]))
+    children = {(kind, name): obj for (_, kind, name), obj in zip(wanted, found, strict=False)}
+    secrets = {
+        name: decode(obj) if obj else None
+        for (_, kind, name), obj in zip([*wanted, *wanted_refs], found, strict=True)
+        if kind == "Secret"
+    }
     return Observed(children=children, secrets=secrets)
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -206,26 +206,68 @@ def check_pair(cert_pem: bytes, key_pem: bytes, at: dt.datetime | None = None) -
     return leaf
 
 
-def server_is_current(pair: KeyPair, ca_cert_pem: bytes, names: list[str]) -> bool:
-    """Whether an issued server certificate can be kept: parseable, ours, right names, not due for renewal."""
+def server_renewal_reason(
+    pair: KeyPair | None, trusted: Sequence[bytes], names: list[str], at: dt.datetime | None = None
+) -> str | None:
+    """Why an issued server certificate must be re-issued, or None to keep it (cert-manager's policy checks).
+
+    `trusted`: the CA certificates clients are told to trust; a certificate signed by any of them is kept, so
+    a CA rotation alone does not roll the pods while the old CA is still published.
+    """
+    if pair is None:
+        return "there is no server certificate yet"
     try:
-        leaf = check_pair(pair.cert_pem, pair.key_pem)
-        ca = x509.load_pem_x509_certificate(ca_cert_pem)
-    except (CertificateError, ValueError):
-        return False
-    return signed_by(leaf, ca) and sans(leaf) == set(names) and not needs_renewal(leaf)
+        leaf = check_pair(pair.cert_pem, pair.key_pem, at)
+    except CertificateError as exc:
+        return f"the server certificate is unusable ({exc.reason})"
+    cas = [x509.load_pem_x509_certificate(pem) for pem in trusted]
+    if not any(signed_by(leaf, ca) for ca in cas):
+        return "the server certificate is not signed by a published CA"
+    if sans(leaf) != set(names):
+        return "the server certificate's names differ from the Service's names and tls.dnsNames/ipAddresses"
+    if needs_renewal(leaf, at):
+        return "the server certificate is due for renewal"
+    return None
 
 
-def ca_is_current(pair: KeyPair) -> bool:
+def ca_renewal_reason(pair: KeyPair | None, at: dt.datetime | None = None) -> str | None:
+    """Why the Registry's CA must be replaced, or None to keep it."""
+    if pair is None:
+        return "the CA key pair is missing"
     try:
-        cert = check_pair(pair.cert_pem, pair.key_pem)
-    except CertificateError:
-        return False
+        cert = check_pair(pair.cert_pem, pair.key_pem, at)
+    except CertificateError as exc:
+        return f"the CA key pair is unusable ({exc.reason})"
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
+        return "the CA certificate has no basic constraints"
+    if not constraints.ca:
+        return "the CA certificate is not a CA"
+    if needs_renewal(cert, at):
+        return "the CA is due for renewal"
+    return None
+
+
+def split(bundle: bytes) -> list[bytes]:
+    """The PEM certificates of a bundle, each on its own (unparsable input gives an empty list)."""
+    try:
+        certs = x509.load_pem_x509_certificates(bundle)
+    except ValueError:
+        return []
+    return [c.public_bytes(serialization.Encoding.PEM) for c in certs]
+
+
+def still_valid(cert_pem: bytes, at: dt.datetime | None = None) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
         return False
-    return constraints.ca and not needs_renewal(cert)
+    return cert.not_valid_after_utc > (at or now())
+
+
+def not_before(cert_pem: bytes) -> dt.datetime:
+    return load_chain(cert_pem)[0].not_valid_before_utc
 
 
 def not_after(cert_pem: bytes) -> dt.datetime:
@@ -245,10 +287,17 @@ def issue_signing(algorithm: str, common_name: str = "registry-token-service") -
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
 
-def signing_is_current(pair: KeyPair, algorithm: str) -> bool:
+def signing_renewal_reason(pair: KeyPair | None, algorithm: str, at: dt.datetime | None = None) -> str | None:
+    """Why the token-signing key must be replaced, or None to keep it."""
+    if pair is None:
+        return "the token-signing key pair is missing"
     try:
-        cert = check_pair(pair.cert_pem, pair.key_pem)
-    except CertificateError:
-        return False
+        cert = check_pair(pair.cert_pem, pair.key_pem, at)
+    except CertificateError as exc:
+        return f"the token-signing key pair is unusable ({exc.reason})"
     expected = rsa.RSAPublicKey if algorithm == "RS256" else ec.EllipticCurvePublicKey
-    return isinstance(cert.public_key(), expected) and not needs_renewal(cert)
+    if not isinstance(cert.public_key(), expected):
+        return f"tokenAlgorithm is {algorithm}"
+    if needs_renewal(cert, at):
+        return "the token-signing key is due for renewal"
+    return None

@@ -2,16 +2,24 @@
 
     read Registry -> spec -> observe -> material -> render -> apply -> conditions -> status (only if changed)
 
-Only `observe`, `apply` and the status write touch the cluster; everything between is pure. Calling this any
-number of times for a settled Registry performs reads only.
+Only `observe`, `apply`, the status write and Events touch the cluster; everything between is pure. Calling
+this any number of times for a settled Registry performs reads only.
+
+A failure that may pass (throttling, a server error, the network, a missing permission) raises `Retry` after
+status says what failed; the coalescer runs the Registry again with backoff. Bad input (an invalid spec, a
+name conflict, an object the API server refuses) is said once in status and then costs no writes.
+
+Material that was decided but could not be stored is remembered for the Registry (by UID) and reused by the
+next attempt: a refused write never makes a new CA, certificate, key or password, nor rolls a pod.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,14 +27,27 @@ from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
 from . import conditions, events, material, pki, render
-from .apply import Key, apply_all, delete_all
+from .apply import Applied, Key, apply_all, delete_all
+from .coalesce import Retry
+from .config import Config
 from .kinds import Registry
-from .names import ChildNames
+from .names import ChildNames, invalid_name, password_key
 from .observe import observe
 from .render import token as token_render
 from .spec import RegistrySpec, parse
 
 log = logging.getLogger(__name__)
+
+Event = tuple[str, str, str]  # (type, reason, message)
+
+
+@dataclass
+class Memory:
+    """What one Registry's reconciles carry over in this process: never state the cluster already holds."""
+
+    uid: str
+    pending: dict[str, dict[str, bytes]] = field(default_factory=dict)  # Secret -> decided data not yet stored
+    unsent: list[Event] = field(default_factory=list)  # Events whose post failed
 
 
 @dataclass
@@ -34,8 +55,14 @@ class Context:
     """What every reconcile shares for the life of the operator process."""
 
     client: AsyncClient
-    operator_image: str
-    cluster_domain: str = "cluster.local"
+    config: Config = field(default_factory=Config)
+    memories: dict[tuple[str, str], Memory] = field(default_factory=dict)
+
+    def memory(self, key: tuple[str, str], uid: str) -> Memory:
+        memory = self.memories.get(key)
+        if memory is None or memory.uid != uid:  # a new Registry with an old name starts afresh
+            memory = self.memories[key] = Memory(uid)
+        return memory
 
 
 @dataclass
@@ -48,10 +75,12 @@ class Outcome:
 def _published(spec: RegistrySpec, mat: material.Material) -> dict[str, Any]:
     """What clients need to find and trust the registry, for status."""
     names = ChildNames(spec.name)
+    keys = {user: password_key(user) for user in mat.passwords if password_key(user) != user}
     return {
         "endpoint": f"{names.service}.{spec.namespace}.svc:{spec.service.port}",
         "caSecretName": names.ca if mat.client_ca_pem else None,
         "credentialsSecretName": names.passwords if mat.passwords else None,
+        "passwordKeys": keys or None,
         "certificateNotAfter": (
             pki.not_after(mat.serving_cert_pem).strftime("%Y-%m-%dT%H:%M:%SZ") if mat.serving_cert_pem else None
         ),
@@ -72,17 +101,33 @@ async def _write_status(ctx: Context, body: Mapping[str, Any], status: dict[str,
     return True
 
 
+def _remember(memory: Memory, desired: list[dict[str, Any]], applied: Applied) -> None:
+    """Keep the decided data of every Secret that could not be stored; forget what now is."""
+    for obj in desired:
+        if obj["kind"] != "Secret":
+            continue
+        name = obj["metadata"]["name"]
+        if ("Secret", name) in applied.failed:
+            memory.pending[name] = {k: base64.b64decode(v) for k, v in obj["data"].items()}
+        else:
+            memory.pending.pop(name, None)
+
+
 async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     outcome = Outcome()
+    key = (namespace, name)
     try:
         body = (await ctx.client.get(Registry, name, namespace=namespace)).to_dict()
     except ApiError as exc:
         if exc.status.code == 404:
+            ctx.memories.pop(key, None)
             return outcome  # deleted: garbage collection removes the children
         raise
     if body["metadata"].get("deletionTimestamp"):
+        ctx.memories.pop(key, None)
         return outcome
     generation = body["metadata"].get("generation", 1)
+    memory = ctx.memory(key, body["metadata"]["uid"])
     now = dt.datetime.now(dt.UTC)
 
     try:
@@ -91,34 +136,62 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         problem = material.Problem("InvalidSpec", f"the spec cannot be used: {exc}")
         status = conditions.compute(
             parse(name, namespace, {}), generation, [problem], {}, {}, body.get("status"), now)
-        outcome.status_written = await _finish(ctx, body, status)
+        outcome.status_written = await _finish(ctx, memory, body, status)
+        return outcome
+    bad_name = invalid_name(name, spec.auth.mode == "token")
+    if bad_name:
+        problem = material.Problem("InvalidName", f"{bad_name}; nothing is created")
+        status = conditions.compute(spec, generation, [problem], {}, {}, body.get("status"), now)
+        outcome.status_written = await _finish(ctx, memory, body, status)
         return outcome
 
     observed = await observe(ctx.client, spec, token_was_on="tokenRealm" in (body.get("status") or {}))
+    secrets = {**observed.secrets, **memory.pending}
     # Key generation and bcrypt are CPU work: keep them off the event loop that serves every Registry.
-    mat = await asyncio.to_thread(material.decide, spec, observed.secrets, ctx.cluster_domain)
-    desired = render.desired(spec, mat, body, ctx.operator_image)
-    applied = await apply_all(ctx.client, desired, observed.children)
+    mat = await asyncio.to_thread(material.decide, spec, secrets, ctx.config.cluster_domain, now)
+    desired = render.desired(spec, mat, body, ctx.config.operator_image)
+    applied = await apply_all(ctx.client, desired, observed.children, body)
+    _remember(memory, desired, applied)
     outcome.written = applied.written
-    outcome.deleted = await delete_all(ctx.client, render.obsolete(spec), namespace, observed.children)
+    if not applied.problems:
+        outcome.deleted = await delete_all(ctx.client, render.obsolete(spec), observed.children, body)
 
     names = ChildNames(spec.name)
     workload_names = [names.deployment] + ([names.token] if spec.auth.mode == "token" else [])
     workloads = {n: applied.live.get(("Deployment", n)) for n in workload_names}
     status = conditions.compute(
         spec, generation, [*mat.problems, *applied.problems], workloads, _published(spec, mat),
-        body.get("status"), now,
+        body.get("status"), now, retrying=bool(applied.retry),
     )
-    outcome.status_written = await _finish(ctx, body, status)
+    stored = [r for r in mat.rotations if ("Secret", r.secret) in applied.written]
+    for rotation in stored:
+        log.info("Registry %s/%s: %s", namespace, name, rotation.message)
+    outcome.status_written = await _finish(
+        ctx, memory, body, status, [("Normal", r.reason, r.message) for r in stored])
     if outcome.written or outcome.deleted:
         log.info("Registry %s/%s: applied %s, deleted %s", namespace, name, outcome.written, outcome.deleted)
     log.debug("Registry %s/%s reconciled: %d applied, %d deleted, status %s", namespace, name,
               len(outcome.written), len(outcome.deleted), "written" if outcome.status_written else "unchanged")
+    if applied.retry:
+        raise Retry("; ".join(applied.retry))
     return outcome
 
 
-async def _finish(ctx: Context, body: Mapping[str, Any], status: dict[str, Any]) -> bool:
+async def _finish(
+    ctx: Context, memory: Memory, body: Mapping[str, Any], status: dict[str, Any], extra: Sequence[Event] = ()
+) -> bool:
+    """Write status if it changed, then post the Events of its transitions (and any not posted before)."""
     written = await _write_status(ctx, body, status)
+    meta = body["metadata"]
     for type_, reason, message in conditions.transitions(body.get("status"), status):
-        await events.post(ctx.client, body, type_, reason, message)
+        log.log(logging.WARNING if type_ == "Warning" else logging.INFO,
+                "Registry %s/%s: %s: %s", meta["namespace"], meta["name"], reason, message)
+        memory.unsent.append((type_, reason, message))
+    memory.unsent.extend(extra)
+    unsent, memory.unsent = memory.unsent, []
+    for event in unsent:
+        if not await events.post(ctx.client, body, *event):
+            memory.unsent.append(event)
+    if memory.unsent:
+        raise Retry(f"{len(memory.unsent)} Event(s) could not be posted")
     return written

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from lightkube import AsyncClient
 
@@ -17,9 +17,16 @@ from .kinds import Registry
 
 log = logging.getLogger(__name__)
 
+RETRY_SECONDS = 30.0
+
 
 async def list_all(client: AsyncClient, namespaces: list[str] | None) -> list[tuple[str, str]]:
-    """(namespace, name) of every Registry in `namespaces`: names or globs as kopf takes them (None: all)."""
+    """(namespace, name) of every Registry in `namespaces`: names or globs as kopf takes them (None: all).
+
+    Plain names are listed one namespace at a time, which namespaced RBAC allows; globs need a cluster-wide
+    list."""
+    if namespaces and not any(set(ns) & set("*?[") for ns in namespaces):
+        return [(ns, reg.metadata.name) for ns in namespaces async for reg in client.list(Registry, namespace=ns)]
     out = []
     async for reg in client.list(Registry, namespace="*"):
         ns = reg.metadata.namespace
@@ -32,14 +39,21 @@ async def forever(
     client: AsyncClient,
     namespaces: list[str] | None,
     interval: float,
-    trigger: Callable[[tuple[str, str]], Awaitable[None]],
+    trigger: Callable[[tuple[str, str]], None],
 ) -> None:
+    """Every `interval`, trigger every Registry. Failures of those reconciles are retried and logged by the
+    coalescer; a failed listing is logged here and tried again after `RETRY_SECONDS`."""
+    wait = interval
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(wait)
         try:
             keys = await list_all(client, namespaces)
-        except Exception:  # the API may be briefly unreachable: try again next round
-            log.exception("resync: listing Registries failed")
+        except Exception as exc:  # noqa: BLE001 - the API may be briefly unreachable: try again soon
+            wait = min(interval, RETRY_SECONDS)
+            log.warning("resync: listing Registries failed (%s: %s); next try in %.0fs", type(exc).__name__, exc,
+                        wait)
             continue
-        await asyncio.gather(*(trigger(k) for k in keys), return_exceptions=True)
-        log.info("resync: %d Registries reconciled", len(keys))
+        wait = interval
+        for key in keys:
+            trigger(key)
+        log.info("resync: %d Registries triggered", len(keys))

@@ -1,6 +1,7 @@
 """Material decisions: what is kept, what is created, and how bad input is reported."""
 
 import base64
+import datetime as dt
 import json
 
 from builders import by_key, decode_secrets
@@ -62,7 +63,27 @@ def test_user_tls_secret_problems(pipeline):
     assert mat.problems == () and mat.ca is None and mat.serving_cert_pem == one.cert_pem
     published = by_key(objects)[("Secret", "reg-ca")]["data"]["ca.crt"]
     assert base64.b64decode(published) == ca.cert_pem
-    assert ("Secret", "reg-tls") not in by_key(objects)
+    # The pods mount our copy, made only of a pair that passed the checks.
+    copy = by_key(objects)[("Secret", "reg-tls")]["data"]
+    assert base64.b64decode(copy["tls.crt"]) == one.cert_pem and base64.b64decode(copy["tls.key"]) == one.key_pem
+
+
+def test_a_broken_user_tls_secret_keeps_the_last_good_copy(pipeline):
+    raw = {**USERS, "tls": {"mode": "Secret", "secretName": "mine"}}
+    bob = {"bob-pw": {"password": b"pw"}}
+    ca = pki.issue_ca("users CA")
+    good = pki.issue_server(ca, ["reg.example"])
+    _, _, objects = pipeline.run(raw, {**bob, "mine": {"tls.crt": good.cert_pem, "tls.key": good.key_pem}})
+    kept = decode_secrets(objects)
+    expired = pki.issue_server(ca, ["reg.example"], validity=dt.timedelta(minutes=1))  # backdated 5 minutes
+    deployment = by_key(objects)[("Deployment", "reg")]
+    for broken in (None, {"tls.crt": expired.cert_pem, "tls.key": expired.key_pem},
+                   {"tls.crt": good.cert_pem, "tls.key": expired.key_pem}):
+        observed = {**kept, **bob, **({"mine": broken} if broken else {})}
+        _, mat, again = pipeline.run(raw, observed)
+        assert len(mat.problems) == 1 and "last good certificate" in mat.problems[0].message
+        assert mat.serving_cert_pem == good.cert_pem
+        assert by_key(again)[("Deployment", "reg")] == deployment  # no roll
 
 
 def test_extra_names_reissue_the_server_certificate(pipeline):

@@ -17,7 +17,8 @@ def test_ca_is_a_constrained_ca(ca):
     cert = x509.load_pem_x509_certificate(ca.cert_pem)
     constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     assert constraints.ca and constraints.path_length == 0
-    assert pki.ca_is_current(ca)
+    assert pki.ca_renewal_reason(ca) is None
+    assert pki.ca_renewal_reason(None) == "the CA key pair is missing"
 
 
 def test_server_certificate_names_chain_and_key(ca):
@@ -29,13 +30,19 @@ def test_server_certificate_names_chain_and_key(ca):
     assert pki.sans(leaf) == set(names)
     assert pki.signed_by(leaf, x509.load_pem_x509_certificate(ca.cert_pem))
     assert pki.key_matches(leaf, server.key_pem)
-    assert pki.server_is_current(server, ca.cert_pem, names)
+    assert pki.server_renewal_reason(server, [ca.cert_pem], names) is None
 
 
 def test_server_certificate_is_reissued_for_other_names_or_another_ca(ca):
     server = pki.issue_server(ca, ["a", "b"])
-    assert not pki.server_is_current(server, ca.cert_pem, ["a", "b", "c"])
-    assert not pki.server_is_current(server, pki.issue_ca("other").cert_pem, ["a", "b"])
+    assert "names differ" in pki.server_renewal_reason(server, [ca.cert_pem], ["a", "b", "c"])
+    other = pki.issue_ca("other").cert_pem
+    assert "not signed by a published CA" in pki.server_renewal_reason(server, [other], ["a", "b"])
+    # During a CA rotation both CAs are published: the certificate the old one issued is kept.
+    assert pki.server_renewal_reason(server, [other, ca.cert_pem], ["a", "b"]) is None
+    later = pki.now() + dt.timedelta(days=300)
+    assert pki.server_renewal_reason(server, [ca.cert_pem], ["a", "b"], at=later) == (
+        "the server certificate is due for renewal")
 
 
 def test_renewal_after_two_thirds_of_the_lifetime(ca):
@@ -73,5 +80,12 @@ def test_error_messages_never_quote_key_material(ca):
 @pytest.mark.parametrize("algorithm", ["ES256", "RS256"])
 def test_signing_certificate_matches_its_algorithm(algorithm):
     pair = pki.issue_signing(algorithm)
-    assert pki.signing_is_current(pair, algorithm)
-    assert not pki.signing_is_current(pair, "RS256" if algorithm == "ES256" else "ES256")
+    assert pki.signing_renewal_reason(pair, algorithm) is None
+    other = "RS256" if algorithm == "ES256" else "ES256"
+    assert pki.signing_renewal_reason(pair, other) == f"tokenAlgorithm is {other}"
+
+
+def test_split_gives_each_certificate_of_a_bundle(ca):
+    other = pki.issue_ca("other").cert_pem
+    assert pki.split(ca.cert_pem + other) == [ca.cert_pem, other]
+    assert pki.split(b"garbage") == []

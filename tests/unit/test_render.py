@@ -143,7 +143,7 @@ def test_token_mode_renders_the_token_service(pipeline):
             ("Secret", "reg-token-signing"), ("Secret", "reg-token-tls")} <= set(keys)
     token = _config(objects)["auth"]["token"]
     assert token["realm"] == "https://reg-token.ns.svc:5001/token"
-    assert token["rootcertbundle"] == "/etc/registry/token/tls.crt"
+    assert token["rootcertbundle"] == "/etc/registry/token/ca.crt"
     token_pod = keys[("Deployment", "reg-token")]["spec"]["template"]["spec"]
     assert token_pod["containers"][0]["image"] == "registry-operator:test"
     assert token_pod["automountServiceAccountToken"] is False

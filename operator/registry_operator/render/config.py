@@ -78,7 +78,7 @@ def render(spec: RegistrySpec, token_realm: str | None = None, token_service: st
             "realm": token_realm,
             "service": token_service,
             "issuer": token_service_config.DEFAULT_ISSUER,
-            "rootcertbundle": f"{TOKEN_DIR}/tls.crt",
+            "rootcertbundle": f"{TOKEN_DIR}/ca.crt",
         }
         if spec.version != "2.8":
             token["autoredirect"] = False  # 3.x only: keep the realm we publish, never rewrite it per request

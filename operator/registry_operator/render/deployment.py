@@ -41,17 +41,14 @@ def _volumes(spec: RegistrySpec, names_: ChildNames) -> tuple[list[Obj], list[Ob
     """(volumes, mounts) of the registry container."""
     volumes: list[Obj] = [{"name": "config", "configMap": {"name": names_.config}}]
     mounts: list[Obj] = [{"name": "config", "mountPath": cfg.config_dir(spec.version), "readOnly": True}]
-    if spec.tls.mode == "SelfSigned":
+    if spec.tls_enabled:  # our own copy also in Secret mode: see material._user_tls
         volumes.append(secret_volume("tls", names_.tls, ["tls.crt", "tls.key"]))
-    elif spec.tls.mode == "Secret":
-        volumes.append(secret_volume("tls", spec.tls.secret_name or "", ["tls.crt", "tls.key"]))
-    if spec.tls_enabled:
         mounts.append({"name": "tls", "mountPath": cfg.TLS_DIR, "readOnly": True})
     if spec.auth.mode == "htpasswd":
         volumes.append(secret_volume("auth", names_.htpasswd, ["htpasswd"]))
         mounts.append({"name": "auth", "mountPath": cfg.AUTH_DIR, "readOnly": True})
     elif spec.auth.mode == "token":
-        volumes.append(secret_volume("token", names_.token_signing, ["tls.crt"]))
+        volumes.append(secret_volume("token", names_.token_signing, ["ca.crt"]))
         mounts.append({"name": "token", "mountPath": cfg.TOKEN_DIR, "readOnly": True})
     if spec.storage.claim is not None:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": names_.claim}})
@@ -86,8 +83,8 @@ def deployment(spec: RegistrySpec, material: Material, config_text: str, owner: 
     names_ = ChildNames(spec.name)
     volumes, mounts = _volumes(spec, names_)
     restart_inputs = [config_text, material.serving_cert_pem or b""]
-    if material.token_signing:
-        restart_inputs.append(material.token_signing.cert_pem)
+    if material.token_trust_pem:
+        restart_inputs.append(material.token_trust_pem)
     template_annotations = {**spec.pod_annotations, names.POD_INPUTS_HASH: inputs_hash(restart_inputs)}
     container: Obj = {
         "name": "registry",

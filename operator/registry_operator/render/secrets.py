@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..material import Material
-from ..names import COMPONENT_REGISTRY, COMPONENT_TOKEN, ChildNames
+from ..names import COMPONENT_REGISTRY, COMPONENT_TOKEN, ChildNames, password_key
 from ..pki import KeyPair
 from ..spec import RegistrySpec
 from .common import Obj, secret
@@ -31,16 +31,17 @@ def render(spec: RegistrySpec, material: Material, owner: Mapping[str, Any]) -> 
         fingerprints = json.dumps(dict(material.fingerprints), sort_keys=True)
         out.append(opaque(names.htpasswd, {"htpasswd": material.htpasswd, "fingerprints": fingerprints}))
     if material.passwords:
-        out.append(opaque(names.passwords, dict(material.passwords)))
+        out.append(opaque(names.passwords, {password_key(u): p for u, p in material.passwords.items()}))
     if material.client_ca_pem:
         out.append(opaque(names.ca, {"ca.crt": material.client_ca_pem}))
-    ca = material.ca
-    if ca:
-        out.append(tls(names.ca_key, ca))
-    if material.server and ca:
-        out.append(tls(names.tls, material.server, ca=ca.cert_pem))
+    if material.ca:
+        out.append(tls(names.ca_key, material.ca))
+    if material.server:
+        out.append(tls(names.tls, material.server, ca=material.server_ca_pem))
     if material.token_signing:
-        out.append(tls(names.token_signing, material.token_signing, COMPONENT_TOKEN))
-    if material.token_tls and ca:
-        out.append(tls(names.token_tls, material.token_tls, COMPONENT_TOKEN, ca=ca.cert_pem))
+        # `ca.crt`: every signing certificate the registry accepts (the current one and, for a while, its
+        # predecessor), so tokens signed just before a rotation stay valid.
+        out.append(tls(names.token_signing, material.token_signing, COMPONENT_TOKEN, ca=material.token_trust_pem))
+    if material.token_tls and material.ca:
+        out.append(tls(names.token_tls, material.token_tls, COMPONENT_TOKEN, ca=material.ca.cert_pem))
     return out
