@@ -1,0 +1,53 @@
+"""Where several modules must agree: every child a spec renders is observed before it is applied (so `apply`
+can compare and check ownership), and everything `obsolete` deletes is observed too."""
+
+import itertools
+
+import pytest
+from builders import OWNER
+
+from registry_operator import material, names, render, spec
+from registry_operator.observe import candidates
+
+AUTH = {
+    "htpasswd": {"users": [{"name": "alice"}, {"name": "bob", "passwordSecretRef": {"name": "pw"}}]},
+    "referenced-only": {"users": [{"name": "bob", "passwordSecretRef": {"name": "pw"}}]},
+    "token": {"mode": "token", "users": [{"name": "alice"}],
+              "access": [{"users": ["alice"], "repositories": ["*"], "actions": ["pull"]}]},
+    "none": {"mode": "none"},
+}
+TLS = {"SelfSigned": {}, "Secret": {"mode": "Secret", "secretName": "mine"}, "Disabled": {"mode": "Disabled"}}
+STORAGE = {"emptyDir": {}, "claim": {"persistentVolumeClaim": {"size": "1Gi"}}}
+
+
+@pytest.mark.parametrize("auth, tls, storage", list(itertools.product(AUTH, TLS, STORAGE)))
+def test_every_rendered_child_is_observed(auth, tls, storage):
+    raw = {"auth": AUTH[auth], "tls": TLS[tls], "storage": STORAGE[storage]}
+    s = spec.parse("reg", "ns", raw)
+    mat = material.decide(s, {"pw": {"password": b"secret"}})
+    rendered = {(o["kind"], o["metadata"]["name"]) for o in render.desired(s, mat, OWNER, "img")}
+    for token_was_on in (False, True):
+        observed = {(kind, name) for _, kind, name in candidates(s, token_was_on)}
+        assert rendered <= observed, rendered - observed
+    doomed = {(kind, name) for _, kind, name in render.obsolete(s)}
+    assert doomed <= {(kind, name) for _, kind, name in candidates(s, token_was_on=True)}
+
+
+def _children(name: str, token: bool = True) -> set[tuple[str, str]]:
+    """Every (kind, name) a Registry called `name` can own: token mode (or htpasswd), SelfSigned, a claim, a
+    generated password."""
+    s = spec.parse(name, "ns", {"auth": AUTH["token" if token else "htpasswd"], "storage": STORAGE["claim"]})
+    return {(o["kind"], o["metadata"]["name"]) for o in render.desired(s, material.decide(s, {}), OWNER, "img")}
+
+
+@pytest.mark.parametrize("name", ["reg", "a" * 57])
+def test_no_two_registries_render_the_same_child(name):
+    """Another valid Registry whose name is ours plus the suffix of one of our children never renders one of
+    our children (the CRD refuses the only such names, those ending in -token)."""
+    mine = _children(name)
+    for _, child in mine:
+        other = child
+        if other == name or names.invalid_name(other, token_mode=False) is not None:
+            continue
+        theirs = _children(other, token=names.invalid_name(other, token_mode=True) is None)
+        assert not mine & theirs, other
