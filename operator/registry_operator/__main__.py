@@ -11,7 +11,8 @@ import sys
 import kopf
 from lightkube import AsyncClient
 
-from . import config as config_, handlers
+from . import config as config_
+from . import handlers
 from .leader import Elector
 
 

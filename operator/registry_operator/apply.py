@@ -96,6 +96,9 @@ class Applied:
     failed: set[Key] = field(default_factory=set)
     problems: list[Problem] = field(default_factory=list)
     retry: list[str] = field(default_factory=list)
+    # Intents the API server rejected as invalid: (intent hash, problem). Sent again only once they change,
+    # so a Registry stuck on such input costs no requests at all.
+    refused: dict[Key, tuple[str, Problem]] = field(default_factory=dict)
 
 
 def controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
@@ -145,11 +148,24 @@ def _failure(obj: Mapping[str, Any], exc: Exception) -> tuple[Problem, bool]:
     return Problem("ApplyFailed", _describe(obj, f"{type(exc).__name__}")), True
 
 
-async def _apply(client: AsyncClient, obj: Obj, current: Obj | None, result: Applied) -> None:
+def _intent(obj: Obj) -> str:
+    return obj["metadata"]["annotations"][APPLIED_HASH]
+
+
+async def _apply(
+    client: AsyncClient, obj: Obj, current: Obj | None, refused: tuple[str, Problem] | None, result: Applied
+) -> None:
     k = key(obj)
     if up_to_date(obj, current):
         assert current is not None
         result.live[k] = current
+        return
+    if refused is not None and refused[0] == _intent(obj):
+        result.failed.add(k)
+        result.problems.append(refused[1])
+        result.refused[k] = refused
+        if current is not None:
+            result.live[k] = current
         return
     try:
         live = await client.patch(
@@ -167,6 +183,8 @@ async def _apply(client: AsyncClient, obj: Obj, current: Obj | None, result: App
         result.problems.append(problem)
         if retry:
             result.retry.append(problem.message)
+        else:
+            result.refused[k] = (_intent(obj), problem)
         if current is not None:
             result.live[k] = current
         return
@@ -175,13 +193,18 @@ async def _apply(client: AsyncClient, obj: Obj, current: Obj | None, result: App
 
 
 async def apply_all(
-    client: AsyncClient, desired: Sequence[Obj], observed: Mapping[Key, Obj | None], registry: Mapping[str, Any]
+    client: AsyncClient,
+    desired: Sequence[Obj],
+    observed: Mapping[Key, Obj | None],
+    registry: Mapping[str, Any],
+    refused: Mapping[Key, tuple[str, Problem]] | None = None,
 ) -> Applied:
     """Apply what changed: everything but the workloads at once, then the workloads if all of that was stored.
 
     Nothing else here depends on creation order, and one round trip instead of a dozen is most of a new
-    Registry's convergence time.
+    Registry's convergence time. `refused`: what an earlier pass was refused (`Applied.refused`).
     """
+    refused = refused or {}
     result = Applied()
     result.problems = conflicts(desired, observed, registry)
     if result.problems:
@@ -189,14 +212,15 @@ async def apply_all(
     intents = [with_intent_hash(obj) for obj in desired]
     first = [obj for obj in intents if obj["kind"] != "Deployment"]
     workloads = [obj for obj in intents if obj["kind"] == "Deployment"]
-    await asyncio.gather(*(_apply(client, obj, observed.get(key(obj)), result) for obj in first))
+    await asyncio.gather(*(_apply(client, obj, observed.get(key(obj)), refused.get(key(obj)), result) for obj in first))
     if result.failed:
         for obj in workloads:  # keep what runs; status reports the failures above
             live = observed.get(key(obj))
             if live is not None:
                 result.live[key(obj)] = live
     else:
-        await asyncio.gather(*(_apply(client, obj, observed.get(key(obj)), result) for obj in workloads))
+        await asyncio.gather(
+            *(_apply(client, obj, observed.get(key(obj)), refused.get(key(obj)), result) for obj in workloads))
     order = {key(obj): i for i, obj in enumerate(intents)}
     result.written.sort(key=order.__getitem__)
     return result

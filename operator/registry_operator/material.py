@@ -105,7 +105,8 @@ def _server(
     if reason is None and existing is not None:
         return existing
     if existing is not None:  # a first issue is no news
-        rotations.append(Rotation(secret, "CertificateIssued", f"issued a new certificate in Secret {secret!r}: {reason}"))
+        message = f"issued a new certificate in Secret {secret!r}: {reason}"
+        rotations.append(Rotation(secret, "CertificateIssued", message))
     return pki.issue_server(ca, names)
 
 

@@ -90,7 +90,8 @@ def invalid_name(registry: str, token_mode: bool) -> str | None:
     if len(registry) > MAX_NAME:
         return f"the name is longer than {MAX_NAME} characters"
     if token_mode and len(registry + TOKEN_SUFFIX) > MAX_NAME:
-        return f"in token mode the name must be at most {MAX_NAME - len(TOKEN_SUFFIX)} characters (Service <name>-token)"
+        limit = MAX_NAME - len(TOKEN_SUFFIX)
+        return f"in token mode the name must be at most {limit} characters (Service <name>-token)"
     if registry.endswith(TOKEN_SUFFIX):
         return f"the name must not end in {TOKEN_SUFFIX!r}: Registry <name> in token mode owns <name>-token"
     return None

@@ -48,6 +48,7 @@ class Memory:
     uid: str
     pending: dict[str, dict[str, bytes]] = field(default_factory=dict)  # Secret -> decided data not yet stored
     unsent: list[Event] = field(default_factory=list)  # Events whose post failed
+    refused: dict[Key, tuple[str, material.Problem]] = field(default_factory=dict)  # see Applied.refused
 
 
 @dataclass
@@ -150,7 +151,8 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     # Key generation and bcrypt are CPU work: keep them off the event loop that serves every Registry.
     mat = await asyncio.to_thread(material.decide, spec, secrets, ctx.config.cluster_domain, now)
     desired = render.desired(spec, mat, body, ctx.config.operator_image)
-    applied = await apply_all(ctx.client, desired, observed.children, body)
+    applied = await apply_all(ctx.client, desired, observed.children, body, memory.refused)
+    memory.refused = applied.refused
     _remember(memory, desired, applied)
     outcome.written = applied.written
     if not applied.problems:

@@ -43,7 +43,7 @@ def test_a_failed_run_is_retried_with_growing_waits_until_it_succeeds():
         await c.idle()
 
     asyncio.run(main())
-    waits = [b - a for a, b in zip(times, times[1:])]
+    waits = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert len(times) == 4
     assert waits[0] >= 0.01 and waits[2] > waits[0]  # 0.02, 0.04, 0.08 less up to half of jitter
 
