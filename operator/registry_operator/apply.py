@@ -20,7 +20,7 @@ import asyncio
 import copy
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,12 +118,13 @@ def ours(kind: str, obj: Mapping[str, Any], registry: Mapping[str, Any]) -> bool
     return not controllers and labels.get(LABEL_MANAGED_BY) == MANAGED_BY and labels.get(LABEL_INSTANCE) == meta["name"]
 
 
-def conflicts(desired: Sequence[Obj], observed: Mapping[Key, Obj | None], registry: Mapping[str, Any]) -> list[Problem]:
-    """A `NameConflict` for every existing object with a child's name that this Registry does not control."""
+def conflicts(
+    keys: Iterable[Key], observed: Mapping[Key, Obj | None], registry: Mapping[str, Any]
+) -> list[Problem]:
+    """A `NameConflict` for every existing object among `keys` that this Registry does not control."""
     out = []
-    for obj in desired:
-        live = observed.get(key(obj))
-        kind, name = key(obj)
+    for kind, name in keys:
+        live = observed.get((kind, name))
         if live is not None and not ours(kind, live, registry):
             out.append(Problem("NameConflict", f"{kind} {name!r} already exists and is not controlled by this "
                                                "Registry; delete or rename it (the operator will not take it over)"))
@@ -206,7 +207,7 @@ async def apply_all(
     """
     refused = refused or {}
     result = Applied()
-    result.problems = conflicts(desired, observed, registry)
+    result.problems = conflicts([key(obj) for obj in desired], observed, registry)
     if result.problems:
         return result
     intents = [with_intent_hash(obj) for obj in desired]

@@ -27,12 +27,12 @@ from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
 from . import conditions, events, material, pki, render
-from .apply import Applied, Key, apply_all, delete_all
+from .apply import Applied, Key, apply_all, conflicts, delete_all
 from .coalesce import Retry
 from .config import Config
 from .kinds import Registry
 from .names import ChildNames, invalid_name, password_key
-from .observe import observe
+from .observe import candidates, observe
 from .render import token as token_render
 from .spec import RegistrySpec, parse
 
@@ -146,7 +146,13 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         outcome.status_written = await _finish(ctx, memory, body, status)
         return outcome
 
-    observed = await observe(ctx.client, spec, token_was_on="tokenRealm" in (body.get("status") or {}))
+    token_was_on = "tokenRealm" in (body.get("status") or {})
+    observed = await observe(ctx.client, spec, token_was_on)
+    taken = conflicts([(kind, child) for _, kind, child in candidates(spec, False)], observed.children, body)
+    if taken:  # decided before any material: a Registry stuck here costs no key generation either
+        status = conditions.compute(spec, generation, taken, {}, {}, body.get("status"), now)
+        outcome.status_written = await _finish(ctx, memory, body, status)
+        return outcome
     secrets = {**observed.secrets, **memory.pending}
     # Key generation and bcrypt are CPU work: keep them off the event loop that serves every Registry.
     mat = await asyncio.to_thread(material.decide, spec, secrets, ctx.config.cluster_domain, now)
