@@ -27,6 +27,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -129,28 +130,38 @@ class Program:
     mounts: list[dict[str, Any]] = field(default_factory=list)  # read-only host paths the image carries
 
 
-# Where an operator "image" shows this interpreter's installation when the pod's user cannot reach it.
-IMAGE_PYTHON = "/opt/registry-operator-python"
+# Where a pod sees its "image": the host paths a local program needs (the registry binary, the interpreter,
+# the operator package) are bind-mounted here read-only. They are pinned before any pod volume is mounted, so an
+# emptyDir at /tmp cannot hide a checkout or a virtualenv under /tmp, and a non-root pod user can reach an
+# interpreter that lives under /root.
+IMAGE_ROOT = "/opt/registry-operator-image"
 
 
-def _traversable_by_others(path: str) -> bool:
-    """Whether any user can reach ``path`` (every ancestor directory has the other-execute bit)."""
-    parts = Path(path).resolve().parts
-    return all(os.stat(os.path.join(*parts[: i + 1])).st_mode & 0o001 for i in range(len(parts)))
+def _image_mount(source: Path, name: str) -> dict[str, Any]:
+    return {"source": str(source), "target": f"{IMAGE_ROOT}/{name}", "readOnly": True}
 
 
 def _python_for_pods() -> tuple[str, dict[str, str], list[dict[str, Any]]]:
-    """(interpreter, env, mounts) that a non-root pod user can run, like the image's own Python.
+    """(interpreter, env, mounts) that run this test session's Python and its packages inside a pod.
 
-    Under pyenv the interpreter lives in /root (mode 0700): it is then bind-mounted read-only at
-    ``IMAGE_PYTHON`` and run from there (``PYTHONHOME`` because argv[0] is the pod's bare ``python``;
-    ``LD_LIBRARY_PATH`` because libpython's RUNPATH is absolute).
+    The base installation is mounted at ``IMAGE_ROOT/python`` and named by ``PYTHONHOME``: on Linux an
+    interpreter finds its installation (and a virtualenv's ``pyvenv.cfg``) from ``argv[0]``, and the pod's
+    bare ``python`` would otherwise resolve to whatever ``/usr/bin/python`` is. A virtualenv's site-packages
+    are mounted separately and put on ``PYTHONPATH``, so an externally managed system Python behind ``.venv``
+    gets the venv's packages; ``LD_LIBRARY_PATH`` because a shared libpython's RUNPATH is absolute.
     """
-    if _traversable_by_others(sys.prefix):
-        return sys.executable, {}, []
-    python = f"{IMAGE_PYTHON}/{Path(sys.executable).relative_to(sys.prefix)}"
-    env = {"PYTHONHOME": IMAGE_PYTHON, "LD_LIBRARY_PATH": f"{IMAGE_PYTHON}/lib"}
-    return python, env, [{"source": sys.prefix, "target": IMAGE_PYTHON, "readOnly": True}]
+    base = Path(os.path.realpath(sys.base_prefix))
+    interpreter = Path(os.path.realpath(sys.executable))
+    if not interpreter.is_relative_to(base):
+        raise Unfaithful(f"interpreter {interpreter} is outside its installation {base}")
+    home = f"{IMAGE_ROOT}/python"
+    mounts = [_image_mount(base, "python"), _image_mount(REPO / "operator", "operator")]
+    path = [f"{IMAGE_ROOT}/operator"]
+    if sys.prefix != sys.base_prefix:
+        mounts.append(_image_mount(Path(sysconfig.get_paths()["purelib"]), "site-packages"))
+        path.append(f"{IMAGE_ROOT}/site-packages")
+    env = {"PYTHONHOME": home, "LD_LIBRARY_PATH": f"{home}/lib", "PYTHONPATH": os.pathsep.join(path)}
+    return f"{home}/{interpreter.relative_to(base)}", env, mounts
 
 
 def _registry_entrypoint(args: list[str]) -> list[str]:
@@ -177,11 +188,13 @@ def resolve_image(image: str) -> Program:
         config = "/etc/docker/registry/config.yml" if tag.startswith("2") else "/etc/distribution/config.yml"
         if not binary.exists():
             raise Unfaithful(f"image {image!r} maps to {binary}, which is not built")
+        program = f"{IMAGE_ROOT}/registry"
         return Program(
             kind="registry",
-            executables={"registry": [str(binary)], "/bin/registry": [str(binary)]},
+            executables={"registry": [program], "/bin/registry": [program]},
             entrypoint=_registry_entrypoint,
             default_args=[config],
+            mounts=[_image_mount(binary, "registry")],
         )
     if repo.rsplit("/", 1)[-1] == "registry-operator":
         interpreter, python_env, python_mounts = _python_for_pods()
@@ -196,7 +209,7 @@ def resolve_image(image: str) -> Program:
             },
             entrypoint=None,
             default_args=[],
-            env={"PYTHONPATH": str(REPO / "operator"), "PYTHONDONTWRITEBYTECODE": "1", **python_env},
+            env={"PYTHONDONTWRITEBYTECODE": "1", **python_env},
             mounts=python_mounts,
         )
     raise Unfaithful(f"no local program for image {image!r}")
