@@ -110,11 +110,31 @@ def _server(
     return pki.issue_server(ca, names)
 
 
+def _generated(spec: RegistrySpec, observed: Secrets, names: ChildNames) -> dict[str, str]:
+    """Generated passwords as stored: user -> password.
+
+    The published `-passwords` Secret is what users read, and may be deleted by mistake; the operator keeps a
+    copy in its private `-http-secret` (which pods read only the `secret` key of), so a deleted `-passwords`
+    Secret comes back with the same passwords instead of locking every client out.
+    """
+    kept = json.loads((observed.get(names.http_secret) or {}).get("generated-passwords") or b"{}")
+    published = observed.get(names.passwords) or {}
+    out = {}
+    for user in spec.auth.users:
+        try:
+            password = (published.get(password_key(user.name)) or b"").decode() or kept.get(user.name)
+        except UnicodeDecodeError:  # edited by hand into something no client could send: ours is kept
+            password = kept.get(user.name)
+        if password:
+            out[user.name] = password
+    return out
+
+
 def _passwords(
     spec: RegistrySpec, observed: Secrets, names: ChildNames, problems: list[Problem]
 ) -> tuple[dict[str, str], dict[str, str]]:
     """(all usable passwords, generated ones); users whose referenced password is unusable are left out."""
-    stored = observed.get(names.passwords) or {}
+    stored = _generated(spec, observed, names)
     usable: dict[str, str] = {}
     generated: dict[str, str] = {}
     for user in spec.auth.users:
@@ -124,8 +144,7 @@ def _passwords(
             problems.append(Problem("UserNameInvalid", str(exc)))
             continue
         if user.password_ref is None:
-            kept = stored.get(password_key(user.name))
-            password = kept.decode() if kept else secrets.token_urlsafe(24)
+            password = stored.get(user.name) or secrets.token_urlsafe(24)
             generated[user.name] = usable[user.name] = password
             continue
         ref = user.password_ref

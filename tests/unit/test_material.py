@@ -114,3 +114,13 @@ def test_generated_passwords_get_the_minimum_bcrypt_cost_and_referenced_ones_the
     hashes = htpasswd.parse(mat.htpasswd)
     assert hashes["alice"].startswith(f"$2b${htpasswd.GENERATED_COST:02d}$")
     assert hashes["bob"].startswith(f"$2b${htpasswd.COST:02d}$")
+
+
+def test_a_deleted_passwords_secret_comes_back_with_the_same_passwords(pipeline):
+    raw = {"auth": {"users": [{"name": "alice"}, {"name": "ci@corp"}]}}
+    _, first, objects = pipeline.run(raw)
+    observed = decode_secrets(objects)
+    del observed["reg-passwords"]
+    _, second, again = pipeline.run(raw, observed)
+    assert second.passwords == first.passwords
+    assert by_key(again)[("Secret", "reg-passwords")] == by_key(objects)[("Secret", "reg-passwords")]

@@ -25,7 +25,10 @@ def render(spec: RegistrySpec, material: Material, owner: Mapping[str, Any]) -> 
         data = {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem, **({"ca.crt": ca} if ca else {})}
         return secret(name, owner, component, data, TLS_TYPE)
 
-    out = [opaque(names.http_secret, {"secret": material.http_secret, "fingerprint-key": material.fingerprint_key})]
+    private = {"secret": material.http_secret, "fingerprint-key": material.fingerprint_key}
+    if material.passwords:  # the operator's copy: see material._generated
+        private["generated-passwords"] = json.dumps(dict(material.passwords), sort_keys=True)
+    out = [opaque(names.http_secret, private)]
     if spec.auth.mode != "none":
         # Pods mount only the `htpasswd` key; the fingerprints are the operator's.
         fingerprints = json.dumps(dict(material.fingerprints), sort_keys=True)
