@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
+import urllib.parse
+from collections.abc import AsyncIterator
 
 import kopf
+from aiohttp import web
 from lightkube import AsyncClient
 
 from . import config as config_
@@ -16,14 +20,33 @@ from . import handlers
 from .leader import Elector
 
 
+@contextlib.asynccontextmanager
+async def _standby_liveness(url: str | None) -> AsyncIterator[None]:
+    """Answer the liveness probe while waiting for the Lease: a standby replica is healthy, and without this
+    its kubelet would restart it over and over. kopf serves the same address once it runs."""
+    if url is None:
+        yield
+        return
+    parts = urllib.parse.urlsplit(url)
+    app = web.Application()
+    app.router.add_get(parts.path or "/", lambda _: web.json_response({"standby": True}))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, parts.hostname, parts.port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
 async def _run(config: config_.Config, liveness: str | None) -> int:
     """Run kopf until it is stopped by a signal (exit 0) or, under leader election, the Lease is lost (1)."""
     stop = asyncio.Event()
     hold = None
     if config.leader_election:
-        client = AsyncClient()
-        elector = Elector(client, config)
-        await elector.acquire()
+        elector = Elector(AsyncClient(), config)
+        async with _standby_liveness(liveness):
+            await elector.acquire()
         hold = asyncio.create_task(elector.hold(stop))
     try:
         await kopf.operator(
