@@ -12,9 +12,7 @@ import datetime as dt
 import json
 import os
 import subprocess
-import sys
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -160,41 +158,15 @@ def start_operator(
     operator_dir: Path = OPERATOR_DIR,
 ) -> Operator:
     """Start the operator (all namespaces, INFO logging) and wait until kopf serves its liveness endpoint."""
-    port = localcluster.pick_free_ports(["liveness"])["liveness"]
-    liveness = f"http://127.0.0.1:{port}/healthz"
     counters = workdir / f"operator-{tag}.counters.json"
     log_path = workdir / f"operator-{tag}.log"
-    full_env = dict(os.environ)
-    full_env.update(
-        KUBECONFIG=str(kubeconfig),
-        PYTHONUNBUFFERED="1",
-        PYTHONPATH=os.pathsep.join([str(operator_dir), str(REPO)]),
-        REGISTRY_BENCH_OPERATOR_DIR=str(operator_dir),
-        LOG_LEVEL="INFO",
-        **(env or {}),
-    )
-    cmd = [sys.executable, "-m", "bench.opwrap", str(counters), "--", "--all-namespaces", f"--liveness={liveness}"]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            cmd, env=full_env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=localcluster._set_pdeathsig,
-        )  # fmt: skip
-    op = Operator(process, counters, log_path, liveness, time.time())
-    deadline = time.monotonic() + timeout
-    while True:
-        if not op.alive():
-            raise RuntimeError(f"the operator exited ({process.returncode}):\n{op.log_tail()}")
-        try:
-            with urllib.request.urlopen(liveness, timeout=2) as resp:
-                if resp.status == 200:
-                    op.live = time.time()
-                    return op
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            op.stop()
-            raise RuntimeError(f"the operator was not live within {timeout}s:\n{op.log_tail()}")
-        time.sleep(0.1)
+    started = time.time()
+    proc = localcluster.start_operator(
+        kubeconfig, log_path, ["--all-namespaces"],
+        {"REGISTRY_BENCH_OPERATOR_DIR": str(operator_dir), "LOG_LEVEL": "INFO", **(env or {})}, timeout,
+        entry=["-m", "bench.opwrap", str(counters), "--"], pythonpath=[operator_dir, REPO],
+    )  # fmt: skip
+    return Operator(proc.process, counters, log_path, proc.liveness_url, started, live=time.time())
 
 
 def start_cluster(workdir: Path, nodes: int, log: Any = None) -> tuple[AuditedCluster, Path]:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "operator")]
+sys.path[:0] = [str(REPO), str(REPO / "hack"), str(REPO / "operator")]
 
 from lightkube import Client  # noqa: E402
 

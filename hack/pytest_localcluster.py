@@ -33,7 +33,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ if str(HACK) not in sys.path:
     sys.path.insert(0, str(HACK))
 
 import localcluster  # noqa: E402  (standard library only at import time)
+from localcluster import OperatorProcess, start_operator  # noqa: E402
 
 REPO = localcluster.REPO
 DEFAULT_ALLOWED_CONTEXTS = "registry-operator-local,kind-*,kwok-*"
@@ -296,134 +296,12 @@ def wait_for() -> Callable[..., Any]:
     truthy (exceptions count as "not yet") and return it; on timeout AssertionError with the last error."""
 
     def wait(check: Callable[[], Any], timeout: float = 30, what: str = "condition", interval: float = 0.2):
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while True:
-            try:
-                value = check()
-                if value:
-                    return value
-            except Exception as e:  # noqa: BLE001 - keep polling, report the last error
-                last = e
-            if time.monotonic() > deadline:
-                detail = f": last error {last!r}" if last else ""
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}{detail}")
-            time.sleep(interval)
+        return localcluster.wait_until(check, timeout, what, interval)
 
     return wait
 
 
 # ----------------------------------------------------------------------------------------------- operator
-
-
-class OperatorProcess:
-    """The operator as a subprocess (`python -m registry_operator ...`), output in a log file."""
-
-    def __init__(self, args: Sequence[str], env: dict[str, str], log_path: Path):
-        self.args = list(args)
-        self.log_path = log_path
-        self.liveness_url: str | None = None
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            self.args,
-            env=env,
-            cwd=REPO,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=localcluster._set_pdeathsig,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self.process.poll()
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def assert_running(self) -> None:
-        if not self.running():
-            raise AssertionError(
-                f"the operator exited with code {self.returncode}; its log:\n{localcluster.log_tail(self.log_path, 60)}"
-            )
-
-    def wait_for_log(self, pattern: str, timeout: float = 30) -> re.Match:
-        """Wait until a line of the operator's output matches the regex; fails when it exits first."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            m = rx.search(self.log())
-            if m:
-                return m
-            self.assert_running()
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"no operator log line matched {pattern!r} within {timeout}s; log tail:\n"
-                    f"{localcluster.log_tail(self.log_path, 60)}"
-                )
-            time.sleep(0.1)
-
-    def stop(self, timeout: float = 10) -> int | None:
-        """SIGTERM (kopf shuts down gracefully), then SIGKILL after timeout. Returns the exit code."""
-        localcluster.terminate(self.process.pid, timeout=timeout, popen=self.process)
-        self._log.close()
-        return self.returncode
-
-
-def _wait_liveness(proc: OperatorProcess, url: str, timeout: float) -> None:
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while True:
-        proc.assert_running()
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"the operator did not serve {url} within {timeout}s; log tail:\n"
-                f"{localcluster.log_tail(proc.log_path, 60)}"
-            )
-        time.sleep(0.1)
-
-
-def start_operator(
-    kubeconfig: str | Path,
-    log_path: Path,
-    args: Sequence[str] | None = None,
-    env: dict[str, str] | None = None,
-    ready_timeout: float = 60,
-) -> OperatorProcess:
-    """`python -m registry_operator <args or --all-namespaces> --liveness=...` with KUBECONFIG, once live."""
-    full_env = dict(os.environ)
-    pythonpath = [str(REPO / "operator")] + [p for p in full_env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    full_env.update(
-        {"KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(pythonpath)}
-    )
-    full_env.update(env or {})
-    port = localcluster.pick_free_ports(["operator-liveness"])["operator-liveness"]
-    url = f"http://127.0.0.1:{port}/healthz"
-    scope = list(args) if args is not None else ["--all-namespaces"]
-    proc = OperatorProcess([sys.executable, "-m", "registry_operator", *scope, f"--liveness={url}"], full_env, log_path)
-    proc.liveness_url = url
-    try:
-        _wait_liveness(proc, url, ready_timeout)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
 
 
 @pytest.fixture
@@ -445,8 +323,9 @@ def operator_factory(cluster, request: pytest.FixtureRequest, tmp_path: Path):
         env: dict[str, str] | None = None,
         ready_timeout: float = 60,
     ) -> OperatorProcess:
-        proc = start_operator(kubeconfig or cluster.kubeconfig, tmp_path / f"operator-{len(started)}.log",
-                              args, env, ready_timeout)
+        proc = start_operator(
+            kubeconfig or cluster.kubeconfig, tmp_path / f"operator-{len(started)}.log", args, env, ready_timeout
+        )
         started.append(proc)
         return proc
 

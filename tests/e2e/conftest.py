@@ -45,7 +45,7 @@ def e2e_operator(cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     It watches only the ``e2e-*`` namespaces: the integration tests start operators of their own in the same
     session, and two operators must never handle the same Registry.
     """
-    from pytest_localcluster import start_operator
+    from localcluster import start_operator
 
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     proc = start_operator(cluster.kubeconfig, log, args=["--namespace", "e2e-*"])

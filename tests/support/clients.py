@@ -14,11 +14,13 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from .podrunner import CACHE_BIN, pinned_versions
+from localcluster import read_versions
+
+from .podrunner import CACHE_BIN
 
 SKOPEO = "skopeo"  # Debian's
-CRANE = CACHE_BIN / f"crane-{pinned_versions()['CRANE_VERSION']}" / "crane"
-CONFORMANCE = CACHE_BIN / f"oci-conformance-{pinned_versions()['OCI_CONFORMANCE_VERSION']}" / "conformance.test"
+CRANE = CACHE_BIN / f"crane-{read_versions()['CRANE_VERSION']}" / "crane"
+CONFORMANCE = CACHE_BIN / f"oci-conformance-{read_versions()['OCI_CONFORMANCE_VERSION']}" / "conformance.test"
 
 
 class ClientError(Exception):

@@ -8,17 +8,17 @@ publishes the wrong thing, the clients fail.
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lightkube import ApiError, Client
+from lightkube import Client
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import Secret
 from lightkube.types import PatchType
+from localcluster import wait_until
 
 from .podrunner import ApiSources, PodRunner
 
@@ -30,20 +30,9 @@ T = TypeVar("T")
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = 60, interval: float = 0.2) -> T:
-    """Poll ``check`` until it returns something truthy; on timeout fail with the last value or error."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-            last = value
-        except (ApiError, KeyError, LookupError) as e:
-            last = e
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-        time.sleep(interval)
+    """Poll ``check`` until it returns something truthy (localcluster's one wait loop, argument order of these
+    tests); on timeout AssertionError with the last value or error."""
+    return wait_until(check, timeout, what, interval)
 
 
 def secret_data(client: Client, namespace: str, name: str) -> dict[str, bytes]:

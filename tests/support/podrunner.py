@@ -36,22 +36,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
+from localcluster import REPO, bin_dir, read_versions
 
 from .https import VerifiedHTTPSConnection, tls_context
 
-REPO = Path(__file__).resolve().parents[2]
-CACHE_BIN = Path(os.environ.get("REGISTRY_OPERATOR_BIN_DIR") or REPO / ".cache" / "bin")
+CACHE_BIN = bin_dir()
 _PODEXEC = Path(__file__).with_name("_podexec.py")
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def pinned_versions() -> dict[str, str]:
-    """hack/versions.env, the one place binary versions are pinned (KEY=VALUE lines)."""
-    lines = (REPO / "hack" / "versions.env").read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if "=" in line and not line.lstrip().startswith("#"))
-
-
-DISTRIBUTION_3 = CACHE_BIN / f"distribution-{pinned_versions()['DISTRIBUTION_VERSION']}" / "registry"
+DISTRIBUTION_3 = CACHE_BIN / f"distribution-{read_versions()['DISTRIBUTION_VERSION']}" / "registry"
 DISTRIBUTION_2 = Path("/usr/bin/docker-registry")  # Debian's distribution 2.8.2
 
 

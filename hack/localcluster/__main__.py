@@ -1,0 +1,7 @@
+"""``python -m localcluster`` (what hack/cluster runs)."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
