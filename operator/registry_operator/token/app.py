@@ -2,8 +2,11 @@
 grant, which containerd tries first whenever it has credentials; answering it saves a round trip
 per pull), and ``GET /healthz`` for probes.
 
-A wrong password and an unknown user get the same answer, so the endpoint does not reveal which
-users exist. The ``account`` parameter is ignored: the subject is always the authenticated user.
+A wrong password and an unknown user get the same answer after the same time, so the endpoint
+does not reveal which users exist. The ``account`` parameter is ignored: the subject is always the
+authenticated user. Request sizes are bounded (:mod:`.limits`): a body over ``MAX_BODY_BYTES`` is
+refused from its Content-Length before a byte of it is read, and a chunked one as soon as it
+grows past the limit.
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
 
 from .acl import Subject, authorize
 from .authn import Authenticator
 from .config import HEALTH_PATH, TOKEN_PATH
+from .limits import MAX_BODY_BYTES
 from .runtime import Runtime
 from .scope import ScopeError, parse_scopes
 from .throttle import TooManyAttempts
@@ -65,9 +69,10 @@ def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
 async def _authenticate(request: web.Request, user: str, password: str) -> Subject:
     """Return the subject or raise :class:`_AuthFailed`; may wait, or raise ``TooManyAttempts``."""
     address = request.remote or "unknown"
-    if user and await request.app[AUTHENTICATOR].login(user, password, address):
+    authenticator = request.app[AUTHENTICATOR]
+    if await authenticator.login(user, password, address):
         return Subject(user)
-    log.warning("authentication failed for user %r from %s", user, address)
+    log.warning("authentication failed for %s from %s", authenticator.describe(user), address)
     raise _AuthFailed
 
 
@@ -113,8 +118,16 @@ async def get_token(request: web.Request) -> web.Response:
 
 
 async def post_token(request: web.Request) -> web.Response:
-    """OAuth2 ``grant_type=password`` (RFC 6749 4.3); no refresh tokens are issued."""
-    form = await request.post()
+    """OAuth2 ``grant_type=password`` (RFC 6749 4.3); no refresh tokens are issued.
+
+    Only the form encoding RFC 6749 prescribes is read: multipart would spool parts to files.
+    """
+    if request.content_type != "application/x-www-form-urlencoded":
+        return _oauth_error(400, "invalid_request", "expected application/x-www-form-urlencoded")
+    try:
+        form = await request.post()
+    except (ValueError, LookupError):  # undecodable bytes or an unknown charset
+        return _oauth_error(400, "invalid_request", "unreadable form")
     fields = {
         k: v for k in ("grant_type", "username", "password", "service", "scope") if isinstance(v := form.get(k), str)
     }
@@ -137,9 +150,26 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def refuse_large_bodies(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer 413 from the Content-Length alone, and close: the body is never read."""
+    if (request.content_length or 0) > MAX_BODY_BYTES:
+        response = _registry_error(413, "SIZE_INVALID", f"request body over {MAX_BODY_BYTES} bytes")
+        response.force_close()
+        return response
+    return await handler(request)
+
+
 def create_app(runtime: Runtime, authenticator: Authenticator) -> web.Application:
-    """The aiohttp application; the caller owns ``authenticator`` (its thread pool) and closes it."""
-    app = web.Application()
+    """The aiohttp application; the caller owns ``authenticator`` (its thread pool) and closes it.
+
+    Serve it with the handler options in :data:`.limits.SERVER_LIMITS`, which bound the request
+    line (so the query string) and the headers (so the Basic credentials).
+    """
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[refuse_large_bodies])
     app[RUNTIME] = runtime
     app[AUTHENTICATOR] = authenticator
     app.router.add_get(TOKEN_PATH, get_token)

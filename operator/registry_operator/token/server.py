@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .app import create_app
 from .authn import Authenticator
+from .limits import SERVER_LIMITS
 from .runtime import Runtime
 from .throttle import FailureThrottle
 
@@ -48,7 +49,7 @@ async def serve(config_path: str, listen: str | None = None) -> None:
     if config.tls_cert_path and config.tls_key_path:
         context = tls_context(config.tls_cert_path, config.tls_key_path)
     authenticator = Authenticator(runtime.htpasswd, FailureThrottle())
-    runner = web.AppRunner(create_app(runtime, authenticator), access_log=None)
+    runner = web.AppRunner(create_app(runtime, authenticator), access_log=None, **SERVER_LIMITS)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, ssl_context=context, shutdown_timeout=SHUTDOWN_GRACE)

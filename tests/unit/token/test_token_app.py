@@ -1,19 +1,22 @@
-"""The HTTP endpoints in-process (aiohttp test server on 127.0.0.1, port 0)."""
+"""The HTTP endpoints in-process (aiohttp test server on 127.0.0.1, port 0, with the server's limits)."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from registry_operator.pki import issue_signing
 from registry_operator.token.app import AUTHENTICATOR, create_app
 from registry_operator.token.authn import Authenticator
+from registry_operator.token.limits import MAX_BODY_BYTES, SERVER_LIMITS
 from registry_operator.token.runtime import Runtime
 from registry_operator.token.throttle import FailureThrottle
 
@@ -31,9 +34,10 @@ SCOPES = [("scope", "repository:team-a/app:pull,push"), ("scope", "repository:pu
 async def serving(mounted: Any, throttle: FailureThrottle | None = None) -> AsyncIterator[TestClient]:
     runtime = Runtime(mounted.config_path)
     authenticator = Authenticator(runtime.htpasswd, throttle or FailureThrottle())
-    app = create_app(runtime, authenticator)
+    server = TestServer(create_app(runtime, authenticator), host="127.0.0.1", port=0)
+    await server.start_server(**SERVER_LIMITS)  # as server.serve() does
     try:
-        async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+        async with TestClient(server) as client:
             yield client
     finally:
         authenticator.close()
@@ -216,3 +220,73 @@ def test_repeated_failures_are_slowed_then_refused_but_cached_users_pass(mounted
         assert (await client.get("/token", headers=basic("alice", "alice-pw"))).status == 200
 
     run(mounted, scenario, throttle=throttle)
+
+
+def test_oversized_requests_are_refused_before_they_are_read(mounted: Any) -> None:
+    form = {"grant_type": "password", "username": "alice", "password": "alice-pw"}
+
+    async def chunks(total: int) -> AsyncIterator[bytes]:
+        yield b"grant_type=password&password=x&username="
+        for _ in range(total // 4096):
+            yield b"u" * 4096
+
+    async def scenario(client: TestClient) -> None:
+        assert (await client.post("/token", data=form)).status == 200
+        padded = {**form, "scope": "x" * MAX_BODY_BYTES}  # an honest Content-Length, over the limit
+        response = await client.post("/token", data=padded)
+        assert response.status == 413 and response.headers["Connection"] == "close"
+        assert (await response.json())["errors"][0]["code"] == "SIZE_INVALID"
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}  # chunked: no Content-Length
+        response = await client.post("/token", data=chunks(MAX_BODY_BYTES * 4), headers=headers)
+        assert response.status == 413
+        response = await client.get("/token", params={"scope": "x" * 9000})  # request line
+        assert response.status in (400, 414)
+        response = await client.get("/token", headers=basic("u" * 9000, "pw"))  # one header
+        assert response.status in (400, 431)
+        assert client.server.app[AUTHENTICATOR].bcrypt_checks == 1  # none of them reached a check
+
+    run(mounted, scenario)
+
+
+def test_only_urlencoded_readable_forms_are_accepted(mounted: Any) -> None:
+    async def scenario(client: TestClient) -> None:
+        for body, content_type in (
+            (b"--b\r\nContent-Disposition: form-data; name=a\r\n\r\nx\r\n--b--\r\n", "multipart/form-data; boundary=b"),
+            (b'{"grant_type": "password"}', "application/json"),
+            (b"grant_type=password&username=\xff&password=x", "application/x-www-form-urlencoded"),
+            (b"grant_type=password", "application/x-www-form-urlencoded; charset=no-such-charset"),
+        ):
+            response = await client.post("/token", data=body, headers={"Content-Type": content_type})
+            assert response.status == 400 and (await response.json())["error"] == "invalid_request", content_type
+
+    run(mounted, scenario)
+
+
+def test_overlong_names_fail_like_wrong_passwords_and_leave_no_record(mounted: Any) -> None:
+    throttle = FailureThrottle()
+
+    async def scenario(client: TestClient) -> None:
+        wrong = await client.get("/token", headers=basic("alice", "nope"))
+        for _ in range(20):
+            response = await client.get("/token", headers=basic("n" * 4000, "pw"))
+            assert (response.status, await response.text()) == (wrong.status, await wrong.text())
+        form = {"grant_type": "password", "username": "n" * 10_000, "password": "pw"}
+        assert (await client.post("/token", data=form)).status == 400
+        assert throttle.records() == 2  # alice's wrong password: one pair and its address, nothing else
+
+    run(mounted, scenario, throttle=throttle)
+
+
+def test_failed_logins_log_no_unknown_user_name(mounted: Any, caplog: pytest.LogCaptureFixture) -> None:
+    pasted = "Tr0ub4dor&3-pasted-into-the-user-field"
+
+    async def scenario(client: TestClient) -> None:
+        for user in (pasted, "alice", "x" * 5000):
+            assert (await client.get("/token", headers=basic(user, "nope"))).status == 401
+
+    with caplog.at_level(logging.WARNING, logger="registry_operator.token"):
+        run(mounted, scenario)
+    lines = [r.getMessage() for r in caplog.records if r.name == "registry_operator.token.app"]
+    assert len(lines) == 3 and "Tr0ub4dor" not in caplog.text and "xxxx" not in caplog.text
+    assert lines[0].startswith("authentication failed for unknown user #") and lines[0].endswith("from 127.0.0.1")
+    assert "user 'alice'" in lines[1] and "over-long user name (5000 bytes)" in lines[2]

@@ -1,12 +1,15 @@
 """Logins: bcrypt in a thread, cached successes, invalidation on htpasswd change, merging of
-identical concurrent attempts, and the throttle in front of bcrypt."""
+identical concurrent attempts, the throttle in front of bcrypt, the decoy for unknown users,
+input length limits, and how user names appear in logs."""
 
 import asyncio
 from collections.abc import Callable
 
+import bcrypt
 import pytest
 
-from registry_operator.token.authn import Authenticator
+from registry_operator.token import authn
+from registry_operator.token.authn import Authenticator, bcrypt_cost, make_decoy
 from registry_operator.token.htpasswd import Htpasswd, parse_htpasswd
 from registry_operator.token.throttle import FailureThrottle, TooManyAttempts
 
@@ -124,7 +127,66 @@ def test_throttled_user_with_cached_credentials_still_logs_in(make_htpasswd: Cal
     throttle = FailureThrottle(free_failures=0, base_delay=10, max_wait=1)
     auth = authenticator(make_htpasswd({"alice": "pw"}), throttle=throttle)
     assert login(auth, "alice", "pw")
-    throttle.settle("alice", "10.0.0.9", ok=False)
+    assert not login(auth, "alice", "guess")
     with pytest.raises(TooManyAttempts):
-        login(auth, "alice", "guess")
+        login(auth, "alice", "guess again")
     assert login(auth, "alice", "pw")
+
+
+def test_names_and_passwords_too_long_to_exist_cost_nothing(make_htpasswd: Callable[..., str]) -> None:
+    throttle = FailureThrottle(free_failures=0, base_delay=10, max_wait=1)
+    auth = authenticator(make_htpasswd({"alice": "pw"}), throttle=throttle)
+    for user, password in (("x" * 257, "pw"), ("é" * 129, "pw"), ("alice", "p" * 73), ("", "pw")):
+        for _ in range(3):  # repeats are neither throttled nor recorded
+            assert not login(auth, user, password)
+    assert auth.bcrypt_checks == 0 and throttle.records() == 0
+    assert login(auth, "a" * 256, "pw") is False and auth.bcrypt_checks == 1  # the longest allowed is checked
+
+
+def hashed(password: str, cost: int) -> str:
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(cost)).decode()
+
+
+def test_decoy_is_a_hash_at_the_highest_cost_in_use_and_follows_reloads() -> None:
+    source = Table(f"cheap:{hashed('pw', 4)}\ncostly:{hashed('pw', 6)}\n")
+    auth = Authenticator(source, FailureThrottle())
+    decoy, cost = auth._decoy_for(source.table) or (b"", 0)  # noqa: SLF001
+    assert cost == 6 and bcrypt_cost(decoy) == 6 and not bcrypt.checkpw(b"pw", decoy)
+    assert auth._decoy_for(source.table) == (decoy, 6)  # noqa: SLF001 - built once per table
+    source.table = parse_htpasswd(f"cheap:{hashed('pw', 5)}\n")
+    assert auth._decoy_for(source.table)[1] == 5  # type: ignore[index]  # noqa: SLF001
+    assert [bcrypt_cost(make_decoy(c)) for c in (4, 10, 12)] == [4, 10, 12]
+    assert bcrypt_cost(b"$2y$10$" + b"x" * 53) == 10 and bcrypt_cost(b"plain") is bcrypt_cost(b"$2b$99$x") is None
+
+
+def test_every_failure_pays_one_run_at_the_highest_cost(monkeypatch: pytest.MonkeyPatch) -> None:
+    auth = authenticator(f"cheap:{hashed('pw', 4)}\ncostly:{hashed('pw', 6)}\n")
+    runs: list[int | None] = []
+    real_check = authn._check
+
+    def counting_check(password: bytes, digest: bytes) -> bool:
+        runs.append(bcrypt_cost(digest))
+        return real_check(password, digest)
+
+    monkeypatch.setattr(authn, "_check", counting_check)
+    outcomes = {}
+    for user, password in (("mallory", "pw"), ("costly", "nope"), ("cheap", "nope"), ("cheap", "pw")):
+        runs.clear()
+        outcomes[user, password] = (login(auth, user, password), list(runs))
+    assert outcomes == {
+        ("mallory", "pw"): (False, [6]),  # the decoy: as costly as a wrong password for "costly"
+        ("costly", "nope"): (False, [6]),
+        ("cheap", "nope"): (False, [4, 6]),  # the cheap hash, then the decoy
+        ("cheap", "pw"): (True, [4]),  # success does not wait
+    }
+
+
+def test_log_descriptions_never_show_an_unknown_name(make_htpasswd: Callable[..., str]) -> None:
+    auth = authenticator(make_htpasswd({"alice": "pw", "ci@corp": "pw"}))
+    pasted = "correct horse battery staple"
+    shown = auth.describe(pasted)
+    assert shown.startswith("unknown user #") and len(shown) == len("unknown user #") + 12
+    assert "horse" not in shown and auth.describe(pasted) == shown != auth.describe(pasted + "!")
+    assert Authenticator(Table(""), FailureThrottle()).describe(pasted) != shown  # keyed per process
+    assert auth.describe("alice") == "user 'alice'" and auth.describe("ci@corp") == "user 'ci@corp'"
+    assert auth.describe("x" * 1_000_000) == "an over-long user name (1000000 bytes)"

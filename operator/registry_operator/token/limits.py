@@ -1,0 +1,27 @@
+"""Size limits on everything a client sends, so memory stays bounded whatever the input.
+
+The service is reachable without credentials and holds per-client state, so each input is bounded
+before any work is done on it. The legitimate values are tiny: user names are at most 64
+characters (the CRD), passwords at most 72 bytes (what bcrypt reads; the operator refuses longer
+ones), and a token request is a service name plus a few scopes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_USER_BYTES = 256  # longer names cannot exist; refused before any lookup, hashing or throttle record
+MAX_PASSWORD_BYTES = 72  # bcrypt ignores the rest; longer passwords cannot exist either
+MAX_BODY_BYTES = 16 * 1024  # a POST /token form; larger bodies get 413 before they are read
+MAX_LINE_BYTES = 8190  # request line, so the query string too (aiohttp's default, stated here)
+MAX_FIELD_BYTES = 8190  # one header, so the Basic credentials too
+MAX_HEADERS = 64
+
+# aiohttp request handler options. No lingering: a request whose body was refused is answered and
+# the connection closed, instead of reading and discarding up to 10 s of upload.
+SERVER_LIMITS: dict[str, Any] = {
+    "max_line_size": MAX_LINE_BYTES,
+    "max_field_size": MAX_FIELD_BYTES,
+    "max_headers": MAX_HEADERS,
+    "lingering_time": 0.0,
+}
