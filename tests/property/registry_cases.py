@@ -1,0 +1,565 @@
+"""Hypothesis strategies for Registry inputs: the spec a user sends plus the objects around it.
+
+Shapes follow crds/registries.yaml, and every field mixes three kinds of values on purpose: ordinary ones, the
+ones users really send that the operator has been seen to mishandle (user `ci@corp`, a 58-character token-mode
+name, `cpu: 1`, `1024Mi`), and values the schema must refuse. A `Case` also carries what the spec refers to
+(password and TLS Secrets, present, broken or missing) and unrelated objects that already use a child's name.
+
+Values that only an environment can satisfy are kept satisfiable, because no operator can judge them and the
+property would then measure the environment: node selectors and required affinities match the kwok nodes,
+resource requests fit them, and a claim uses the default StorageClass (kwok binds only its claims).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hypothesis import strategies as st
+
+from registry_operator import pki
+
+Draw = Callable[[st.SearchStrategy[Any]], Any]
+Json = Any
+
+
+@dataclass(frozen=True)
+class SecretSeed:
+    """A Secret to create before the Registry (values are raw bytes, encoded when created)."""
+
+    name: str
+    data: Mapping[str, bytes]
+    type: str = "Opaque"
+
+    def manifest(self, namespace: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": self.type,
+            "metadata": {"name": self.name, "namespace": namespace},
+            "data": {k: base64.b64encode(v).decode() for k, v in self.data.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Squatter:
+    """An object the user made that happens to carry the name of one of the Registry's children."""
+
+    kind: str  # Service | Secret | ConfigMap
+    name: str
+
+    def manifest(self, namespace: str) -> dict[str, Any]:
+        meta = {"name": self.name, "namespace": namespace, "labels": {"owner": "someone-else"}}
+        if self.kind == "Service":
+            return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+                    "spec": {"ports": [{"port": 80, "name": "web"}], "selector": {"app": "web"}}}
+        if self.kind == "Secret":
+            return {"apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": {"k": "dg=="}}
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"k": "v"}}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One generated input: a Registry named `name` with `spec`, plus the objects to create first."""
+
+    name: str
+    spec: Json
+    secrets: tuple[SecretSeed, ...] = ()
+    squatters: tuple[Squatter, ...] = ()
+
+    def manifest(self, namespace: str) -> dict[str, Any]:
+        return {"apiVersion": "registry.operator.dev/v1alpha1", "kind": "Registry",
+                "metadata": {"name": self.name, "namespace": namespace}, "spec": self.spec}
+
+    def localized(self, prefix: str) -> Case:
+        """The same case with its Secrets renamed `<prefix><name>`, so cases can share a namespace."""
+        renames = {s.name: prefix + s.name for s in self.secrets}
+
+        def ref(name: Any) -> Any:
+            return renames.get(name, name) if isinstance(name, str) else name
+
+        spec = _deep_copy(self.spec)
+        if isinstance(spec, dict):
+            for user in _list(_dict(spec.get("auth")).get("users")):
+                if isinstance(user, dict) and isinstance(user.get("passwordSecretRef"), dict):
+                    user["passwordSecretRef"]["name"] = ref(user["passwordSecretRef"].get("name"))
+            tls = _dict(spec.get("tls"))
+            if "secretName" in tls:
+                tls["secretName"] = ref(tls["secretName"])
+        secrets = tuple(replace(s, name=renames[s.name]) for s in self.secrets)
+        return replace(self, spec=spec, secrets=secrets)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _deep_copy(value: Json) -> Json:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(v) for v in value]
+    return value
+
+
+def sometimes(draw: Draw, one_in: int) -> bool:
+    """True about once in `one_in` draws; False is the simpler choice that failures shrink to."""
+    return draw(st.integers(0, one_in - 1)) == one_in - 1
+
+
+def pick(good: Sequence[Any], bad: Sequence[Any], dirty: bool, odds: int = 4) -> st.SearchStrategy[Any]:
+    """One of `good`; in a dirty case, about once in `odds + 1` draws one of `bad` instead. Good values come
+    first: they are what failures shrink to."""
+    if not dirty or not bad:
+        return st.sampled_from(good)
+    return st.integers(0, odds).flatmap(lambda i: st.sampled_from(bad if i == odds else good))
+
+
+def one_of_weighted(*options: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
+    """Like st.one_of, with weights (a weight of 0 leaves an option out); failures shrink towards the first."""
+    options = tuple(o for o in options if o[0] > 0)
+    total = sum(w for w, _ in options)
+
+    def chosen(roll: int) -> st.SearchStrategy[Any]:
+        for weight, option in options:
+            if roll < weight:
+                return option
+            roll -= weight
+        raise AssertionError("unreachable")
+
+    return st.integers(0, total - 1).flatmap(chosen)
+
+
+def weighted(draw: Draw, options: Sequence[tuple[int, Any]]) -> Any:
+    """Draw a value from `options` ((weight, value); weight 0 leaves it out); the first is what failures shrink
+    to."""
+    return draw(one_of_weighted(*((w, st.just(v)) for w, v in options)))
+
+
+# ------------------------------------------------------------------------------------------------ names
+
+_LABEL_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
+# Child-name suffixes (registry_operator.names.ChildNames): a Registry named like a sibling's child.
+CHILD_SUFFIXES = ("-token", "-tls", "-ca", "-ca-key", "-data", "-config", "-passwords", "-htpasswd",
+                  "-http-secret", "-token-tls", "-token-signing")
+# A small pool of bases makes siblings (`web` next to `web-tls`) likely within one namespace.
+BASES = ("web", "team", "ci", "mirror", "a", "reg", "builds")
+# A namespace whose Secrets no Registry may read: a reference such as `../../prop-victim/secrets/db` must not
+# reach them (the harness creates it with a password Secret `db` and a TLS Secret `web-tls`).
+VICTIM_NAMESPACE = "prop-victim"
+
+
+@st.composite
+def dns_label(draw: Draw, min_size: int = 1, max_size: int = 63) -> str:
+    """A DNS-1035 label of a drawn length: a lowercase letter, then lowercase alphanumerics and inner dashes."""
+    size = draw(st.integers(min_size, max_size))
+    chars = draw(st.lists(st.sampled_from(_LABEL_CHARS + "-"), min_size=size, max_size=size))
+    text = "".join(chars)
+    if not text[0].isalpha():
+        text = "r" + text[1:]
+    if text[-1] == "-":
+        text = text[:-1] + "0"
+    return text
+
+
+@st.composite
+def sized_name(draw: Draw, lo: int, hi: int, suffix: str = "") -> str:
+    """A name of a drawn total length in [lo, hi] ending in `suffix` (one label: DNS-1123 allows 253)."""
+    body = max(1, draw(st.integers(lo, hi)) - len(suffix))
+    return draw(dns_label(body, body)) + suffix
+
+
+def registry_name(dirty: bool) -> st.SearchStrategy[str]:
+    """metadata.name: short names, siblings (`web-tls` next to `web`), long ones up to 57 (the longest a token
+    Registry may have); in dirty cases also 58-64 characters, `-token` endings, up to 253, dots, invalid."""
+    sibling_suffixes = ("",) + tuple(s for s in CHILD_SUFFIXES if dirty or s != "-token")
+    sibling = st.builds(lambda b, s: b + s, st.sampled_from(BASES), st.sampled_from(sibling_suffixes))
+    return one_of_weighted(
+        (6, sibling),
+        (6, dns_label(1, 40)),
+        (2, sized_name(41, 57)),
+        (3 * dirty, sized_name(58, 66)),
+        (2 * dirty, sized_name(52, 64, "-token")),
+        (2 * dirty, sized_name(64, 253)),
+        (2 * dirty, st.builds(lambda a, b: f"{a}.{b}", dns_label(1, 20), dns_label(1, 20))),
+        (2 * dirty, st.sampled_from(["x" * 254, "Web", "web_1", "-web", "9lives", "web-", "web.", "we b", "wéb",
+                                     ".web", "web..x"])),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ users
+
+# Users really send these; the schema allows the first group (what they become as Secret keys and htpasswd
+# lines is the operator's problem) and must refuse the second.
+TRICKY_USERS = ("ci@corp", "first.last@example.com", ".", "..", "a..b", "-", "_", "@", "Alice", "x" * 64)
+BAD_USERS = ("a b", " alice", "a:b", "jürgen", "用户", "x" * 65, "", "a/b", "tab\tname", "a=b")
+
+
+def user_name(dirty: bool) -> st.SearchStrategy[str]:
+    """Mostly plain names, a quarter the tricky ones users send (e-mails, dots); dirty: some the schema must
+    refuse (spaces, colons, non-ASCII, 65 characters, arbitrary text)."""
+    return one_of_weighted(
+        (14, st.sampled_from(("alice", "bob", "ci", "deploy-bot", "robot_1", "r"))),
+        (6, st.sampled_from(TRICKY_USERS)),
+        (2, st.from_regex(r"[A-Za-z0-9._@-]{1,64}", fullmatch=True)),
+        (2 * dirty, st.one_of(st.sampled_from(BAD_USERS), st.text(
+            alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=70))),
+    )
+
+
+def password_data(draw: Draw, key: str) -> dict[str, bytes] | None:
+    """Content of a referenced password Secret: usable, or broken in a way users manage to break it (None:
+    the Secret does not exist). These are runtime problems the schema cannot see: clean cases have them."""
+    return weighted(draw, [
+        (8, {key: b"correct-horse-battery"}),
+        (1, None),
+        (1, {"other": b"pw"}),  # the key is missing
+        (1, {key: b"p" * 73}),  # over bcrypt's 72 bytes
+        (1, {key: b"line\nbreak"}),
+        (1, {key: b""}),
+        (1, {key: b"\xff\xfe not utf-8"}),
+    ])
+
+
+@st.composite
+def users(draw: Draw, dirty: bool) -> tuple[list[Json], list[SecretSeed]]:
+    """auth.users and the password Secrets they refer to; in dirty cases now and then a user listed twice,
+    none at all, or a reference no Secret can satisfy (`a/b`, a path into another namespace)."""
+    out: list[Json] = []
+    seeds: list[SecretSeed] = []
+    count = 0 if dirty and sometimes(draw, 10) else draw(st.integers(1, 4))
+    names = draw(st.lists(user_name(dirty), min_size=count, max_size=count, unique=True))
+    if names and dirty and sometimes(draw, 6):
+        names.append(names[0])
+    for i, name in enumerate(names):
+        user: dict[str, Json] = {"name": name}
+        if sometimes(draw, 3):
+            secret = f"pw{i}"
+            ref: dict[str, Json] = {"name": secret}
+            key = "password"
+            if draw(st.booleans()):
+                key = draw(pick(["pass", "token", ".dot"], ["Bad Key", "a" * 254], dirty))
+                ref["key"] = key
+            ref["name"] = draw(pick([secret], ["Bad_Name", "a/b", "x" * 254, "", "pw.x",
+                                               f"../../{VICTIM_NAMESPACE}/secrets/db"], dirty, odds=3))
+            user["passwordSecretRef"] = ref
+            # A key that no Secret can have ("Bad Key") is looked up in a Secret that has only "password".
+            data = password_data(draw, key if re.fullmatch(r"[-._a-zA-Z0-9]{1,253}", key) else "password")
+            if data is not None and ref["name"] == secret:
+                seeds.append(SecretSeed(secret, data))
+        out.append(user)
+    return out, seeds
+
+
+# ------------------------------------------------------------------------------------------------ values
+
+# Canonical: stored exactly as written. Non-canonical: the API server stores another spelling (1024Mi -> 1Gi,
+# 0.5 -> 500m, the number 1 -> "1"). CPU stays small so any combination fits the nodes.
+CPU = {"canonical": ("100m", "250m", "500m", "1"), "non-canonical": ("0.5", "1000m", 1, 0.5, "0.25", "100000u")}
+MEMORY = {"canonical": ("64Mi", "128Mi", "1Gi"), "non-canonical": ("1024Mi", "1e3", "2048Ki", "134217728", "1.5Gi")}
+INVALID_QUANTITIES: tuple[Json, ...] = ("garbage", "-1", "1.5.5", "10 Mi", "1Mib", "", "0x10", True, "1e3e3",
+                                        {"a": 1}, ["1"])
+
+
+@st.composite
+def resources(draw: Draw, dirty: bool) -> Json:
+    """Container resources: all canonical or all non-canonical; dirty: invalid quantities, a limit below its
+    request, a resource that does not exist, a typo, not a map."""
+    profile = weighted(draw, [(3, "canonical"), (3, "non-canonical"), (3 * dirty, "invalid"),
+                              (dirty, "limit below request"), (dirty, "unknown resource"), (dirty, "typo"),
+                              (dirty, "not a map")])
+    if profile in ("canonical", "non-canonical", "invalid"):
+        def value(kind: dict[str, tuple[Json, ...]]) -> st.SearchStrategy[Json]:
+            return st.sampled_from(kind[profile] if profile != "invalid" else INVALID_QUANTITIES)
+
+        side = draw(st.fixed_dictionaries({"cpu": value(CPU)}, optional={"memory": value(MEMORY)}))
+        which = draw(st.sampled_from(["requests", "limits", "both"]))
+        return {"requests": side, "limits": dict(side)} if which == "both" else {which: side}
+    return {
+        "limit below request": {"requests": {"cpu": "500m"}, "limits": {"cpu": "100m"}},
+        "unknown resource": {"requests": {"gpu": "1"}},
+        "typo": {"request": {"cpu": "100m"}},  # an unknown field of the container's resources
+        "not a map": {"requests": "1"},
+    }[profile]
+
+
+ANNOTATION_KEYS = (("team", "example.com/owner", "prometheus.io/scrape", "kubernetes.io/" + "y" * 63),
+                   ("bad key", "a/b/c", "x" * 64, "ünï"))
+LABEL_KEYS = (("team", "app.kubernetes.io/instance", "app.kubernetes.io/name"), ("bad key", "x" * 64))
+
+
+@st.composite
+def string_map(draw: Draw, keys: tuple[Sequence[str], Sequence[str]], dirty: bool, huge: bool = False
+               ) -> dict[str, str]:
+    """Annotations or labels; dirty and `huge`: sometimes far past the 256 KiB an object's annotations hold."""
+    values = pick(["v", "", "true", "x" * 63], ["a b", "ü", "x" * 64], dirty)
+    out = {k: draw(values) for k in draw(st.lists(pick(*keys, dirty), max_size=3, unique=True))}
+    if huge and dirty:
+        size = weighted(draw, [(10, 0), (1, 100 * 1024), (1, 300 * 1024)])
+        if size:
+            out["example.com/blob"] = "z" * size
+    return out
+
+
+TTLS = ("5m", "60s", "24h", "1h30m", "90s", "1m0s", "23h59m60s", "2h")
+BAD_TTLS = ("59s", "24h1s", "0s", "1d", "5 m", "", "300", "1.5h", "100ms", "5M")
+
+
+@st.composite
+def auth(draw: Draw, dirty: bool) -> tuple[Json, list[SecretSeed]]:
+    """auth, with rules that name unknown users and groups (a runtime problem), and the password Secrets."""
+    mode = weighted(draw, [(6, "htpasswd"), (4, "token"), (1, "none"), (1, None), (dirty, "basic")])
+    user_list, seeds = draw(users(dirty))
+    out: dict[str, Json] = {}
+    if mode is not None:
+        out["mode"] = mode
+    if user_list or sometimes(draw, 5):
+        out["users"] = user_list
+    names = [u["name"] for u in user_list] or ["alice"]
+    if mode == "token" or (dirty and sometimes(draw, 5)):
+        known_or_not = st.one_of(st.sampled_from(names), user_name(dirty))
+        group_list = draw(st.lists(pick(["devs", "ops", "g"], ["bad group", ""], dirty), max_size=2, unique=True))
+        groups = [{"name": g, "users": draw(st.lists(known_or_not, max_size=3, unique=True))} for g in group_list]
+        if groups:
+            out["groups"] = groups
+        group_names = [g["name"] for g in groups] or ["devs"]
+        rules = []
+        for _ in range(draw(st.integers(0, 3))):
+            rule: dict[str, Json] = {"actions": draw(st.lists(
+                pick(["pull", "push", "delete", "*"], ["write"], dirty), min_size=1, max_size=3, unique=True))}
+            who = draw(st.integers(0, 3))
+            if who == 0:
+                rule["users"] = draw(st.lists(known_or_not, min_size=1, max_size=2))
+            elif who == 1:
+                rule["groups"] = draw(st.lists(st.sampled_from(group_names + ["nobody"]), min_size=1, max_size=2))
+            elif who == 2:
+                rule["anonymous"] = True
+            if not (dirty and sometimes(draw, 5)):
+                rule["repositories"] = draw(st.lists(
+                    pick(["*", "team-a/*", "library/app"], ["Upper/Case", "a b"], dirty), min_size=1, max_size=2))
+            if sometimes(draw, 4):
+                rule["catalog"] = True
+            rules.append(rule)
+        if rules:
+            out["access"] = rules
+        if draw(st.booleans()):
+            out["tokenTTL"] = draw(pick(TTLS, BAD_TTLS, dirty, odds=2))
+        if sometimes(draw, 4):
+            out["tokenAlgorithm"] = draw(pick(["ES256", "RS256"], ["HS256"], dirty))
+        if sometimes(draw, 6):
+            out["tokenRealm"] = draw(pick(
+                ["https://auth.example.com/token", "http://10.0.0.9:5001/token"], ["ftp://x", "auth.example.com"],
+                dirty))
+    return out, seeds
+
+
+@functools.cache
+def tls_material() -> dict[str, dict[str, bytes]]:
+    """User TLS Secret contents, made once: a valid pair with its CA, a mismatched pair, and unusable ones."""
+    ca = pki.issue_ca("property-test user CA")
+    server = pki.issue_server(ca, ["registry.example.internal"])
+    other = pki.issue_server(ca, ["other.example.internal"])
+    return {
+        "valid": {"tls.crt": server.cert_pem, "tls.key": server.key_pem, "ca.crt": ca.cert_pem},
+        "mismatched": {"tls.crt": server.cert_pem, "tls.key": other.key_pem},
+        "garbage": {"tls.crt": b"-----BEGIN CERTIFICATE-----\nnope\n", "tls.key": b"nope"},
+        "no-key": {"tls.crt": server.cert_pem},
+    }
+
+
+@st.composite
+def tls(draw: Draw, dirty: bool) -> tuple[Json, list[SecretSeed]]:
+    """tls, and the user TLS Secret it names: valid, mismatched, garbage, without key, or missing."""
+    out: dict[str, Json] = {}
+    seeds: list[SecretSeed] = []
+    mode = weighted(draw, [(5, None), (3, "SelfSigned"), (3, "Secret"), (2, "Disabled"), (dirty, "Auto")])
+    if mode is not None:
+        out["mode"] = mode
+    if mode == "Secret" or (dirty and sometimes(draw, 8)):
+        out["secretName"] = draw(pick(["tls"], [f"../../{VICTIM_NAMESPACE}/secrets/web-tls", "a/b"], dirty, odds=2))
+        content = weighted(draw, [(5, "valid"), (1, "mismatched"), (1, "garbage"), (1, "no-key"), (1, "missing")])
+        if content != "missing" and out["secretName"] == "tls":
+            kind = "kubernetes.io/tls" if content != "no-key" else "Opaque"
+            seeds.append(SecretSeed("tls", tls_material()[content], kind))
+    if sometimes(draw, 4):
+        out["dnsNames"] = draw(st.lists(pick(["registry.example.internal", "*.example.internal", "localhost"],
+                                             ["Upper.example", "a_b.example", "x" * 254], dirty),
+                                        max_size=3, unique=True))
+    if sometimes(draw, 6):
+        out["ipAddresses"] = draw(st.lists(pick(["10.1.2.3", "::1", "127.0.0.1"],
+                                                ["999.1.1.1", "not-an-ip", "fe80::1%eth0"], dirty),
+                                           max_size=2, unique=True))
+    return out, seeds
+
+
+@st.composite
+def storage(draw: Draw, dirty: bool) -> tuple[Json | None, bool]:
+    """(storage, whether it is a ReadWriteMany claim)."""
+    size = pick(["10Gi", "1Gi", "500Mi", "1024Mi", "1.5Gi"], ["0", "1e3", "10GB", "", "-1Gi"], dirty)
+    choice = weighted(draw, [(4, "none"), (2, "emptyDir"), (3, "claim"), (dirty, "both")])
+    if choice == "none":
+        return None, False
+    out: dict[str, Json] = {}
+    rwx = False
+    if choice in ("emptyDir", "both"):
+        out["emptyDir"] = draw(st.fixed_dictionaries({}, optional={"sizeLimit": size}))
+    if choice in ("claim", "both"):
+        modes = draw(st.lists(pick(["ReadWriteOnce", "ReadWriteMany"], ["ReadOnly", "ReadWriteOncePod"], dirty),
+                              max_size=2, unique=True))
+        claim = draw(st.fixed_dictionaries({}, optional={
+            "size": size, "reclaimPolicy": pick(["Retain", "Delete"], ["Keep"], dirty)}))
+        if modes:
+            claim["accessModes"] = modes
+        rwx = "ReadWriteMany" in modes
+        out["persistentVolumeClaim"] = claim
+    if draw(st.booleans()):
+        out["deleteEnabled"] = draw(st.booleans())
+    return out, rwx
+
+
+@st.composite
+def service(draw: Draw, dirty: bool) -> Json:
+    """service: every type, ports, node ports (any two may collide: a refused write), annotations."""
+    out: dict[str, Json] = {}
+    kind = weighted(draw, [(4, None), (2, "ClusterIP"), (2, "NodePort"), (1, "LoadBalancer"), (dirty, "External")])
+    if kind is not None:
+        out["type"] = kind
+    if sometimes(draw, 4):
+        out["port"] = draw(pick([5000, 443, 1, 65535], [0, 65536], dirty))
+    if (sometimes(draw, 3) and kind not in ("ClusterIP", None)) or (dirty and sometimes(draw, 8)):
+        out["nodePort"] = draw(st.integers(0, 4).flatmap(
+            lambda i: st.integers(30000, 32767) if i < 4 or not dirty else st.sampled_from([29999, 32768, 5000])))
+    if sometimes(draw, 6):
+        out["annotations"] = draw(string_map(ANNOTATION_KEYS, dirty))
+    return out
+
+
+@st.composite
+def pod_placement(draw: Draw, dirty: bool) -> dict[str, Json]:
+    """nodeSelector, tolerations and affinity that the kwok nodes satisfy; dirty: malformed ones."""
+    out: dict[str, Json] = {}
+    if sometimes(draw, 6):
+        out["nodeSelector"] = draw(pick([{"type": "kwok"}, {"kubernetes.io/os": "linux"}, {}], [{"bad key": "x"}],
+                                        dirty))
+    if sometimes(draw, 6):
+        out["tolerations"] = draw(pick(
+            [[{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]],
+            [[{"operator": "Sometimes"}], [{"key": "k", "operator": "Exists", "value": "v"}]], dirty, odds=2))
+    if sometimes(draw, 8):
+        out["affinity"] = draw(pick(
+            [{"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 10, "preference": {"matchExpressions": [
+                    {"key": "type", "operator": "In", "values": ["kwok"]}]}}]}}],
+            [{"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}},
+             {"podAntiAffinity": "yes"}], dirty, odds=2))
+    return out
+
+
+@st.composite
+def cases(draw: Draw) -> Case:
+    """One Registry input: spec, the Secrets it refers to, and name squatters.
+
+    About half the cases are clean: every value is one the schema should accept, including the tricky ones
+    users really send (ci@corp, `.`, 57-character names, siblings, non-canonical quantities) and runtime
+    problems (missing or broken Secrets, rules naming unknown users, squatters). The other half are dirty:
+    each field is sometimes one the schema must refuse, or one that fails late if it does not."""
+    dirty = draw(st.integers(0, 19)) >= 8
+    name = draw(registry_name(dirty))
+    auth_spec, auth_seeds = draw(auth(dirty))
+    tls_spec, tls_seeds = draw(tls(dirty))
+    storage_spec, rwx = draw(storage(dirty))
+    spec: dict[str, Json] = {}
+    if not (dirty and sometimes(draw, 20)):
+        spec["auth"] = auth_spec
+    if tls_spec or draw(st.booleans()):
+        spec["tls"] = tls_spec
+    if storage_spec is not None:
+        spec["storage"] = storage_spec
+    if sometimes(draw, 3):
+        spec["service"] = draw(service(dirty))
+    if sometimes(draw, 4):
+        spec["version"] = draw(pick(["3", "2.8"], ["2", "latest", 3], dirty))
+    if sometimes(draw, 8):
+        spec["image"] = draw(pick(
+            ["mirror.example.com/library/registry:3.1.2", "registry@sha256:" + "a" * 64, "UPPER/Case:tag"],
+            ["", " registry:3", "registry:3 ", "x" * 513], dirty, odds=2))
+    if sometimes(draw, 4):
+        # Several pods only with a ReadWriteMany claim: kept small so they fit the nodes.
+        spec["replicas"] = draw(pick([1, 2, 3], [0, 21, -1], dirty) if rwx else
+                                pick([1], [2, 0, 21, -1], dirty, odds=2))
+    if sometimes(draw, 6):
+        spec["readOnly"] = draw(pick([True, False], ["yes"], dirty))
+    if sometimes(draw, 6):
+        spec["logLevel"] = draw(pick(["error", "warn", "info", "debug"], ["trace"], dirty))
+    if sometimes(draw, 3):
+        spec["resources"] = draw(resources(dirty))
+    if sometimes(draw, 5):
+        spec["podAnnotations"] = draw(string_map(ANNOTATION_KEYS, dirty, huge=True))
+    if sometimes(draw, 7):
+        spec["podLabels"] = draw(string_map(LABEL_KEYS, dirty))
+    spec.update(draw(pod_placement(dirty)))
+    if dirty and sometimes(draw, 12):
+        spec["replica"] = 2  # a typo: an unknown field
+    squatters: tuple[Squatter, ...] = ()
+    if sometimes(draw, 12):
+        kind, suffix = draw(st.sampled_from([("Service", ""), ("Secret", "-tls"), ("ConfigMap", "-config"),
+                                             ("Secret", "-passwords")]))
+        squatters = (Squatter(kind, name + suffix),)
+    return Case(name, spec, tuple(auth_seeds + tls_seeds), squatters)
+
+
+# ------------------------------------------------------------------------------------------------ hazards
+
+_INDEX = re.compile(r"\[\d+\]")
+
+
+def hazards(case: Case) -> list[str]:
+    """The known-troublesome traits of a case, for the report (which inputs ended how)."""
+    out = []
+    n = len(case.name)
+    if n > 63:
+        out.append("name > 63 chars")
+    elif n >= 58 and _dict(_dict(case.spec).get("auth")).get("mode") == "token":
+        out.append("token-mode name 58-63 chars")
+    if case.name.endswith(CHILD_SUFFIXES):
+        out.append("name ends like a child (-token, -tls, ...)")
+    if "." in case.name:
+        out.append("dotted name")
+    spec = _dict(case.spec)
+    auth_spec = _dict(spec.get("auth"))
+    names = [u.get("name") for u in _list(auth_spec.get("users")) if isinstance(u, dict)]
+    generated = [u.get("name") for u in _list(auth_spec.get("users"))
+                 if isinstance(u, dict) and "passwordSecretRef" not in u]
+    if any(isinstance(u, str) and not re.fullmatch(r"[-._a-zA-Z0-9]+", u) or u in (".", "..") for u in generated):
+        out.append("generated-password user that is not a Secret key (@ . ..)")
+    if len(names) != len(set(map(str, names))):
+        out.append("duplicate users")
+    resources_spec = spec.get("resources")
+    flat = [v for side in _dict(resources_spec).values() if isinstance(side, dict) for v in side.values()]
+    if any(v is True or (not isinstance(v, int | float) and v in INVALID_QUANTITIES) for v in flat):
+        out.append("invalid quantity")
+    elif any(v in CPU["non-canonical"] + MEMORY["non-canonical"] for v in flat):
+        out.append("non-canonical quantity")
+    blob = _dict(spec.get("podAnnotations")).get("example.com/blob", "")
+    if len(blob) > 200 * 1024:
+        out.append("podAnnotations > 256 KiB")
+    if case.squatters:
+        out.append("unrelated object has a child's name")
+    refs = [_dict(u.get("passwordSecretRef")).get("name") for u in _list(auth_spec.get("users")) if isinstance(u, dict)]
+    refs.append(_dict(spec.get("tls")).get("secretName"))
+    if any(isinstance(r, str) and "/" in r for r in refs):
+        out.append("Secret reference with '/' (a path)")
+    return out
+
+
+def field_of(path: str) -> str:
+    """A field path with list indices folded (`spec.auth.users[2].name` -> `spec.auth.users[*].name`)."""
+    return _INDEX.sub("[*]", path)
