@@ -29,6 +29,8 @@ class Config:
     max_concurrent: int = 16
     # Every Registry is reconciled this often even without events (certificate renewal).
     resync_seconds: float = 3600.0
+    # Referenced Secrets without the watch label are read this often (how soon their changes are seen).
+    reference_poll_seconds: float = 10.0
     # Retries of a failed reconcile: capped exponential backoff with jitter.
     retry_base_seconds: float = 0.5
     retry_max_seconds: float = 60.0
@@ -44,6 +46,8 @@ class Config:
             raise ConfigError("REGISTRY_OPERATOR_MAX_CONCURRENT must be at least 1")
         if self.resync_seconds <= 0:
             raise ConfigError("REGISTRY_OPERATOR_RESYNC_SECONDS must be positive")
+        if self.reference_poll_seconds <= 0:
+            raise ConfigError("REGISTRY_OPERATOR_REFERENCE_POLL_SECONDS must be positive")
         if not 0 < self.retry_base_seconds <= self.retry_max_seconds:
             raise ConfigError("REGISTRY_OPERATOR_RETRY_BASE_SECONDS must be positive and at most the maximum")
         if self.lease_seconds < 3:
@@ -60,6 +64,7 @@ _ENV: Mapping[str, tuple[str, type]] = {
     "REGISTRY_OPERATOR_CLUSTER_DOMAIN": ("cluster_domain", str),
     "REGISTRY_OPERATOR_MAX_CONCURRENT": ("max_concurrent", int),
     "REGISTRY_OPERATOR_RESYNC_SECONDS": ("resync_seconds", float),
+    "REGISTRY_OPERATOR_REFERENCE_POLL_SECONDS": ("reference_poll_seconds", float),
     "REGISTRY_OPERATOR_RETRY_BASE_SECONDS": ("retry_base_seconds", float),
     "REGISTRY_OPERATOR_RETRY_MAX_SECONDS": ("retry_max_seconds", float),
     "REGISTRY_OPERATOR_LEADER_ELECTION": ("leader_election", bool),

@@ -8,7 +8,8 @@
 - A child (labelled as ours) changed or vanished: reconcile the Registry named in its instance label, which
   restores a deleted or hand-edited child and refreshes status from Deployment progress.
 - A Secret that some Registry refers to (a password, a user TLS certificate) appeared or changed: reconcile
-  every Registry that refers to it, found through a kopf index instead of a cluster-wide lookup.
+  every Registry that refers to it. Only Secrets with the watch label are watched (ours, and referenced
+  ones users labelled); the others are polled by name (`references`).
 - Periodically: every Registry, so certificates get renewed without any event.
 """
 
@@ -25,12 +26,14 @@ from .coalesce import Coalescer
 from .config import Config
 from .observe import referenced_secrets
 from .reconcile import Context, reconcile
+from .references import References
 from .spec import parse
 
 REGISTRY = (names.GROUP, names.VERSION, names.PLURAL)
 CHILDREN = ["deployments", "services", "configmaps", "persistentvolumeclaims"]
 OURS = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 OURS_SELECTOR = f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY}"
+WATCHED_SECRETS = f"{names.LABEL_WATCH}=true"
 
 
 @kopf.on.startup()
@@ -42,8 +45,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         prefix=names.ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.watching.server_timeout = 300
+    settings.watching.chunk_size = 500  # initial listings in pages, not one response of everything
     for plural in CHILDREN:  # filtered by the API server: we never receive other controllers' objects
         settings.watching.label_selectors[plural] = OURS_SELECTOR
+    settings.watching.label_selectors["secrets"] = WATCHED_SECRETS
 
     ctx = Context(client=AsyncClient(field_manager=names.FIELD_MANAGER), config=config)
     limit = asyncio.Semaphore(config.max_concurrent)
@@ -54,13 +59,18 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     memo.ctx = ctx
     memo.coalescer = Coalescer(run, config.retry_base_seconds, config.retry_max_seconds)
-    memo.resync = asyncio.create_task(
-        resync.forever(ctx.client, list(config.namespaces) or None, config.resync_seconds, memo.coalescer.trigger))
+    memo.references = References(memo.coalescer.trigger)
+    memo.tasks = [
+        asyncio.create_task(resync.forever(
+            ctx.client, list(config.namespaces) or None, config.resync_seconds, memo.coalescer.trigger)),
+        asyncio.create_task(memo.references.forever(ctx.client, config.reference_poll_seconds)),
+    ]
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    memo.resync.cancel()
+    for task in memo.tasks:
+        task.cancel()
     await memo.coalescer.close()
     await memo.ctx.client.close()
 
@@ -69,20 +79,18 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 async def registry_changed(
     namespace: str, name: str, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
+    memo.references.track(namespace, name, () if type == "DELETED" else _references(name, namespace, body))
     generation = body.metadata.get("generation")
     observed = (body.get("status") or {}).get("observedGeneration")
     if type in (None, "ADDED", "DELETED") or generation != observed:  # not our own status write
         memo.coalescer.trigger((namespace, name), urgent=True)
 
 
-@kopf.index(*REGISTRY)
-def secret_refs(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[tuple[str, str], str]:
-    """(namespace, Secret name) -> Registry name, for every Secret a Registry's spec refers to."""
+def _references(name: str, namespace: str, body: kopf.Body) -> set[str]:
     try:
-        refs = referenced_secrets(parse(name, namespace, dict(spec)))
+        return referenced_secrets(parse(name, namespace, dict(body.get("spec") or {})))
     except (ValueError, KeyError, TypeError):
-        return {}
-    return {(namespace, secret): name for secret in refs}
+        return set()
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OURS)
@@ -97,14 +105,15 @@ async def child_changed(
         memo.coalescer.trigger((namespace, registry))
 
 
-@kopf.on.event("", "v1", "secrets")
+@kopf.on.event("", "v1", "secrets")  # only those with the watch label (see startup)
 async def secret_changed(
-    namespace: str, name: str, labels: kopf.Labels, type: str | None, secret_refs: kopf.Index, memo: kopf.Memo,
-    **_: Any,
+    namespace: str, name: str, labels: kopf.Labels, type: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
+    refs: References = memo.references
+    refs.watched(namespace, name, labelled=type != "DELETED" and labels.get(names.LABEL_WATCH) == "true")
     if type is None:  # kopf's initial listing: every Registry is reconciled anyway
         return
-    targets = set(secret_refs.get((namespace, name), ()))
+    targets = refs.registries(namespace, name)
     if labels.get(names.LABEL_MANAGED_BY) == names.MANAGED_BY and labels.get(names.LABEL_INSTANCE):
         targets.add(labels[names.LABEL_INSTANCE])
     for registry in targets:

@@ -29,6 +29,9 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_PART_OF = "app.kubernetes.io/part-of"
+# On Secrets the operator must notice at once: all of ours, and the ones users reference (they add it). The
+# operator watches only Secrets carrying it, never every Secret in the cluster.
+LABEL_WATCH = f"{GROUP}/watch"
 
 MAX_NAME = 63  # the Registry's name is its Service's name and a label value
 TOKEN_SUFFIX = "-token"

@@ -16,7 +16,7 @@ from lightkube import ApiError, AsyncClient
 
 from .kinds import resource
 from .material import Secrets
-from .names import ChildNames
+from .names import LABEL_WATCH, ChildNames
 from .spec import RegistrySpec
 
 Obj = dict[str, Any]
@@ -27,6 +27,7 @@ Key = tuple[str, str]
 class Observed:
     children: Mapping[Key, Obj | None]  # (kind, name) -> live object, for every child this spec may have
     secrets: Secrets  # name -> decoded data of our Secrets and the referenced ones, for material decisions
+    unwatched: tuple[str, ...] = ()  # referenced Secrets without the watch label: noticed by polling only
 
 
 def referenced_secrets(spec: RegistrySpec) -> set[str]:
@@ -73,6 +74,10 @@ async def _get(client: AsyncClient, api_version: str, kind: str, name: str, name
     return obj.to_dict()
 
 
+def _labels(obj: Obj) -> dict[str, str]:
+    return obj["metadata"].get("labels") or {}
+
+
 def decode(secret: Obj) -> dict[str, bytes]:
     return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
 
@@ -85,9 +90,11 @@ async def observe(client: AsyncClient, spec: RegistrySpec, token_was_on: bool) -
     found = await asyncio.gather(
         *(_get(client, av, kind, name, spec.namespace) for av, kind, name in [*wanted, *wanted_refs]))
     children = {(kind, name): obj for (_, kind, name), obj in zip(wanted, found, strict=False)}
-    secrets = {
-        name: decode(obj) if obj else None
-        for (_, kind, name), obj in zip([*wanted, *wanted_refs], found, strict=True)
-        if kind == "Secret"
-    }
-    return Observed(children=children, secrets=secrets)
+    everything = list(zip([*wanted, *wanted_refs], found, strict=True))
+    secrets = {name: decode(obj) if obj else None for (_, kind, name), obj in everything if kind == "Secret"}
+    refs = referenced_secrets(spec)
+    unwatched = tuple(sorted(
+        name for (_, kind, name), obj in everything
+        if kind == "Secret" and name in refs and obj and _labels(obj).get(LABEL_WATCH) != "true"
+    ))
+    return Observed(children=children, secrets=secrets, unwatched=unwatched)

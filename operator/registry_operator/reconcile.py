@@ -73,8 +73,8 @@ class Outcome:
     status_written: bool = False
 
 
-def _published(spec: RegistrySpec, mat: material.Material) -> dict[str, Any]:
-    """What clients need to find and trust the registry, for status."""
+def _published(spec: RegistrySpec, mat: material.Material, unwatched: Sequence[str]) -> dict[str, Any]:
+    """What clients need to find and trust the registry, and referenced Secrets that lack the watch label."""
     names = ChildNames(spec.name)
     keys = {user: password_key(user) for user in mat.passwords if password_key(user) != user}
     return {
@@ -86,6 +86,7 @@ def _published(spec: RegistrySpec, mat: material.Material) -> dict[str, Any]:
             pki.not_after(mat.serving_cert_pem).strftime("%Y-%m-%dT%H:%M:%SZ") if mat.serving_cert_pem else None
         ),
         "tokenRealm": token_render.realm(spec) if spec.auth.mode == "token" else None,
+        "unwatchedSecrets": list(unwatched) or None,
     }
 
 
@@ -168,7 +169,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     workload_names = [names.deployment] + ([names.token] if spec.auth.mode == "token" else [])
     workloads = {n: applied.live.get(("Deployment", n)) for n in workload_names}
     status = conditions.compute(
-        spec, generation, [*mat.problems, *applied.problems], workloads, _published(spec, mat),
+        spec, generation, [*mat.problems, *applied.problems], workloads, _published(spec, mat, observed.unwatched),
         body.get("status"), now, retrying=bool(applied.retry),
     )
     stored = [r for r in mat.rotations if ("Secret", r.secret) in applied.written]

@@ -213,17 +213,18 @@ def test_schema_rejects_names_the_api_server_would_refuse(cluster, namespace, na
     assert result.returncode != 0 and field in result.stderr, result.stderr
 
 
-def test_odd_user_names_and_quantities_settle_with_no_writes(cluster, kube_client, kubeconfig, namespace):
+def test_odd_user_names_and_quantities_settle_with_no_writes(cluster, kube_client, kubeconfig, namespace, wait_for):
     spec = {"auth": {"users": [{"name": "ci@corp"}, {"name": "..x"}, {"name": "alice"}]},
             "resources": {"requests": {"cpu": 1, "memory": "1024Mi"}, "limits": {"memory": "2Gi", "cpu": "1.5"}}}
     cluster.apply(manifest("reg", namespace, spec))
 
-    async def twice(ctx: Context) -> list[Any]:
-        return [await reconcile(ctx, namespace, "reg"), await reconcile(ctx, namespace, "reg")]
-
-    first, second = run(kubeconfig, twice)
+    first = run(kubeconfig, lambda ctx: reconcile(ctx, namespace, "reg"))
     assert ("Secret", "reg-passwords") in first.written
-    assert second.written == [] and not second.status_written
+    wait_for(lambda: (get(kube_client, "Deployment", "reg", namespace).get("status") or {}).get("availableReplicas"),
+             what="Deployment available")
+    run(kubeconfig, lambda ctx: reconcile(ctx, namespace, "reg"))  # status catches up with the rollout
+    settled = run(kubeconfig, lambda ctx: reconcile(ctx, namespace, "reg"))
+    assert settled.written == [] and not settled.status_written
     status = registry(kube_client, "reg", namespace)["status"]
     keys = status["passwordKeys"]
     assert set(keys) == {"ci@corp", "..x"}

@@ -51,10 +51,12 @@ def secret(
     name: str, owner: Mapping[str, Any], component: str, data: Mapping[str, str | bytes], type_: str = "Opaque"
 ) -> Obj:
     # `data`, not `stringData`: the API server turns stringData into data, so it would never compare equal.
+    meta = metadata(name, owner, component)
+    meta["labels"][names.LABEL_WATCH] = "true"
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": metadata(name, owner, component),
+        "metadata": meta,
         "type": type_,
         "data": {key: b64(value) for key, value in data.items()},
     }
