@@ -6,8 +6,8 @@ is installed). Prints the Markdown table. Exits 0 whatever the numbers: it measu
 
 1. memory at 0 Registries; 2. convergence (sequential, operator blocks and floor blocks alternating);
 3. burst floor (operator stopped); 4. data path (operator running); 5. burst; 6. restart = full reconcile,
-   counted; 7. rest window with periodic resyncs; 8. memory at the burst size, grow to the top size, memory,
-   restart, memory.
+   counted; 7. rest window with periodic resyncs; 8. stuck: Registries on bad input, writes per minute once
+   their status is written; 9. memory at the burst size, grow to the top size, memory, restart, memory.
 """
 
 from __future__ import annotations
@@ -41,12 +41,14 @@ class Plan:
     datapath_controls: bool = True  # the operator-direct and bcrypt4 variants
     restart_top: bool = True  # restart at memory_top too: resume cost and a fresh process's RSS
     pause: float = 1.0  # between sequential convergence runs
+    stuck_window: float = 120.0  # the quiet window of the stuck phase, seconds
+    stuck_settle: float = 60.0  # at most this long for the stuck Registries' operator to go quiet first
 
 
 FULL = Plan(runs=20, block=5, burst=200, rest_window=300, resync=100, memory_top=1000, datapath_iterations=10,
             nodes=12)  # fmt: skip
 QUICK = Plan(runs=4, block=4, burst=20, rest_window=30, resync=10, memory_top=50, datapath_iterations=1, nodes=2,
-             datapath_controls=False, restart_top=False, pause=0.5)  # fmt: skip
+             datapath_controls=False, restart_top=False, pause=0.5, stuck_window=15, stuck_settle=10)  # fmt: skip
 
 
 _T0 = time.monotonic()
@@ -142,6 +144,10 @@ async def run(plan: Plan, workdir: Path, skip: set[str]) -> dict[str, Any]:
             res["rest"]["registries"] = plan.burst
             memory.append({"registries": plan.burst, "when": "after rest", **phases.rss_now(b)})
 
+        if "stuck" not in skip:
+            log(f"stuck: {len(phases.STUCK)} Registries on bad input, {plan.stuck_window:.0f} s window")
+            res["stuck"] = await phases.stuck(b, plan.stuck_window, plan.stuck_settle)
+
         if "memory" not in skip and plan.memory_top > plan.burst:
             log(f"memory: growing to {plan.memory_top} Registries")
             # Back to the default resync interval: a resync must not run while we grow and settle.
@@ -170,12 +176,13 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="small counts for CI (< 2 min)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="default: bench/results")
-    parser.add_argument("--skip", action="append", default=[],
-                        choices=["convergence", "burst", "datapath", "rest", "memory"], help="repeatable")  # fmt: skip
+    phases = ["convergence", "burst", "datapath", "rest", "stuck", "memory"]
+    parser.add_argument("--skip", action="append", default=[], choices=phases, help="repeatable")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (cluster logs, audit log)")
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only re-render the report from a file")
-    for field in ("runs", "burst", "rest_window", "resync", "memory_top", "datapath_iterations", "nodes"):
-        parser.add_argument(f"--{field.replace('_', '-')}", type=float if field in ("rest_window", "resync") else int)
+    seconds = ("rest_window", "resync", "stuck_window")
+    for field in ("runs", "burst", *seconds, "memory_top", "datapath_iterations", "nodes"):
+        parser.add_argument(f"--{field.replace('_', '-')}", type=float if field in seconds else int)
     args = parser.parse_args()
     if args.report:
         from . import report

@@ -59,13 +59,15 @@ class AuditedCluster(localcluster.LocalCluster):
                     "--audit-log-format=json", "--audit-log-maxsize=0"]  # fmt: skip
         return super()._spawn(name, args)
 
-    def audit_counts(self, since: float, until: float | None = None) -> Counter[str]:
-        """Operator requests completed in [since, until) (epoch seconds), by verb and `write`/`read` totals."""
-        counts: Counter[str] = Counter()
+    def audit_events(
+        self, since: float, until: float | None = None, namespace: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The operator's audit events received in [since, until) (epoch seconds), in `namespace` if given."""
         try:
             lines = self.audit_log.read_text().splitlines()
         except OSError:
-            return counts
+            return []
+        out = []
         for line in lines:
             try:
                 event = json.loads(line)
@@ -74,6 +76,15 @@ class AuditedCluster(localcluster.LocalCluster):
             when = _epoch(event.get("requestReceivedTimestamp"))
             if when < since or (until is not None and when >= until):
                 continue
+            if namespace is not None and (event.get("objectRef") or {}).get("namespace") != namespace:
+                continue
+            out.append(event)
+        return out
+
+    def audit_counts(self, since: float, until: float | None = None, namespace: str | None = None) -> Counter[str]:
+        """Operator requests completed in [since, until) (epoch seconds), by verb and `write`/`read` totals."""
+        counts: Counter[str] = Counter()
+        for event in self.audit_events(since, until, namespace):
             verb = event.get("verb", "?")
             resource = (event.get("objectRef") or {}).get("resource", "?")
             sub = (event.get("objectRef") or {}).get("subresource")

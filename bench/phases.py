@@ -1,19 +1,27 @@
-"""The control-plane benchmarks: convergence, burst, rest, memory. Each returns plain data for the report."""
+"""The control-plane benchmarks: convergence, burst, rest, stuck, memory. Each returns plain data for the report."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime as dt
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightkube import AsyncClient
+from lightkube import ApiError, AsyncClient
+from lightkube.models.core_v1 import ServicePort, ServiceSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Secret, Service
+
+from registry_operator import pki
+from registry_operator.kinds import Registry
 
 from . import workload
 from .cluster import AuditedCluster, Operator, start_operator, writes_of
-from .observe import Observer
+from .observe import Observer, registry_ready
 from .stats import summary
 
 COUNTED = ("bcrypt.hashpw", "bcrypt.checkpw", "keygen.ec", "keygen.rsa")
@@ -236,6 +244,127 @@ async def rest(b: Bench, window: float, resync: float) -> dict[str, Any]:
         "reads": {k: v for k, v in audit.items() if k not in ("write", "read") and k not in writes_of(audit)},
         "operator_requests": requests,
         "counted": _delta(c1, c0),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- stuck
+
+STUCK_NAMESPACE = "bench-stuck"
+# Registry name -> (what is wrong, spec). Each input stays bad for the whole phase: the operator must say so
+# once (status, an Event) and then leave the Registry alone.
+STUCK: dict[str, tuple[str, dict[str, Any]]] = {
+    "missing-password": ("referenced password Secret missing", {"auth": {"users": [
+        {"name": "alice"}, {"name": "bob", "passwordSecretRef": {"name": "no-such-secret", "key": "password"}}]}}),
+    "expired-tls": ("tls.mode Secret, the certificate expired", {
+        "tls": {"mode": "Secret", "secretName": "expired-tls-cert"}, "auth": {"users": [{"name": "alice"}]}}),
+    "name-taken": ("an unrelated Service has the Registry's name", {"auth": {"users": [{"name": "alice"}]}}),
+    "user-at": ("user `ci@corp` (not a Secret key), generated password", {"auth": {"users": [
+        {"name": "alice"}, {"name": "ci@corp"}]}}),
+}  # fmt: skip
+
+
+async def _stuck_inputs(client: AsyncClient, namespace: str) -> None:
+    """What makes the inputs bad, created before the Registries: an expired certificate (and its key), and a
+    plain Service that is nobody's child, named like the `name-taken` Registry."""
+    ca = pki.issue_ca("bench expired CA")
+    # Valid from 5 minutes ago (pki backdates) for one minute: expired 4 minutes ago.
+    cert = pki.issue_server(ca, [f"expired-tls.{namespace}.svc"], validity=dt.timedelta(minutes=1))
+    data = {"tls.crt": base64.b64encode(cert.cert_pem).decode(), "tls.key": base64.b64encode(cert.key_pem).decode()}
+    await client.create(Secret(metadata=ObjectMeta(name="expired-tls-cert", namespace=namespace),
+                               type="kubernetes.io/tls", data=data))  # fmt: skip
+    taken = ServiceSpec(ports=[ServicePort(port=80)], selector={"app": "someone-else"})
+    await client.create(Service(metadata=ObjectMeta(name="name-taken", namespace=namespace), spec=taken))
+
+
+def _ready_condition(body: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in (body.get("status") or {}).get("conditions") or () if c.get("type") == "Ready"), {})
+
+
+def _stuck_writes(events: list[dict[str, Any]], names: list[str]) -> dict[str, int]:
+    """Writes per Registry: the Registry itself, children `<name>-...` or `<name>`, Events `<name>.<hash>`."""
+    from .cluster import WRITE_VERBS
+
+    ordered = sorted(names, key=len, reverse=True)
+    out = dict.fromkeys(names, 0)
+    out[""] = 0
+    for event in events:
+        if event.get("verb") not in WRITE_VERBS:
+            continue
+        obj = (event.get("objectRef") or {}).get("name") or ""
+        owner = next((n for n in ordered if obj == n or obj.startswith((n + "-", n + "."))), "")
+        out[owner] += 1
+    return out
+
+
+async def stuck(b: Bench, window: float, settle_timeout: float) -> dict[str, Any]:
+    """Registries stuck on bad input (`STUCK`): the operator's writes per minute over a quiet `window` that
+    starts once each has a status for its generation and the operator has gone quiet (or `settle_timeout`
+    passed: an operator in a hot loop never goes quiet, and that is what the row must show).
+
+    Goal: 0 writes after the first status write. Counted from the audit log in the phase's namespace only, so
+    the other settled Registries (and their resyncs) do not count."""
+    op = b.operator
+    assert op is not None
+    ns = STUCK_NAMESPACE
+    await workload.ensure_namespace(b.client, ns)
+    await _stuck_inputs(b.client, ns)
+    wall0, t0 = time.time(), time.monotonic()
+    rejected: dict[str, str] = {}
+    for name, (_, spec) in STUCK.items():
+        try:
+            await b.client.create(Registry(metadata=ObjectMeta(name=name, namespace=ns), spec=spec))
+        except ApiError as exc:  # the schema may refuse the input outright: the best outcome, nothing to write
+            rejected[name] = exc.status.message or str(exc)
+    created = [n for n in STUCK if n not in rejected]
+
+    first_status: dict[str, float] = {}
+    deadline = time.monotonic() + 60
+    while len(first_status) < len(created) and time.monotonic() < deadline:
+        async for reg in b.client.list(Registry, namespace=ns):
+            body = reg.to_dict()
+            status = body.get("status") or {}
+            name = body["metadata"]["name"]
+            if name not in first_status and status.get("observedGeneration") == body["metadata"].get("generation"):
+                first_status[name] = time.monotonic() - t0
+        await asyncio.sleep(0.2)
+    try:
+        await b.settle(quiet=3.0, timeout=settle_timeout)
+        settled = True
+    except TimeoutError:
+        settled = False
+
+    c0, w0, cpu0 = op.counts(), time.time(), op.cpu()
+    await asyncio.sleep(window)
+    c1, w1, cpu1 = op.counts(), time.time(), op.cpu()
+    events = b.cluster.audit_events(w0, w1, namespace=ns)
+    per = _stuck_writes(events, created)
+    writes = sum(per.values())
+    minutes = (w1 - w0) / 60
+    bodies = {r.metadata.name: r.to_dict() async for r in b.client.list(Registry, namespace=ns)}
+    inputs: dict[str, Any] = {}
+    for name, (what, _) in STUCK.items():
+        ready = _ready_condition(bodies[name]) if name in bodies else {}
+        inputs[name] = {
+            "input": what,
+            "rejected": rejected.get(name),
+            "first_status": first_status.get(name),
+            "ready": registry_ready(bodies[name]) if name in bodies else False,
+            "reason": ready.get("reason"),
+            "writes": per.get(name, 0),
+            "writes_per_minute": per.get(name, 0) / minutes,
+        }
+    before_window = b.cluster.audit_counts(wall0, w0, namespace=ns)
+    await workload.delete_registries(b.client, ns, wait_pods=False, timeout=120)
+    return {
+        "window": w1 - w0,
+        "settled": settled,
+        "inputs": inputs,
+        "writes_before_window": before_window["write"],
+        "write_total": writes,
+        "writes_per_minute": writes / minutes,
+        "writes": writes_of(Counter(f"{e.get('verb')} {(e.get('objectRef') or {}).get('resource')}" for e in events)),
+        "reconciles_all": c1["reconcile"] - c0["reconcile"],  # every Registry's, resyncs included
+        "operator_cpu": cpu1 - cpu0,
     }
 
 

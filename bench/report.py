@@ -64,6 +64,21 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         cpu = f", operator CPU {rest['operator_cpu']:.1f} s" if "operator_cpu" in rest else ""
         out.append(("Rest: API reads (audit log)", f"{rest['read_total']} ({per:.1f} per reconcile){cpu}", "–", "–",
                     "–", ""))  # fmt: skip
+    if st := res.get("stuck"):
+        inputs = st["inputs"]
+        each = ", ".join(f"{n} {i['writes_per_minute']:.1f}" for n, i in inputs.items() if not i["rejected"])
+        rate = st["writes_per_minute"]
+        out.append((f"Stuck on bad input: {len(inputs)} Registries, API writes per minute over {st['window']:.0f} s "
+                    "after their first status (audit log)",
+                    f"{rate:.1f} ({each}); operator CPU {st['operator_cpu']:.1f} s", "–", "–",
+                    "0 after the first status write", "yes" if st["write_total"] == 0 else "no"))  # fmt: skip
+        outcomes = "; ".join(
+            f"{n}: {'rejected by the API server' if i['rejected'] else i['reason'] or 'no status'}"
+            + (f" after {i['first_status']:.1f} s" if i.get("first_status") is not None else "")
+            for n, i in inputs.items()
+        )
+        out.append(("Stuck: Ready reason of each (time to first status)" + ("" if st["settled"] else
+                    "; the operator never went quiet"), outcomes, "–", "–", "–", ""))  # fmt: skip
     if rs := res.get("restart"):
         c = rs["counted"]
         work = sum(c.values())
