@@ -92,6 +92,21 @@ def _config_problems(spec: RegistrySpec) -> list[Problem]:
     return out
 
 
+def weaknesses(spec: RegistrySpec) -> list[Problem]:
+    """What works but is weak, said out loud (a `Warning` condition and Event), never refused: the user chose it."""
+    out = []
+    if spec.auth.mode == "none":
+        out.append(Problem("AuthDisabled", "auth.mode is none: anyone who reaches the registry may push and delete"))
+    if not spec.tls_enabled:
+        out.append(Problem("TLSDisabled", "tls.mode is Disabled: credentials and images travel in clear text"))
+    if spec.auth.mode == "token" and (spec.auth.token_realm or "").startswith("http://"):
+        out.append(Problem("PlainTokenRealm", "auth.tokenRealm is http://: passwords travel in clear text"))
+    if spec.storage.claim is None:
+        out.append(Problem("EphemeralStorage", "storage is an emptyDir: every image is lost when the pod is "
+                                               "replaced (a new certificate or config rolls it)"))
+    return out
+
+
 def _rollout_state(rollouts: Mapping[str, Rollout | None]) -> tuple[bool, str, str]:
     """(progressing, reason, message) over the workloads of one Registry."""
     for name, rollout in rollouts.items():
@@ -144,7 +159,11 @@ def compute(
         ready = _condition("Ready", False, rollout_reason, rollout_message, generation)
     else:
         ready = _condition("Ready", True, "Available", f"serving at {published.get('endpoint')}", generation)
-    conditions = [ready, _condition("Progressing", progressing, rollout_reason, rollout_message, generation), degraded]
+    weak = weaknesses(spec)
+    warning = (_condition("Warning", True, weak[0].reason, "; ".join(w.message for w in weak), generation) if weak
+               else _condition("Warning", False, "None", "nothing weak in this spec", generation))
+    conditions = [ready, _condition("Progressing", progressing, rollout_reason, rollout_message, generation), degraded,
+                  warning]
 
     stamped = _stamp(conditions, (previous or {}).get("conditions") or (), now)
     status: Obj = {
@@ -177,7 +196,7 @@ def transitions(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) 
         old = before.get(c["type"], {})
         if (old.get("status"), old.get("reason")) == (c["status"], c["reason"]):
             continue
-        if c["type"] == "Degraded" and c["status"] == "True":
+        if c["type"] in ("Degraded", "Warning") and c["status"] == "True":
             events.append(("Warning", c["reason"], c["message"]))
         elif c["type"] == "Ready" and c["status"] == "True":
             events.append(("Normal", "Ready", c["message"]))

@@ -57,6 +57,8 @@ def candidates(spec: RegistrySpec, token_was_on: bool) -> list[tuple[str, str, s
         secrets |= {n.token_signing, n.token_tls}
     out = [("v1", "Secret", name) for name in sorted(secrets)]
     out += [("v1", "ConfigMap", n.config), ("apps/v1", "Deployment", n.deployment), ("v1", "Service", n.service)]
+    if spec.tls_enabled:
+        out.append(("v1", "ConfigMap", n.ca))
     if token or token_was_on:
         out += [("apps/v1", "Deployment", n.token), ("v1", "Service", n.token), ("v1", "ConfigMap", n.token)]
     if spec.storage.claim is not None:

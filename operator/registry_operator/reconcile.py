@@ -80,6 +80,7 @@ def _published(spec: RegistrySpec, mat: material.Material, unwatched: Sequence[s
     return {
         "endpoint": f"{names.service}.{spec.namespace}.svc:{spec.service.port}",
         "caSecretName": names.ca if mat.client_ca_pem else None,
+        "caConfigMapName": names.ca if mat.client_ca_pem else None,
         "credentialsSecretName": names.passwords if mat.passwords else None,
         "passwordKeys": keys or None,
         "certificateNotAfter": (

@@ -13,7 +13,7 @@ USERS = {"auth": {"users": [{"name": "alice"}]}}
 
 def test_standby_takes_over_when_the_leader_dies(cluster, kube_client, namespace, operator_factory, wait_for):
     env = {"REGISTRY_OPERATOR_LEADER_ELECTION": "true", "REGISTRY_OPERATOR_LEASE_NAMESPACE": namespace,
-           "REGISTRY_OPERATOR_LEASE_SECONDS": "3"}
+           "REGISTRY_OPERATOR_LEASE_SECONDS": "6"}
     args = ["--namespace", namespace]
     leader = operator_factory(args=args, env={**env, "POD_NAME": "op-a"})
     leader.wait_for_log("acquired Lease")
@@ -29,7 +29,7 @@ def test_standby_takes_over_when_the_leader_dies(cluster, kube_client, namespace
     cluster.apply(manifest("reg", namespace, {"auth": {"users": [{"name": "alice"}, {"name": "bob"}]}}))
     generation = registry(kube_client, "reg", namespace)["metadata"]["generation"]
     wait_for(lambda: registry(kube_client, "reg", namespace)["status"].get("observedGeneration") == generation,
-             timeout=30, what="the standby reconciled the change")
+             timeout=60, what="the standby reconciled the change")
     print(f"takeover and reconcile {time.monotonic() - killed:.1f}s after the leader was killed")
     assert "acquired Lease" in standby.log() and "applied" in standby.log()
     holder = cluster.kubectl("get", "lease", "registry-operator", "-n", namespace, "-o",

@@ -33,7 +33,8 @@ def test_create_gives_children_status_and_ready(cluster, kube_client, namespace,
     assert status["endpoint"] == f"reg.{namespace}.svc:5000"
     assert status["caSecretName"] == "reg-ca" and status["credentialsSecretName"] == "reg-passwords"
     assert status["readyReplicas"] == 1 and status["certificateNotAfter"]
-    assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded"}
+    assert {c["type"] for c in status["conditions"]} == {"Ready", "Progressing", "Degraded", "Warning"}
+    assert {c["type"]: c["reason"] for c in status["conditions"]}["Warning"] == "EphemeralStorage"
 
     children = owned(kube_client, namespace, "reg")
     assert set(children) >= {("Deployment", "reg"), ("Service", "reg"), ("ConfigMap", "reg-config"),

@@ -15,7 +15,7 @@ def test_default_registry_children(pipeline):
     assert kinds == sorted([
         ("Secret", "reg-http-secret"), ("Secret", "reg-htpasswd"), ("Secret", "reg-passwords"),
         ("Secret", "reg-ca"), ("Secret", "reg-ca-key"), ("Secret", "reg-tls"),
-        ("ConfigMap", "reg-config"), ("Deployment", "reg"), ("Service", "reg"),
+        ("ConfigMap", "reg-config"), ("ConfigMap", "reg-ca"), ("Deployment", "reg"), ("Service", "reg"),
     ])
     for obj in objects:
         meta = obj["metadata"]

@@ -29,6 +29,8 @@ def desired(spec: RegistrySpec, material: Material, owner: Mapping[str, Any], op
         )
     )
     objects = secrets.render(spec, material, owner)
+    if material.client_ca_pem:  # the same bundle as the `-ca` Secret, readable without Secret access
+        objects.append(deployment.ca_bundle(spec, material.client_ca_pem.decode(), owner))
     claim = storage.claim(spec, owner)
     if claim:
         objects.append(claim)

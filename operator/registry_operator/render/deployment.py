@@ -37,6 +37,17 @@ def config_map(spec: RegistrySpec, config_text: str, owner: Mapping[str, Any]) -
     }
 
 
+def ca_bundle(spec: RegistrySpec, bundle: str, owner: Mapping[str, Any]) -> Obj:
+    """The CA bundle clients must trust, as a ConfigMap: workloads that only want to trust the registry need
+    no permission to read Secrets."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(ChildNames(spec.name).ca, owner, COMPONENT_REGISTRY),
+        "data": {"ca.crt": bundle},
+    }
+
+
 def _volumes(spec: RegistrySpec, names_: ChildNames) -> tuple[list[Obj], list[Obj]]:
     """(volumes, mounts) of the registry container."""
     volumes: list[Obj] = [{"name": "config", "configMap": {"name": names_.config}}]
