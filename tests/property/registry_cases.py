@@ -516,6 +516,29 @@ def cases(draw: Draw) -> Case:
     return Case(name, spec, tuple(auth_seeds + tls_seeds), squatters)
 
 
+def mode_combinations() -> list[Case]:
+    """Every combination of TLS, auth, Service and storage mode once, valid otherwise: random draws would
+    leave some of the 54 out."""
+    out = []
+    short = {"SelfSigned": "ss", "Secret": "sec", "Disabled": "off", "ClusterIP": "cip", "NodePort": "np",
+             "LoadBalancer": "lb", "emptyDir": "ed", "persistentVolumeClaim": "pvc"}
+    for tls_mode in ("SelfSigned", "Secret", "Disabled"):
+        for auth_mode in ("htpasswd", "token", "none"):
+            for service_type in ("ClusterIP", "NodePort", "LoadBalancer"):
+                for storage_kind in ("emptyDir", "persistentVolumeClaim"):
+                    name = f"mode-{short[tls_mode]}-{auth_mode}-{short[service_type]}-{short[storage_kind]}"
+                    spec: dict[str, Json] = {
+                        "auth": {"mode": auth_mode, "users": [{"name": "alice"}, {"name": "ci@corp"}]},
+                        "tls": {"mode": tls_mode} | ({"secretName": "tls"} if tls_mode == "Secret" else {}),
+                        "service": {"type": service_type},
+                        "storage": {storage_kind: {}},
+                    }
+                    secrets = (SecretSeed("tls", tls_material()["valid"], "kubernetes.io/tls"),) \
+                        if tls_mode == "Secret" else ()
+                    out.append(Case(name, spec, secrets))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ hazards
 
 _INDEX = re.compile(r"\[\d+\]")

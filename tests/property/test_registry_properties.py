@@ -27,7 +27,7 @@ from harness import AuditLog, Batch, Result, Runner, batches
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from property_report import SUMMARY, summary, tracebacks
 from pytest_localcluster import OperatorProcess
-from registry_cases import VICTIM_NAMESPACE, Case, cases, hazards
+from registry_cases import VICTIM_NAMESPACE, Case, cases, hazards, mode_combinations
 
 pytestmark = [pytest.mark.integration, pytest.mark.property]
 
@@ -44,13 +44,14 @@ SHOWN = 8  # failing cases printed per property
 
 
 def generate(n: int, first_seed: int) -> list[Case]:
-    """`n` distinct cases, each the first random example of its own seed (`first_seed + i`).
+    """`n` distinct cases: every combination of modes (registry_cases.mode_combinations), then random ones,
+    each the first random example of its own seed (`first_seed + i`).
 
     One long Hypothesis run is no sample: it starts from the simplest example and then mostly mutates what it
     has seen (one name with a character changed, the same spec again), which skews every count and costs a
     cluster round per near-repeat. A fresh run per case keeps the strategies' weights; its first example is
     always the simplest one, so the second is taken. Repeats (same spec, same kind of name) are skipped."""
-    collected: dict[str, Case] = {}
+    collected = {_identity(case): case for case in mode_combinations()[:n]}
     run_seed = first_seed
     while len(collected) < n:
         case = _second_example(run_seed)
