@@ -19,12 +19,13 @@ import os
 import random
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import localcluster
 import pytest
 import yaml
+from _pytest.terminal import TerminalReporter
 from faultkit import REPORT, report
 from faultproxy import FaultProxy, kubeconfig_via
 from localcluster import OperatorProcess, start_operator
@@ -46,7 +47,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001 - pytest's hook
+def pytest_terminal_summary(terminalreporter: TerminalReporter, exitstatus: int, config: pytest.Config) -> None:
     if REPORT:
         terminalreporter.write_sep("-", "fault suite: measured")
         for line in REPORT:
@@ -79,7 +80,7 @@ subjects:
 
 
 @pytest.fixture(scope="module")
-def namespace_reader(cluster, operator_rbac_kubeconfig: str) -> Iterator[None]:  # noqa: ANN001 - a Cluster
+def namespace_reader(cluster: localcluster.Cluster, operator_rbac_kubeconfig: str) -> Iterator[None]:
     """Lets the operator's ServiceAccount list namespaces while this module's tests run.
 
     The operators here watch only their test's namespace (`--namespace NS`: the e2e session operator and
@@ -159,7 +160,10 @@ def operators(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Operat
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # noqa: ANN201 - pytest's hook
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep each phase's report on the item, so the `operators` fixture knows whether the test failed."""
     report_ = yield
     setattr(item, f"rep_{report_.when}", report_)
     return report_

@@ -26,7 +26,7 @@ from registry_operator import names, pki
 from registry_operator.kinds import Registry
 
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
-BOB_PASSWORD = "bob-referenced-pw-1"  # noqa: S105 - a test password, referenced by the `ref-*` Registries
+BOB_PASSWORD = "bob-referenced-pw-1"  # the referenced password of user bob (Secret bob-password)
 BOB = {"name": "bob", "passwordSecretRef": {"name": "bob-password", "key": "password"}}
 TOKEN_ACCESS = [{"users": ["alice"], "repositories": ["*"], "actions": ["pull", "push"]}]
 

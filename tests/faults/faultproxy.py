@@ -113,11 +113,6 @@ class Record:
     def write(self) -> bool:
         return self.method in WRITE_METHODS
 
-    @property
-    def namespace(self) -> str | None:
-        parts = self.path.strip("/").split("/")
-        return parts[parts.index("namespaces") + 1] if "namespaces" in parts[:-1] else None
-
 
 def _object_name(method: str, path: str, body: bytes) -> str | None:
     """The name in an item path (`.../namespaces/NS/<resource>/NAME[/status]`); for a POST to a collection the
@@ -183,10 +178,6 @@ class FaultProxy:
     @property
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
-
-    @property
-    def faults(self) -> Faults:
-        return self._faults
 
     def set_faults(self, faults: Faults) -> None:
         """Replace the schedule; it applies to requests arriving from now on."""

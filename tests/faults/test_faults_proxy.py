@@ -30,7 +30,7 @@ from faultkit import (
     wait,
 )
 from faultproxy import NO_FAULTS, Faults, owner, writes_by
-from lightkube import ApiError
+from lightkube import ApiError, Client
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import ConfigMap, Service
 
@@ -50,7 +50,7 @@ RECOVERY = 30.0
 ANNOTATION = "faults.test/changed-during-faults"
 
 
-def _exists(client, kind, name: str, namespace: str) -> bool:  # noqa: ANN001 - a lightkube client and resource
+def _exists(client: Client, kind: type[Service] | type[ConfigMap], name: str, namespace: str) -> bool:
     try:
         client.get(kind, name, namespace=namespace)
     except ApiError as exc:

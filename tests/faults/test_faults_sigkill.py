@@ -33,6 +33,7 @@ from faultkit import (
     wait,
 )
 from faultproxy import FaultProxy, writes_by
+from lightkube import Client
 
 KILLS = 50
 MAX_DELAY = 2.0  # seconds after kopf is live
@@ -44,7 +45,7 @@ NEW = {f"new-{i}": MIX[base] for i, base in enumerate(("gen-b", "ref-b", "tok-b"
                                                         "ref-a", "tls-a"))}  # fmt: skip
 
 
-def _work(kube_client, namespace: str) -> dict[int, Callable[[], None]]:  # noqa: ANN001 - a lightkube Client
+def _work(kube_client: Client, namespace: str) -> dict[int, Callable[[], None]]:
     """Kill number -> the change made while that operator runs: a new Registry every 6 kills (from 1), a
     `podAnnotations` change of a settled one every 6 (from 4), a user added to a new one every 6 (from 9)."""
     new = list(NEW)
