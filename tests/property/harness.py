@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from registry_cases import CHILD_SUFFIXES, VICTIM_NAMESPACE, Case, SecretSeed, field_of, tls_material
+from registry_cases import CHILD_SUFFIXES, VICTIM_NAMESPACE, Case, SecretSeed, field_of, smaller, tls_material
 
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 REGISTRIES = "/apis/registry.operator.dev/v1alpha1/namespaces/{ns}/registries"
@@ -41,12 +41,14 @@ class Result:
     batch: int
     rejected_fields: list[str] | None = None  # refused at create: the field paths the API server named
     rejection: str = ""  # refused at create: code and message
-    outcome: str = ""  # accepted: "Ready", "Degraded:<reason>", or why it is neither
+    outcome: str = ""  # accepted: "Ready", "Degraded:<reason>", or why it is neither; "A, then B" if it changed
     settled_after: float | None = None  # seconds from create to the first settled status
     writes: int = 0  # operator writes attributed to it in its quiet window
     write_kinds: Counter[str] = field(default_factory=Counter)
     squatters_touched: list[str] = field(default_factory=list)
     status: Any = None  # the last status read
+    smallest: Case | None = None  # with PROPERTY_SHRINK: the smallest variant that still fails
+    shrink_tries: int = 0
 
     @property
     def accepted(self) -> bool:
@@ -54,7 +56,9 @@ class Result:
 
     @property
     def settled(self) -> bool:
-        return self.outcome == "Ready" or self.outcome.startswith("Degraded:")
+        """Whether the last status read was a settled one."""
+        last = self.outcome.split(", then ")[-1]
+        return last == "Ready" or last.startswith("Degraded:")
 
 
 def settled_outcome(body: Mapping[str, Any]) -> str:
@@ -188,6 +192,7 @@ class Batch:
     namespace: str
     results: list[Result]
     squatters: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> resourceVersion
+    created: dict[str, float] = field(default_factory=dict)  # Registry name -> when it was accepted (monotonic)
     quiet_from: float = 0.0  # epoch seconds
     apply_seconds: float = 0.0
     settle_seconds: float = 0.0
@@ -225,6 +230,12 @@ class Runner:
 
     def start(self, index: int, cases: Sequence[Case]) -> Batch:
         """Create the batch's namespace, objects and Registries, and wait until every accepted one settled."""
+        batch = self.create(index, cases)
+        self.settle(batch)
+        return batch
+
+    def create(self, index: int, cases: Sequence[Case]) -> Batch:
+        """Create the batch's namespace, the objects its cases need, then its Registries."""
         ns = f"prop-{self.run_id}-{index}"
         self._ok("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
         batch = Batch(index, ns, [Result(case, ns, index) for case in cases])
@@ -237,21 +248,24 @@ class Runner:
                                       squatter.manifest(ns))
                 if code == 201:  # a name the kind cannot have (a dotted Service name) squats nothing
                     batch.squatters[(squatter.kind, squatter.name)] = resp["metadata"]["resourceVersion"]
-        created: dict[str, float] = {}
         for result in batch.results:
             code, resp = self.api("POST", REGISTRIES.format(ns=ns) + "?fieldValidation=Strict",
                                   result.case.manifest(ns))
             if code == 201:
-                created[result.case.name] = time.monotonic()
+                batch.created[result.case.name] = time.monotonic()
                 continue
             result.rejected_fields = rejection_fields(code, resp)
             message = resp.get("message", resp) if isinstance(resp, dict) else resp
             result.rejection = f"HTTP {code}: {str(message)[:600]}"
         batch.apply_seconds = time.monotonic() - t0
-        self._wait_settled(batch, created)
-        batch.settle_seconds = time.monotonic() - t0 - batch.apply_seconds
-        batch.quiet_from = time.time() + self.grace
         return batch
+
+    def settle(self, batch: Batch) -> None:
+        """Wait until every accepted Registry of the batch settled (or the timeout); its quiet window follows."""
+        t0 = time.monotonic()
+        self._wait_settled(batch, batch.created)
+        batch.settle_seconds = time.monotonic() - t0
+        batch.quiet_from = time.time() + self.grace
 
     def _registries(self, ns: str) -> dict[str, dict[str, Any]]:
         return {r["metadata"]["name"]: r for r in self._ok("GET", REGISTRIES.format(ns=ns))["items"]}
@@ -326,3 +340,32 @@ class Runner:
                             result.case.name + s for s in ("",) + CHILD_SUFFIXES]:
                         result.squatters_touched.append(f"{kind} {name} {change}")
         self.api("DELETE", f"/api/v1/namespaces/{batch.namespace}")
+
+
+def shrink(runner: Runner, case: Case, fails: Callable[[Result], bool], first_index: int, rounds: int = 8
+           ) -> tuple[Case, int]:
+    """The smallest variant of a failing `case` that still fails, and how many variants were tried.
+
+    Each round applies every one-step-smaller variant (registry_cases.smaller) at once, each in its own
+    namespace under the case's own name, waits for them to settle and for one quiet window, and continues
+    from the smallest variant that still fails; it stops when none does."""
+    current, tried, index = case, 0, first_index
+    for _ in range(rounds):
+        variants = smaller(current)
+        if not variants:
+            break
+        batches = []
+        for variant in variants:
+            batches.append(runner.create(index, [variant]))
+            index += 1
+        for batch in batches:
+            runner.settle(batch)
+        time.sleep(max(0.0, max(b.quiet_from for b in batches) + runner.window - time.time()))
+        for batch in batches:
+            runner.finish(batch)
+        tried += len(variants)
+        failing = [b.results[0].case for b in batches if fails(b.results[0])]
+        if not failing:
+            break
+        current = min(failing, key=lambda c: len(json.dumps(c.spec, default=str)))
+    return current, tried

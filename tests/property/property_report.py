@@ -69,7 +69,7 @@ def summary(results: Sequence[Any], window: float, durations: dict[str, float], 
     for r in results:
         end = "rejected" if not r.accepted else (r.outcome if r.settled else "NOT SETTLED")
         for h in hazards(r.case):
-            tally.setdefault(h, Counter())[end.split(",")[0]] += 1
+            tally.setdefault(h, Counter())[end.split(", then ")[-1]] += 1
     for h, c in sorted(tally.items()):
         lines.append(f"  {h}: " + ", ".join(f"{o} {n}" for o, n in c.most_common()))
     found = tracebacks(log)

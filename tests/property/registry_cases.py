@@ -539,6 +539,26 @@ def mode_combinations() -> list[Case]:
     return out
 
 
+def smaller(case: Case) -> list[Case]:
+    """Every variant of `case` one step simpler: a top-level field left out, a field of tls, storage, service
+    or resources left out, an auth field other than mode and users left out, one user of several left out, or
+    the squatters gone. Shrinking a failing case walks these."""
+    spec = _dict(case.spec)
+    out = [replace(case, spec={k: v for k, v in spec.items() if k != key}) for key in spec if key != "auth"]
+    for key in ("tls", "storage", "service", "resources", "auth"):
+        part = _dict(spec.get(key))
+        keep = ("mode", "users") if key == "auth" else ()
+        out += [replace(case, spec={**spec, key: {k: v for k, v in part.items() if k != sub}})
+                for sub in part if sub not in keep]
+    users_list = _list(_dict(spec.get("auth")).get("users"))
+    if len(users_list) > 1:
+        out += [replace(case, spec={**spec, "auth": {**spec["auth"], "users": users_list[:i] + users_list[i + 1:]}})
+                for i in range(len(users_list))]
+    if case.squatters:
+        out.append(replace(case, squatters=()))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ hazards
 
 _INDEX = re.compile(r"\[\d+\]")
