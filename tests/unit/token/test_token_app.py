@@ -16,8 +16,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from registry_operator.pki import issue_signing
 from registry_operator.token.app import AUTHENTICATOR, create_app
 from registry_operator.token.authn import Authenticator
-from registry_operator.token.limits import MAX_BODY_BYTES, SERVER_LIMITS
+from registry_operator.token.limits import MAX_BODY_BYTES
 from registry_operator.token.runtime import Runtime
+from registry_operator.token.server import HANDLER_OPTIONS
 from registry_operator.token.throttle import FailureThrottle
 
 Verify = Callable[[str, bytes], tuple[dict, dict]]
@@ -35,7 +36,7 @@ async def serving(mounted: Any, throttle: FailureThrottle | None = None) -> Asyn
     runtime = Runtime(mounted.config_path)
     authenticator = Authenticator(runtime.htpasswd, throttle or FailureThrottle())
     server = TestServer(create_app(runtime, authenticator), host="127.0.0.1", port=0)
-    await server.start_server(**SERVER_LIMITS)  # as server.serve() does
+    await server.start_server(**HANDLER_OPTIONS)  # as server.serve() does
     try:
         async with TestClient(server) as client:
             yield client
