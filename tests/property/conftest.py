@@ -4,7 +4,7 @@ The suite counts the operator's API writes from the kube-apiserver audit log, wh
 cluster of hack/pytest_localcluster.py does not start with. So it starts bench.cluster's `AuditedCluster`
 (the benchmark's: the same audit policy, only the operator's ServiceAccount is logged, and a /16 Service range)
 once per session, with the RBAC of manifests/, and runs the operator as that ServiceAccount through
-pytest_localcluster's `start_operator`. Its results are printed in the terminal summary, pass or fail.
+localcluster's `start_operator`. Its results are printed in the terminal summary, pass or fail.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import localcluster
 import pytest
-from pytest_localcluster import OperatorProcess, start_operator
+from localcluster import OperatorProcess, start_operator
 
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # bench/ is a package at the repository root

@@ -26,8 +26,8 @@ import pytest
 import yaml
 from harness import AuditLog, Batch, Result, Runner, batches, shrink
 from hypothesis import HealthCheck, Phase, given, seed, settings
+from localcluster import OperatorProcess
 from property_report import SUMMARY, summary, tracebacks
-from pytest_localcluster import OperatorProcess
 from registry_cases import VICTIM_NAMESPACE, Case, cases, hazards, mode_combinations
 
 pytestmark = [pytest.mark.integration, pytest.mark.property]
