@@ -12,6 +12,7 @@ squatters must be untouched, and the namespace is deleted.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import secrets
@@ -30,6 +31,7 @@ CORE = {"Secret": "secrets", "Service": "services", "ConfigMap": "configmaps"}
 _FIELD_IN_MESSAGE = re.compile(r"\b(metadata\.name|spec(?:\.[\w@/-]+|\[[^\]]*\])+)")
 
 Api = Callable[..., tuple[int, Any]]  # LocalCluster.api(method, path, body) -> (HTTP code, decoded body)
+AuditRecord = tuple[float, str, str, str, str, int]  # epoch seconds, verb, resource[/sub], namespace, name, code
 
 
 @dataclass
@@ -77,7 +79,7 @@ def settled_outcome(body: Mapping[str, Any]) -> str:
            f"Degraded {degraded.get('status')}/{degraded.get('reason')})"
 
 
-def rejection_fields(code: int, body: Any) -> list[str]:
+def rejection_fields(body: Any) -> list[str]:
     """Field paths an API refusal names: details.causes[].field, else paths quoted in the message."""
     if not isinstance(body, dict):
         return []
@@ -96,10 +98,10 @@ class AuditLog:
         self.path = path
         self._offset = 0
         self._partial = b""
-        # (epoch seconds, verb, resource[/subresource], namespace, name, HTTP code)
-        self.records: list[tuple[float, str, str, str, str, int]] = []
+        self.records: list[AuditRecord] = []
 
     def refresh(self) -> None:
+        """Read what the API server appended since the last call."""
         try:
             with open(self.path, "rb") as f:
                 f.seek(self._offset)
@@ -121,19 +123,17 @@ class AuditLog:
                 ref.get("namespace", ""), ref.get("name", ""), (event.get("responseStatus") or {}).get("code", 0),
             ))
 
-    def writes(self, namespace: str, since: float, until: float) -> list[tuple[float, str, str, str, str, int]]:
+    def writes(self, namespace: str, since: float, until: float) -> list[AuditRecord]:
         self.refresh()
         return [r for r in self.records if r[3] == namespace and since <= r[0] < until and r[1] in WRITE_VERBS]
 
-    def in_namespace(self, namespace: str) -> list[tuple[float, str, str, str, str, int]]:
+    def in_namespace(self, namespace: str) -> list[AuditRecord]:
         """Every request (reads too) the operator made in `namespace`."""
         self.refresh()
         return [r for r in self.records if r[3] == namespace]
 
 
 def _epoch(stamp: str | None) -> float:
-    import datetime as dt
-
     if not stamp:
         return 0.0
     return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
@@ -188,6 +188,8 @@ def _variant(name: str, taken: set[str]) -> str:
 
 @dataclass
 class Batch:
+    """One namespace of cases, from creation to the end of its quiet window."""
+
     index: int
     namespace: str
     results: list[Result]
@@ -254,7 +256,7 @@ class Runner:
             if code == 201:
                 batch.created[result.case.name] = time.monotonic()
                 continue
-            result.rejected_fields = rejection_fields(code, resp)
+            result.rejected_fields = rejection_fields(resp)
             message = resp.get("message", resp) if isinstance(resp, dict) else resp
             result.rejection = f"HTTP {code}: {str(message)[:600]}"
         batch.apply_seconds = time.monotonic() - t0

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from harness import AuditLog, Batch, Result, Runner, batches, shrink
+from harness import AuditLog, AuditRecord, Batch, Result, Runner, batches, shrink
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from localcluster import OperatorProcess
 from property_report import SUMMARY, summary, tracebacks
@@ -91,7 +91,7 @@ class Run:
     operator_alive: bool
     log: str
     details: Path
-    trespasses: list[tuple[float, str, str, str, str, int]]  # the operator's requests in the victim namespace
+    trespasses: list[AuditRecord]  # the operator's requests in the victim namespace
 
 
 def _short(value: Any) -> Any:
