@@ -135,14 +135,26 @@ def _describe(obj: Mapping[str, Any], reason: str) -> str:
     return f"{obj['kind']} {obj['metadata']['name']!r}: {reason}"
 
 
+_TYPED_PATCH = "failed to create typed patch object"
+
+
+def _terminating(exc: ApiError) -> bool:
+    causes = (exc.status.details.causes if exc.status.details else None) or ()
+    return any(c.reason == "NamespaceTerminating" for c in causes)
+
+
 def _failure(obj: Mapping[str, Any], exc: Exception) -> tuple[Problem, bool]:
     """(problem for status, whether retrying may help). Never quotes what was sent: for a Secret the API
     server's message could echo submitted values."""
     if isinstance(exc, ApiError):
         code, why = exc.status.code, exc.status.reason or ""
         detail = why if obj["kind"] == "Secret" else (exc.status.message or why)
-        if code in (400, 422):
+        # Server-side apply answers 500 when a field has the wrong type for the object's schema (for example
+        # spec.affinity, which the CRD passes through): the input is invalid, and no retry will change that.
+        if code in (400, 422) or (code == 500 and _TYPED_PATCH in (exc.status.message or "")):
             return Problem("ApplyRefused", _describe(obj, f"the API server refused it: {detail}")), False
+        if code == 403 and _terminating(exc):
+            return Problem("NamespaceTerminating", _describe(obj, "its namespace is being deleted")), True
         if code == 403:
             return Problem("Forbidden", _describe(obj, f"the operator may not write it: {detail}")), True
         return Problem("ApplyFailed", _describe(obj, f"{code} {detail}".strip())), True

@@ -176,6 +176,21 @@ spec:
     assert state["Progressing"]["status"] == "False"
 
 
+def test_mistyped_pass_through_field_is_refused_not_retried(cluster, kube_client, kubeconfig, namespace):
+    """spec.affinity passes the CRD as is; server-side apply answers 500 for a mistyped field. That is bad
+    input: reported once, not retried, and not sent again."""
+    cluster.apply(manifest("reg", namespace, {**USERS, "affinity": {"podAntiAffinity": "yes"}}))
+
+    async def passes(ctx: Context) -> list[Any]:
+        return [await reconcile(ctx, namespace, "reg"), await reconcile(ctx, namespace, "reg")]
+
+    first, second = run(kubeconfig, passes)  # raises Retry if the refusal were taken for a passing failure
+    assert ("Deployment", "reg") not in first.written and ("Secret", "reg-tls") in first.written
+    assert second.written == [] and not second.status_written
+    degraded = conditions(kube_client, "reg", namespace)["Degraded"]
+    assert degraded["reason"] == "ApplyRefused" and "podAntiAffinity" in degraded["message"]
+
+
 def test_name_conflict_writes_nothing_and_names_the_object(cluster, kube_client, kubeconfig, namespace):
     cluster.apply(f"""
 apiVersion: v1
