@@ -23,6 +23,12 @@ MAX_HEADERS = 64
 # 190 MiB. Token requests are tiny, so the smaller TCP window costs them nothing.
 RECEIVE_BUFFER_BYTES = 16 * 1024
 
+# A connection that has not completed a request for this long is closed, also one that never sent
+# or never finished one. aiohttp's default, an hour, let 5,000 idle connections add 26 MiB and a
+# slow sender keep them at no cost. Longer than the 60 s idle timeouts of common proxies in front,
+# so a proxy does not reuse a connection this service is closing.
+IDLE_SECONDS = 75.0
+
 # aiohttp request handler options. No lingering: a request whose body was refused is answered and
 # the connection closed, instead of reading and discarding up to 10 s of upload.
 SERVER_LIMITS: dict[str, Any] = {
@@ -30,4 +36,5 @@ SERVER_LIMITS: dict[str, Any] = {
     "max_field_size": MAX_FIELD_BYTES,
     "max_headers": MAX_HEADERS,
     "lingering_time": 0.0,
+    "keepalive_timeout": IDLE_SECONDS,
 }

@@ -1,5 +1,5 @@
-"""What the server adds around the app: a small receive window, no request bytes in its error
-logs, and prompt collection of the reference cycles aiohttp leaves behind."""
+"""What the server adds around the app: a small receive window, an idle timeout, no request bytes
+in its error logs, and prompt collection of the reference cycles aiohttp leaves behind."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 
 from registry_operator.token.app import create_app
 from registry_operator.token.authn import Authenticator
-from registry_operator.token.limits import RECEIVE_BUFFER_BYTES
+from registry_operator.token.limits import IDLE_SECONDS, RECEIVE_BUFFER_BYTES
 from registry_operator.token.runtime import Runtime
 from registry_operator.token.server import HANDLER_OPTIONS, listen_socket, sweep_garbage
 from registry_operator.token.throttle import FailureThrottle
@@ -58,6 +58,25 @@ def test_unparseable_requests_are_logged_without_their_bytes(mounted: Any, caplo
     assert record.levelno == logging.WARNING and record.exc_info is None
     assert record.getMessage() == "refused an unreadable request from 127.0.0.1: LineTooLong"
     assert b"SeCrEt".decode() not in caplog.text
+
+
+def test_connections_that_never_finish_a_request_are_closed(mounted: Any) -> None:
+    async def scenario() -> list[bytes]:
+        runtime = Runtime(mounted.config_path)
+        authenticator = Authenticator(runtime.htpasswd, FailureThrottle())
+        server = TestServer(create_app(runtime, authenticator), host="127.0.0.1", port=0)
+        await server.start_server(**{**HANDLER_OPTIONS, "keepalive_timeout": 0.2})
+        try:
+            silent = await asyncio.open_connection("127.0.0.1", server.port)
+            slow = await asyncio.open_connection("127.0.0.1", server.port)
+            slow[1].write(b"GET /token HTTP/1.1\r\nHost: t\r\n")  # and never the rest
+            return await asyncio.wait_for(asyncio.gather(silent[0].read(), slow[0].read()), 5)
+        finally:
+            await server.close()
+            authenticator.close()
+
+    assert asyncio.run(scenario()) == [b"", b""]  # both closed by the service, unanswered
+    assert HANDLER_OPTIONS["keepalive_timeout"] == IDLE_SECONDS
 
 
 class _Cycle:
