@@ -45,6 +45,7 @@ if str(HACK) not in sys.path:
 
 import localcluster  # noqa: E402  (standard library only at import time)
 from localcluster import OperatorProcess, start_operator  # noqa: E402
+from localcluster.node import NodeUnavailable, RealNode, preflight  # noqa: E402
 
 REPO = localcluster.REPO
 DEFAULT_ALLOWED_CONTEXTS = "registry-operator-local,kind-*,kwok-*"
@@ -81,6 +82,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"(default: {DEFAULT_ALLOWED_CONTEXTS})",
     )
     group.addoption("--cluster-nodes", type=int, default=1, help="kwok fake nodes of the local cluster")
+    group.addoption(
+        "--real-node",
+        choices=("no", "auto", "yes"),
+        default=os.environ.get("REGISTRY_OPERATOR_REAL_NODE", "no"),
+        help="add a real node (containerd, kubelet, kube-proxy, CoreDNS) to the local cluster: yes (fail when "
+        "this machine cannot), auto (skip the real-node tests, saying why) or no (default; env "
+        "REGISTRY_OPERATOR_REAL_NODE)",
+    )
     group.addoption(
         "--keep-cluster",
         action="store_true",
@@ -142,8 +151,22 @@ def _start_local(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory
             f"{missing}\n(Integration tests need it; deselect them with -m 'not integration and not e2e'.)",
             pytrace=False,
         )
+    real_node = config.getoption("--real-node")
+    if real_node == "auto":
+        try:
+            preflight()
+        except NodeUnavailable as e:
+            _SESSION["no_real_node"] = str(e)
+            real_node = "no"
+    elif real_node == "no":
+        _SESSION["no_real_node"] = "no real node in this session (--real-node=no)"
     cluster = localcluster.LocalCluster(
-        workdir, nodes=config.getoption("--cluster-nodes"), binaries=binaries, detach=keep
+        workdir,
+        nodes=config.getoption("--cluster-nodes"),
+        binaries=binaries,
+        detach=keep,
+        real_node=real_node == "yes",
+        log=lambda msg: sys.stderr.write(f"[localcluster] {msg}\n"),
     )
     problem = None
     try:
@@ -232,6 +255,15 @@ def cluster(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactor
     finally:
         _SESSION.pop("cluster", None)
         cleanup()
+
+
+@pytest.fixture(scope="session")
+def real_node(cluster) -> RealNode:
+    """The session cluster's real node (``--real-node``); the test is skipped, saying why, without one."""
+    node = getattr(cluster, "node", None)
+    if node is None:
+        pytest.skip(str(_SESSION.get("no_real_node", "the cluster under test has no real node of ours")))
+    return node
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from .binaries import REPO
 from .cluster import crd_files
 from .errors import ClusterError
 from .local import DEFAULT_WORKDIR, LocalCluster
+from .node import NodeUnavailable, RealNode, preflight
 from .operator import start_operator
 from .processes import pid_alive
 
@@ -35,7 +36,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = p.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the control plane (harmless when it runs already)")
-    up.add_argument("--nodes", type=int, default=1, help="number of kwok fake nodes (default 1)")
+    up.add_argument(
+        "--nodes", type=int, default=None, help="number of kwok fake nodes (default 1, or 0 with a real node)"
+    )
+    up.add_argument(
+        "--real-node",
+        nargs="?",
+        const="yes",
+        choices=("yes", "auto"),
+        default=None,
+        help="add a real node (containerd, kubelet, kube-proxy, CoreDNS; needs root and hack/build node); "
+        "'auto': fall back to kwok, saying why, where this machine cannot run one",
+    )
     up.add_argument(
         "--port-base",
         type=int,
@@ -67,11 +79,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[hack/cluster] {msg}", file=sys.stderr)
 
+    real_node = getattr(args, "real_node", None)
+    if real_node == "auto":
+        try:
+            preflight()
+        except NodeUnavailable as e:
+            log(f"{e}\n  -> falling back to kwok nodes only: pods will not run (their Registries still become Ready)")
+            real_node = None
+    nodes = getattr(args, "nodes", None)
     cluster = LocalCluster(
         args.workdir,
         detach=True,
         log=log,
-        nodes=getattr(args, "nodes", 1),
+        nodes=(0 if real_node else 1) if nodes is None else nodes,
+        real_node=bool(real_node),
         port_base=getattr(args, "port_base", None),
         crd_dir=None if getattr(args, "no_crds", False) else REPO / "crds",
     )
@@ -112,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.register_process(args.name, args.pid, args.log)
         return 0
     if args.command == "down":
-        if not cluster.procs:
+        if not cluster.procs and not RealNode.owned_by(cluster.workdir):
             log(f"nothing to stop (no {cluster.state_file})")
             return 0
         cluster.stop()

@@ -25,6 +25,8 @@ from .binaries import REPO, Binaries
 from .cluster import Cluster
 from .errors import ClusterError, PortInUse
 from .kubeconfig import b64, dump_yaml, kubeconfig_dict, write_private
+from .network import NODE_IP, POD_CIDR, SERVICE_CIDR
+from .node import KWOK_LABEL, NodeBinaries, RealNode, preflight
 from .pki import write_pki
 from .poll import wait_until as _poll
 from .ports import pick_free_ports, port_taken
@@ -33,8 +35,6 @@ from .processes import Proc, log_tail, pid_alive, proc_stat, rss_bytes, set_pdea
 DEFAULT_WORKDIR = REPO / ".cache" / "cluster"
 CONTEXT_NAME = "registry-operator-local"
 NODE_ANNOTATION = "kwok.x-k8s.io/node"
-SERVICE_CIDR = "10.0.0.0/24"
-POD_CIDR = "10.244.0.0/16"
 # Components in start order; stop() goes the other way.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
@@ -71,9 +71,13 @@ class LocalCluster(Cluster):
         detach: bool = False,
         binaries: Binaries | None = None,
         log: Callable[[str], None] | None = None,
+        real_node: bool = False,
     ):
+        """``nodes`` kwok nodes; ``real_node`` adds a real one (node.py: root, containerd, hack/build node)."""
         self.workdir = Path(workdir).resolve()
         self.nodes = nodes
+        self.real_node = real_node
+        self.node: RealNode | None = None
         self.crd_dir = crd_dir
         self.port_base = port_base
         self.detach = detach
@@ -125,6 +129,7 @@ class LocalCluster(Cluster):
             "server": self.server,
             "ports": self.ports,
             "nodes": self.nodes,
+            "real_node": self.real_node,
             "detached": self.detach,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "versions": {
@@ -149,6 +154,7 @@ class LocalCluster(Cluster):
             return False
         self.ports = {k: int(v) for k, v in state.get("ports", {}).items()}
         self.nodes = state.get("nodes", self.nodes)
+        self.real_node = state.get("real_node", False)
         self.procs = {
             n: Proc(n, p["pid"], p["starttime"], p.get("args", []), p.get("log", ""))
             for n, p in state.get("processes", {}).items()
@@ -212,6 +218,7 @@ class LocalCluster(Cluster):
             self.log("stopping the leftovers of an earlier run in this work directory")
             self.stop()
         binaries = self.binaries
+        node_binaries = preflight() if self.real_node else None  # NodeUnavailable before anything starts
         t0 = step = time.monotonic()
         self.ports = pick_free_ports(self.PORT_NAMES, self.port_base)
         taken = [f"{name} 127.0.0.1:{port}" for name, port in self.ports.items() if port_taken(port)]
@@ -275,6 +282,10 @@ class LocalCluster(Cluster):
             wait_until(self._nodes_ready, 30, f"{self.nodes} kwok node(s) Ready")
             wait_until(self._default_sa_exists, 30, "the ServiceAccount default/default")
             step = self.timings.add("controllers+nodes", step)
+            if node_binaries is not None:
+                self.node = RealNode(self, node_binaries)
+                self.node.start(self.log)
+                step = self.timings.add("real node", step)
         except BaseException:
             self.stop()
             raise
@@ -291,6 +302,11 @@ class LocalCluster(Cluster):
         for name, p in reversed(list(state.get("extra_processes", {}).items())):
             self.log(f"stopping {name} (pid {p['pid']})")
             terminate(p["pid"], p.get("starttime"), timeout)
+        if self.node is None and RealNode.owned_by(self.workdir):
+            self.node = RealNode(self, NodeBinaries.locate())
+        if self.node is not None:  # before the control plane, which its kubelet and kube-proxy talk to
+            self.node.stop(self.log, timeout)
+            self.node = None
         for name in reversed(COMPONENTS):
             proc = self.procs.get(name)
             if proc is None:
@@ -420,8 +436,7 @@ class LocalCluster(Cluster):
             [
                 str(b.kube_apiserver),
                 f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *self._apiserver_address_args(),
                 f"--secure-port={self.ports['kube-apiserver']}",
                 f"--cert-dir={pki}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -432,12 +447,39 @@ class LocalCluster(Cluster):
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=0",
             ],
         )
+
+    def _apiserver_address_args(self) -> list[str]:
+        """Loopback only, without a real node. With one, pods reach the apiserver through the ``kubernetes``
+        Service (whose endpoint is the node IP), so it listens on all local addresses; ``kubectl logs/exec``
+        dial the kubelet by InternalIP (its hostname would ask the machine's DNS); with kwok nodes too, pods go
+        to kwok nodes unless their namespace asks for the real one (PodNodeSelector)."""
+        if not self.real_node:
+            return ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", "--endpoint-reconciler-type=none"]
+        pki = self.pki
+        args = [
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={NODE_IP}",
+            "--endpoint-reconciler-type=lease",
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={pki / 'admin.crt'}",
+            f"--kubelet-client-key={pki / 'admin.key'}",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+        ]
+        if self.nodes:
+            selector = self.workdir / "podnodeselector.yaml"
+            selector.write_text(f"podNodeSelectorPluginConfig:\n  clusterDefaultNodeSelector: {KWOK_LABEL}\n")
+            admission = self.workdir / "admission.yaml"
+            admission.write_text(
+                "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n"
+                f"  - name: PodNodeSelector\n    path: {selector}\n"
+            )
+            args += ["--enable-admission-plugins=PodNodeSelector", f"--admission-control-config-file={admission}"]
+        return args
 
     def _component_kubeconfig(self) -> str:
         return str(self.kubeconfig)

@@ -23,7 +23,18 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.support.deployed import VERSIONS, DeployedRegistry, create_registry  # noqa: E402
+from tests.support.deployed import POD_COUNTS, VERSIONS, DeployedRegistry, create_registry  # noqa: E402
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How many Registry pods ran on the real node and how many fell back to the pod runner."""
+    if POD_COUNTS:
+        terminalreporter.write_sep("-", "registry pods")
+        hint = "" if POD_COUNTS["real node"] else " (--real-node=auto adds tests/e2e/test_real_node.py)"
+        terminalreporter.write_line(
+            f"{POD_COUNTS['real node']} on the real node (kubelet), "
+            f"{POD_COUNTS['pod runner']} on the pod runner (local processes){hint}"
+        )
 
 
 def registry_spec(version: str, **extra: Any) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from localcluster import read_versions
 
@@ -21,6 +22,11 @@ from .podrunner import CACHE_BIN
 SKOPEO = "skopeo"  # Debian's
 CRANE = CACHE_BIN / f"crane-{read_versions()['CRANE_VERSION']}" / "crane"
 CONFORMANCE = CACHE_BIN / f"oci-conformance-{read_versions()['OCI_CONFORMANCE_VERSION']}" / "conformance.test"
+
+
+def docker_config(host: str, user: str, password: str) -> dict[str, Any]:
+    """A docker ``config.json`` (crane's DOCKER_CONFIG, an imagePullSecret's ``.dockerconfigjson``) for one host."""
+    return {"auths": {host: {"auth": base64.b64encode(f"{user}:{password}".encode()).decode()}}}
 
 
 class ClientError(Exception):

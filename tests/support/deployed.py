@@ -8,6 +8,7 @@ publishes the wrong thing, the clients fail.
 from __future__ import annotations
 
 import base64
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,13 @@ INPUTS_HASH = "registry.operator.dev/inputs-hash"
 # Registry spec.version -> test id. 2.8 runs Debian's distribution 2.8.2, 3 the pinned v3 build.
 VERSIONS = {"2.8": "v2.8", "3": "v3"}
 T = TypeVar("T")
+# Where the session's Registry pods ran: "pod runner" (a local process, tests/support/podrunner) or "real node"
+# (the kubelet); the e2e suite prints it at the end.
+POD_COUNTS: Counter[str] = Counter()
+
+
+def count_pod(where: str) -> None:
+    POD_COUNTS[where] += 1
 
 
 def wait_for(check: Callable[[], T | None], what: str, timeout: float = 60, interval: float = 0.2) -> T:
@@ -103,6 +111,7 @@ class DeployedRegistry:
         """Run the pod template currently in the Deployment (a new pod after a rollout)."""
         runner = PodRunner(self.deployment(), ApiSources(self.client, self.namespace), self.workdir)
         self.runners.append(runner)
+        count_pod("pod runner")
         runner.start(self.ca_pem(), self.host)
         return runner
 

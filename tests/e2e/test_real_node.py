@@ -1,0 +1,155 @@
+"""Registries as real pods on the real node (``--real-node``): the kubelet runs what the operator rendered, kube-proxy
+carries the Service, containerd pulls an image from a Registry the operator created.
+
+The egress guard is asserted first: the whole module depends on ``guarded_node``, so no pod of it starts on a node
+whose traffic could leave this machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lightkube import Client
+from lightkube.resources.core_v1 import Pod, Secret, Service
+from localcluster import wait_until
+from localcluster.images import BUSYBOX_IMAGE, IMAGE_DIR, IMAGES
+from localcluster.network import NODE_IP, egress_guard_problem
+from localcluster.node import NODE_LABEL, NODE_NAME, NODE_SELECTOR_ANNOTATION, RealNode
+
+from tests.support import https, ociimage
+from tests.support.clients import CRANE, Skopeo, docker_config
+from tests.support.deployed import VERSIONS, DeployedRegistry, Registry, count_pod
+
+BUSYBOX_TAR = IMAGE_DIR / next(i for i in IMAGES if i.ref == BUSYBOX_IMAGE).filename
+
+
+@pytest.fixture(scope="module")
+def guarded_node(real_node: RealNode) -> RealNode:
+    """The real node, once its egress guard is checked: the module's first assertion, before any of its pods."""
+    assert egress_guard_problem() is None
+    resolv = (real_node.dir / "resolv.conf").read_text()
+    assert "nameserver" not in resolv, "pods must never get the host's resolver"
+    return real_node
+
+
+@pytest.fixture(scope="module")
+def node_namespace(guarded_node: RealNode, cluster: Any, e2e_operator: Any) -> Iterator[str]:
+    """A namespace whose pods go to the real node (PodNodeSelector), watched by the session's operator."""
+    name = f"e2e-node-{secrets.token_hex(3)}"
+    cluster.apply(
+        f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"
+        f"  annotations:\n    {NODE_SELECTOR_ANNOTATION}: {NODE_LABEL}\n"
+    )
+    wait_until(lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0, 30,
+               f"ServiceAccount default in {name}")  # fmt: skip
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def node_registry(
+    kube_client: Client, node_namespace: str, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], tuple[DeployedRegistry, str]]:
+    """node_registry(version) -> (a Ready Registry on the real node, ``<node IP>:<node port>``), made once.
+
+    Its Service is a NodePort and its certificate names the node IP, so clients on this machine reach it through
+    kube-proxy and verify it."""
+    made: dict[str, tuple[DeployedRegistry, str]] = {}
+
+    def get(version: str) -> tuple[DeployedRegistry, str]:
+        if version not in made:
+            name = f"reg{VERSIONS[version].replace('.', '').removeprefix('v')}"
+            spec = {"version": version, "service": {"type": "NodePort"}, "tls": {"ipAddresses": [NODE_IP]},
+                    "auth": {"users": [{"name": "alice"}]}}  # fmt: skip
+            kube_client.create(Registry(metadata={"name": name, "namespace": node_namespace}, spec=spec))
+            reg = DeployedRegistry(kube_client, node_namespace, name, tmp_path_factory.mktemp(name))
+            started = time.monotonic()
+            reg.wait_ready(timeout=120)
+            print(f"\nRegistry {version} Ready on the real node {time.monotonic() - started:.1f}s after create")
+            pods = kube_client.list(Pod, namespace=node_namespace, labels={"app.kubernetes.io/instance": name})
+            assert {p.spec.nodeName for p in pods} == {NODE_NAME}, "the Registry's pods must run on the real node"
+            count_pod("real node")
+            port = kube_client.get(Service, name, namespace=node_namespace).spec.ports[0].nodePort
+            host = f"{NODE_IP}:{port}"
+            # kube-proxy programs the NodePort a moment after the Service exists.
+            wait_until(lambda: https.request(host, reg.ca_pem(), NODE_IP, "GET", "/v2/").status == 401, 30, host)
+            made[version] = (reg, host)
+        return made[version]
+
+    return get
+
+
+def run_pod(client: Client, namespace: str, name: str, image: str, script: str, **spec: Any) -> tuple[str, str, float]:
+    """A pod running ``script`` with sh; (phase, log, seconds from create to done)."""
+    pod = {"metadata": {"name": name, "namespace": namespace},
+           "spec": {"restartPolicy": "Never", **spec,
+                    "containers": [{"name": "c", "image": image, "command": ["/bin/sh", "-c", script]}]}}  # fmt: skip
+    started = time.monotonic()
+    client.create(Pod.from_dict(pod))
+    finished = ("Succeeded", "Failed")
+    wait_until(lambda: client.get(Pod, name, namespace=namespace).status.phase in finished, 120, f"pod {name}")
+    took = time.monotonic() - started
+    phase = client.get(Pod, name, namespace=namespace).status.phase
+    return phase, "".join(client.log(name, namespace=namespace)), took
+
+
+@pytest.mark.parametrize("version", sorted(VERSIONS), ids=VERSIONS.get)
+def test_containerd_pulls_an_image_from_an_operator_registry(
+    guarded_node: RealNode, kube_client: Client, node_namespace: str, node_registry: Any, version: str, tmp_path: Path
+) -> None:
+    """The reason Registries exist: a node pulls from one (TLS with the Registry's CA, an imagePullSecret)."""
+    reg, host = node_registry(version)
+    ca, config = reg.ca_pem(), docker_config(host, "alice", reg.passwords()["alice"])
+    (tmp_path / "ca.crt").write_bytes(ca)
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "config.json").write_text(json.dumps(config))
+    env = {**os.environ, "SSL_CERT_FILE": str(tmp_path / "ca.crt"), "DOCKER_CONFIG": str(tmp_path / "docker")}
+    image = f"{host}/e2e/busybox:1"
+    subprocess.run([str(CRANE), "push", str(BUSYBOX_TAR), image], env=env, check=True, capture_output=True)
+
+    RealNode.trust_registry(guarded_node.cluster.workdir, host, ca)
+    pull_secret = base64.b64encode(json.dumps(config).encode()).decode()
+    secret = Secret.from_dict({"metadata": {"name": f"pull-{reg.name}", "namespace": node_namespace},
+                               "type": "kubernetes.io/dockerconfigjson",
+                               "data": {".dockerconfigjson": pull_secret}})  # fmt: skip
+    kube_client.create(secret)
+    phase, log, took = run_pod(kube_client, node_namespace, f"pulled-{reg.name}", image, "echo pulled and ran",
+                               imagePullSecrets=[{"name": secret.metadata.name}])  # fmt: skip
+    print(f"pod with an image from Registry {version}: created -> Succeeded in {took:.2f}s")
+    assert (phase, log.strip()) == ("Succeeded", "pulled and ran")
+
+
+@pytest.mark.parametrize("version", sorted(VERSIONS), ids=VERSIONS.get)
+def test_skopeo_through_the_node_port(node_registry: Any, version: str, tmp_path: Path) -> None:
+    """Push and pull through kube-proxy to the registry the kubelet runs, digests compared end to end."""
+    reg, host = node_registry(version)
+    creds = ("alice", reg.passwords()["alice"])
+    skopeo = Skopeo(tmp_path, reg.ca_pem())
+    image = ociimage.build(tmp_path / "image", tag="v1", layers=2, size=2 * ociimage.MIB)
+    repo = f"docker://{host}/e2e/skopeo"
+    skopeo.copy_to(image.ref, f"{repo}:v1", creds)
+    assert ociimage.sha256_digest(skopeo.inspect_raw(f"{repo}:v1", creds)) == image.manifest_digest
+    assert skopeo.list_tags(repo, creds) == ["v1"]
+
+
+def test_pods_resolve_services_through_cluster_dns(
+    kube_client: Client, node_namespace: str, node_registry: Any
+) -> None:
+    """``<name>.<namespace>.svc`` resolves in a pod (CoreDNS on the node IP) and its ClusterIP answers
+    (kube-proxy)."""
+    reg, _ = node_registry("3")
+    cluster_ip = kube_client.get(Service, reg.name, namespace=node_namespace).spec.clusterIP
+    fqdn = f"{reg.name}.{node_namespace}.svc.cluster.local"
+    script = f"nslookup {fqdn} && nc -w 5 {reg.name}.{node_namespace}.svc 5000 </dev/null && echo open"
+    phase, log, _ = run_pod(kube_client, node_namespace, "dns", BUSYBOX_IMAGE, script)
+    assert phase == "Succeeded", log
+    assert cluster_ip in log and log.strip().endswith("open"), log
