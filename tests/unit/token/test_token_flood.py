@@ -2,7 +2,7 @@
 
 Issue 15: 200 such requests took the service from 50 to 198 MB against its 256 Mi limit. Here the
 real ``python -m registry_operator.token`` runs as a subprocess (so its own peak RSS, ``VmHWM``,
-and its CPU time are measured) while an attacker on 127.0.0.1 first sends 2,000 logins with random
+and its CPU time are measured) while an attacker on 127.0.0.1 first sends 1,000 logins with random
 names of the longest allowed length, which do reach bcrypt and the throttle, then 10,000 with 1 MB
 names three ways (a Basic header, a form with a Content-Length, a chunked form), which the service
 refuses after reading a small part of each. Real users keep getting tokens throughout: from
@@ -38,7 +38,7 @@ from registry_operator.token.limits import MAX_USER_BYTES
 
 ATTEMPTS = 10_000
 NAME_BYTES = 1024 * 1024
-LONGEST_NAMES = 2_000  # names of exactly MAX_USER_BYTES: past the size limits, into the throttle
+LONGEST_NAMES = 1_000  # names of exactly MAX_USER_BYTES: past the size limits, into the throttle
 CONCURRENCY = 16
 RSS_LIMIT_MIB = 128  # the goal in issue 15 (the pod's limit is 256 Mi)
 ATTACKER, USER_ADDRESS = "127.0.0.1", "127.0.0.2"
@@ -145,7 +145,7 @@ async def send_raw(port: int, parts: list[Chunk]) -> str:
     try:
         for part in parts:
             writer.write(part)  # sent in the background as the service's window allows
-        status = await asyncio.wait_for(reader.readline(), 10)
+        status = await asyncio.wait_for(reader.readline(), 30)
         return status.split(b" ")[1].decode() if status.startswith(b"HTTP/1.1 ") else "reset"
     except (ConnectionError, asyncio.IncompleteReadError):
         return "reset"
