@@ -45,6 +45,7 @@ class Result:
     rejection: str = ""  # refused at create: code and message
     outcome: str = ""  # accepted: "Ready", "Degraded:<reason>", or why it is neither; "A, then B" if it changed
     settled_after: float | None = None  # seconds from create to the first settled status
+    first_message: str = ""  # the Degraded (else Ready) condition's message when it first settled
     writes: int = 0  # operator writes attributed to it in its quiet window
     write_kinds: Counter[str] = field(default_factory=Counter)
     squatters_touched: list[str] = field(default_factory=list)
@@ -77,6 +78,13 @@ def settled_outcome(body: Mapping[str, Any]) -> str:
         return f"Degraded:{degraded['reason']}"
     return f"neither Ready nor Degraded (Ready {ready.get('status')}/{ready.get('reason')}, " \
            f"Degraded {degraded.get('status')}/{degraded.get('reason')})"
+
+
+def _message(status: Any) -> str:
+    conditions = {c.get("type"): c for c in (status or {}).get("conditions") or ()}
+    degraded = conditions.get("Degraded") or {}
+    chosen = degraded if degraded.get("status") == "True" else conditions.get("Ready") or {}
+    return str(chosen.get("message", ""))[:400]
 
 
 def rejection_fields(body: Any) -> list[str]:
@@ -143,7 +151,7 @@ def _epoch(stamp: str | None) -> float:
 CHILDREN = {
     "deployments": ("", "-token"),
     "services": ("", "-token"),
-    "configmaps": ("-config", "-token"),
+    "configmaps": ("-config", "-token", "-ca"),
     "persistentvolumeclaims": ("-data",),
     "secrets": ("-ca", "-ca-key", "-tls", "-htpasswd", "-passwords", "-http-secret", "-token-tls",
                 "-token-signing"),
@@ -153,11 +161,17 @@ CHILDREN = {
 
 
 def owners(object_name: str, resource: str, registries: Iterable[str]) -> list[str]:
-    """The Registries a request's object can belong to: the Registry itself, its children, its Events."""
+    """The Registries a request's object can belong to: the Registry itself, its children, its Events. A name
+    no known child has (a child added since) goes to the Registry whose name is its longest `<name>-` prefix."""
+    registries = list(registries)
     if resource == "events":
         return [reg for reg in registries if object_name.startswith(reg + ".")]
     suffixes = CHILDREN.get(resource, ())
-    return [reg for reg in registries if any(object_name == reg + suffix for suffix in suffixes)]
+    known = [reg for reg in registries if any(object_name == reg + suffix for suffix in suffixes)]
+    if known:
+        return known
+    prefixes = [reg for reg in registries if object_name.startswith(reg + "-")]
+    return [max(prefixes, key=len)] if prefixes else []
 
 
 def batches(cases: Sequence[Case], size: int) -> list[list[Case]]:
@@ -288,6 +302,7 @@ class Runner:
                 result.outcome = settled_outcome(body)
                 if result.settled:
                     result.settled_after = now - created[name]
+                    result.first_message = _message(result.status)
                     del pending[name]
             if not pending or now > deadline:
                 return

@@ -70,6 +70,7 @@ class Case:
     spec: Json
     secrets: tuple[SecretSeed, ...] = ()
     squatters: tuple[Squatter, ...] = ()
+    flaw: str | None = None  # where a dirty case carries its one flaw (FLAWS), None for a clean case
 
     def manifest(self, namespace: str) -> dict[str, Any]:
         return {"apiVersion": "registry.operator.dev/v1alpha1", "kind": "Registry",
@@ -115,12 +116,33 @@ def sometimes(draw: Draw, one_in: int) -> bool:
     return draw(st.integers(0, one_in - 1)) == one_in - 1
 
 
-def pick(good: Sequence[Any], bad: Sequence[Any], dirty: bool, odds: int = 4) -> st.SearchStrategy[Any]:
-    """One of `good`; in a dirty case, about once in `odds + 1` draws one of `bad` instead. Good values come
-    first: they are what failures shrink to."""
-    if not dirty or not bad:
-        return st.sampled_from(good)
-    return st.integers(0, odds).flatmap(lambda i: st.sampled_from(bad if i == odds else good))
+# The places where a dirty case carries its one flaw (with how often, relative to 1): a value the schema must
+# refuse, or that, if the schema lets it through, can only fail late. One flaw per case, so that no other
+# invalid field masks a gap in the schema: a flaw the API server accepts then shows as what it is. Names,
+# user names, Secret references (paths into another namespace among them) and quantities weigh more: they
+# are what issue 9 found broken.
+FLAWS = {
+    "name": 8, "user-name": 3, "no-users": 1, "duplicate-user": 1, "secret-ref": 4, "secret-key": 1,
+    "auth-mode": 1, "no-auth": 1, "group-name": 1, "action": 1, "repository": 1, "no-repository": 1,
+    "rules-without-token": 1, "ttl": 2, "algorithm": 1, "realm": 1, "tls-mode": 1, "tls-secret": 3,
+    "secret-name-without-secret-mode": 1, "dns-name": 1, "ip": 1, "size": 2, "access-mode": 1, "reclaim": 1,
+    "both-storages": 1, "service-type": 1, "port": 1, "node-port": 1, "node-port-with-cluster-ip": 1,
+    "service-annotations": 1, "pod-annotations": 1, "huge-pod-annotations": 2, "pod-labels": 1,
+    "node-selector": 1, "tolerations": 2, "affinity": 2, "version": 1, "image": 2, "replicas": 1,
+    "read-only": 1, "log-level": 1, "resources": 3, "typo": 1,
+}
+Flaw = str | None  # the one flawed place of a case, None for a clean case
+
+
+def pick(good: Sequence[Any], bad: Sequence[Any], flaw: Flaw, site: str) -> st.SearchStrategy[Any]:
+    """One of `bad` at the case's flawed site, else one of `good` (the first is what failures shrink to)."""
+    return st.sampled_from(bad if flaw == site else good)
+
+
+def include(draw: Draw, one_in: int, flaw: Flaw, *sites: str) -> bool:
+    """Whether an optional field is present: always when the case's flaw lives in it, else about once in
+    `one_in` cases."""
+    return flaw in sites or sometimes(draw, one_in)
 
 
 def one_of_weighted(*options: tuple[int, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
@@ -177,21 +199,24 @@ def sized_name(draw: Draw, lo: int, hi: int, suffix: str = "") -> str:
     return draw(dns_label(body, body)) + suffix
 
 
-def registry_name(dirty: bool) -> st.SearchStrategy[str]:
+def registry_name(flaw: Flaw) -> st.SearchStrategy[str]:
     """metadata.name: short names, siblings (`web-tls` next to `web`), long ones up to 57 (the longest a token
-    Registry may have); in dirty cases also 58-64 characters, `-token` endings, up to 253, dots, invalid."""
-    sibling_suffixes = ("",) + tuple(s for s in CHILD_SUFFIXES if dirty or s != "-token")
-    sibling = st.builds(lambda b, s: b + s, st.sampled_from(BASES), st.sampled_from(sibling_suffixes))
+    Registry may have); flawed: 58-66 characters, a `-token` ending, up to 253, dots, invalid characters."""
+    if flaw == "name":
+        return one_of_weighted(
+            (3, sized_name(58, 66)),
+            (2, sized_name(52, 64, "-token")),
+            (1, st.builds(lambda b: b + "-token", st.sampled_from(BASES))),
+            (2, sized_name(64, 253)),
+            (2, st.builds(lambda a, b: f"{a}.{b}", dns_label(1, 20), dns_label(1, 20))),
+            (2, st.sampled_from(["x" * 254, "Web", "web_1", "-web", "9lives", "web-", "web.", "we b", "wéb",
+                                 ".web", "web..x"])),
+        )
+    sibling_suffixes = ("",) + tuple(s for s in CHILD_SUFFIXES if s != "-token")
     return one_of_weighted(
-        (6, sibling),
+        (6, st.builds(lambda b, s: b + s, st.sampled_from(BASES), st.sampled_from(sibling_suffixes))),
         (6, dns_label(1, 40)),
         (2, sized_name(41, 57)),
-        (3 * dirty, sized_name(58, 66)),
-        (2 * dirty, sized_name(52, 64, "-token")),
-        (2 * dirty, sized_name(64, 253)),
-        (2 * dirty, st.builds(lambda a, b: f"{a}.{b}", dns_label(1, 20), dns_label(1, 20))),
-        (2 * dirty, st.sampled_from(["x" * 254, "Web", "web_1", "-web", "9lives", "web-", "web.", "we b", "wéb",
-                                     ".web", "web..x"])),
     )
 
 
@@ -203,15 +228,17 @@ TRICKY_USERS = ("ci@corp", "first.last@example.com", ".", "..", "a..b", "-", "_"
 BAD_USERS = ("a b", " alice", "a:b", "jürgen", "用户", "x" * 65, "", "a/b", "tab\tname", "a=b")
 
 
-def user_name(dirty: bool) -> st.SearchStrategy[str]:
-    """Mostly plain names, a quarter the tricky ones users send (e-mails, dots); dirty: some the schema must
+def user_name(flawed: bool = False) -> st.SearchStrategy[str]:
+    """Mostly plain names, a quarter the tricky ones users send (e-mails, dots); flawed: one the schema must
     refuse (spaces, colons, non-ASCII, 65 characters, arbitrary text)."""
+    if flawed:
+        return st.one_of(st.sampled_from(BAD_USERS), st.text(
+            alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=70).filter(
+            lambda t: not re.fullmatch(r"[A-Za-z0-9._@-]{1,64}", t)))
     return one_of_weighted(
         (14, st.sampled_from(("alice", "bob", "ci", "deploy-bot", "robot_1", "r"))),
         (6, st.sampled_from(TRICKY_USERS)),
         (2, st.from_regex(r"[A-Za-z0-9._@-]{1,64}", fullmatch=True)),
-        (2 * dirty, st.one_of(st.sampled_from(BAD_USERS), st.text(
-            alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=70))),
     )
 
 
@@ -229,27 +256,36 @@ def password_data(draw: Draw, key: str) -> dict[str, bytes] | None:
     ])
 
 
+# The path into another namespace twice: it is the one that matters most.
+BAD_SECRET_NAMES = ("Bad_Name", "a/b", "x" * 254, "", f"../../{VICTIM_NAMESPACE}/secrets/db",
+                    f"../../{VICTIM_NAMESPACE}/secrets/db", "..")
+
+
 @st.composite
-def users(draw: Draw, dirty: bool) -> tuple[list[Json], list[SecretSeed]]:
-    """auth.users and the password Secrets they refer to; in dirty cases now and then a user listed twice,
-    none at all, or a reference no Secret can satisfy (`a/b`, a path into another namespace)."""
+def users(draw: Draw, flaw: Flaw) -> tuple[list[Json], list[SecretSeed]]:
+    """auth.users and the password Secrets they refer to; flawed: no user at all, one listed twice, a name the
+    schema must refuse, a reference no Secret can satisfy (`a/b`, a path into another namespace), a bad key."""
     out: list[Json] = []
     seeds: list[SecretSeed] = []
-    count = 0 if dirty and sometimes(draw, 10) else draw(st.integers(1, 4))
-    names = draw(st.lists(user_name(dirty), min_size=count, max_size=count, unique=True))
-    if names and dirty and sometimes(draw, 6):
+    count = 0 if flaw == "no-users" else draw(st.integers(1, 4))
+    names = draw(st.lists(user_name(), min_size=count, max_size=count, unique=True))
+    if flaw == "user-name":
+        names[draw(st.integers(0, count - 1))] = draw(user_name(flawed=True))
+    if flaw == "duplicate-user":
         names.append(names[0])
+    flawed_ref = draw(st.integers(0, count - 1)) if flaw in ("secret-ref", "secret-key") else -1
     for i, name in enumerate(names):
         user: dict[str, Json] = {"name": name}
-        if sometimes(draw, 3):
+        if i == flawed_ref or sometimes(draw, 3):
             secret = f"pw{i}"
             ref: dict[str, Json] = {"name": secret}
             key = "password"
-            if draw(st.booleans()):
-                key = draw(pick(["pass", "token", ".dot"], ["Bad Key", "a" * 254], dirty))
-                ref["key"] = key
-            ref["name"] = draw(pick([secret], ["Bad_Name", "a/b", "x" * 254, "", "pw.x",
-                                               f"../../{VICTIM_NAMESPACE}/secrets/db"], dirty, odds=3))
+            if i == flawed_ref and flaw == "secret-key":
+                key = ref["key"] = draw(st.sampled_from(["Bad Key", "a" * 254, "", "a/b"]))
+            elif draw(st.booleans()):
+                key = ref["key"] = draw(st.sampled_from(["pass", "token", ".dot"]))
+            if i == flawed_ref and flaw == "secret-ref":
+                ref["name"] = draw(st.sampled_from(BAD_SECRET_NAMES))
             user["passwordSecretRef"] = ref
             # A key that no Secret can have ("Bad Key") is looked up in a Secret that has only "password".
             data = password_data(draw, key if re.fullmatch(r"[-._a-zA-Z0-9]{1,253}", key) else "password")
@@ -270,12 +306,13 @@ INVALID_QUANTITIES: tuple[Json, ...] = ("garbage", "-1", "1.5.5", "10 Mi", "1Mib
 
 
 @st.composite
-def resources(draw: Draw, dirty: bool) -> Json:
-    """Container resources: all canonical or all non-canonical; dirty: invalid quantities, a limit below its
+def resources(draw: Draw, flaw: Flaw) -> Json:
+    """Container resources: all canonical or all non-canonical; flawed: invalid quantities, a limit below its
     request, a resource that does not exist, a typo, not a map."""
-    profile = weighted(draw, [(3, "canonical"), (3, "non-canonical"), (3 * dirty, "invalid"),
-                              (dirty, "limit below request"), (dirty, "unknown resource"), (dirty, "typo"),
-                              (dirty, "not a map")])
+    flawed = flaw == "resources"
+    profile = weighted(draw, [(3 * (not flawed), "canonical"), (3 * (not flawed), "non-canonical"),
+                              (4 * flawed, "invalid"), (flawed, "limit below request"),
+                              (flawed, "unknown resource"), (flawed, "typo"), (flawed, "not a map")])
     if profile in ("canonical", "non-canonical", "invalid"):
         def value(kind: dict[str, tuple[Json, ...]]) -> st.SearchStrategy[Json]:
             return st.sampled_from(kind[profile] if profile != "invalid" else INVALID_QUANTITIES)
@@ -297,44 +334,65 @@ LABEL_KEYS = (("team", "app.kubernetes.io/instance", "app.kubernetes.io/name"), 
 
 
 @st.composite
-def string_map(draw: Draw, keys: tuple[Sequence[str], Sequence[str]], dirty: bool, huge: bool = False
-               ) -> dict[str, str]:
-    """Annotations or labels; dirty and `huge`: sometimes far past the 256 KiB an object's annotations hold."""
-    values = pick(["v", "", "true", "x" * 63], ["a b", "ü", "x" * 64], dirty)
-    out = {k: draw(values) for k in draw(st.lists(pick(*keys, dirty), max_size=3, unique=True))}
-    if huge and dirty:
-        size = weighted(draw, [(10, 0), (1, 100 * 1024), (1, 300 * 1024)])
-        if size:
-            out["example.com/blob"] = "z" * size
+def string_map(draw: Draw, keys: tuple[Sequence[str], Sequence[str]], flawed: bool, huge: bool = False,
+               bad_values: Sequence[str] = ()) -> dict[str, str]:
+    """Annotations or labels; flawed: a bad key, a bad value (labels), or (`huge`) far past the 256 KiB an
+    object's annotations may hold."""
+    good_keys, bad_keys = keys
+    out = {k: draw(st.sampled_from(["v", "", "true", "x" * 63]))
+           for k in draw(st.lists(st.sampled_from(good_keys), max_size=3, unique=True))}
+    if flawed and huge:
+        out["example.com/blob"] = "z" * draw(st.sampled_from([100 * 1024, 300 * 1024]))
+    elif flawed and bad_values and draw(st.booleans()):
+        out[draw(st.sampled_from(good_keys))] = draw(st.sampled_from(bad_values))
+    elif flawed:
+        out[draw(st.sampled_from(bad_keys))] = "v"
     return out
 
 
 TTLS = ("5m", "60s", "24h", "1h30m", "90s", "1m0s", "23h59m60s", "2h")
 BAD_TTLS = ("59s", "24h1s", "0s", "1d", "5 m", "", "300", "1.5h", "100ms", "5M")
+TOKEN_FLAWS = ("group-name", "action", "repository", "no-repository", "ttl", "algorithm", "realm")
 
 
 @st.composite
-def auth(draw: Draw, dirty: bool) -> tuple[Json, list[SecretSeed]]:
+def auth(draw: Draw, flaw: Flaw) -> tuple[Json, list[SecretSeed]]:
     """auth, with rules that name unknown users and groups (a runtime problem), and the password Secrets."""
-    mode = weighted(draw, [(6, "htpasswd"), (4, "token"), (1, "none"), (1, None), (dirty, "basic")])
-    user_list, seeds = draw(users(dirty))
+    if flaw in TOKEN_FLAWS:
+        mode = "token"
+    elif flaw == "auth-mode":
+        mode = draw(st.sampled_from(["basic", "Token", ""]))
+    elif flaw == "no-users":
+        mode = draw(st.sampled_from(["htpasswd", "token", None]))
+    elif flaw == "rules-without-token":
+        mode = draw(st.sampled_from(["htpasswd", "none", None]))
+    else:
+        mode = weighted(draw, [(6, "htpasswd"), (4, "token"), (1, "none"), (1, None)])
+    user_list, seeds = draw(users(flaw))
     out: dict[str, Json] = {}
     if mode is not None:
         out["mode"] = mode
-    if user_list or sometimes(draw, 5):
+    if user_list or flaw == "no-users" or sometimes(draw, 5):
         out["users"] = user_list
     names = [u["name"] for u in user_list] or ["alice"]
-    if mode == "token" or (dirty and sometimes(draw, 5)):
-        known_or_not = st.one_of(st.sampled_from(names), user_name(dirty))
-        group_list = draw(st.lists(pick(["devs", "ops", "g"], ["bad group", ""], dirty), max_size=2, unique=True))
+    if mode == "token" or flaw == "rules-without-token":
+        known_or_not = st.one_of(st.sampled_from(names), user_name())
+        group_list = draw(st.lists(st.sampled_from(["devs", "ops", "g"]), max_size=2, unique=True,
+                                   min_size=1 if flaw in ("group-name", "rules-without-token") else 0))
+        if flaw == "group-name":
+            group_list[0] = draw(st.sampled_from(["bad group", "", "x" * 65]))
         groups = [{"name": g, "users": draw(st.lists(known_or_not, max_size=3, unique=True))} for g in group_list]
         if groups:
             out["groups"] = groups
         group_names = [g["name"] for g in groups] or ["devs"]
         rules = []
-        for _ in range(draw(st.integers(0, 3))):
-            rule: dict[str, Json] = {"actions": draw(st.lists(
-                pick(["pull", "push", "delete", "*"], ["write"], dirty), min_size=1, max_size=3, unique=True))}
+        rule_flaw = flaw in ("action", "repository", "no-repository")
+        for i in range(draw(st.integers(1 if rule_flaw else 0, 3))):
+            actions = draw(st.lists(st.sampled_from(["pull", "push", "delete", "*"]), min_size=1, max_size=3,
+                                    unique=True))
+            if flaw == "action" and i == 0:
+                actions = draw(st.sampled_from([["write"], [], ["pull", "pull", "push", "delete", "*"]]))
+            rule: dict[str, Json] = {"actions": actions}
             who = draw(st.integers(0, 3))
             if who == 0:
                 rule["users"] = draw(st.lists(known_or_not, min_size=1, max_size=2))
@@ -342,22 +400,24 @@ def auth(draw: Draw, dirty: bool) -> tuple[Json, list[SecretSeed]]:
                 rule["groups"] = draw(st.lists(st.sampled_from(group_names + ["nobody"]), min_size=1, max_size=2))
             elif who == 2:
                 rule["anonymous"] = True
-            if not (dirty and sometimes(draw, 5)):
-                rule["repositories"] = draw(st.lists(
-                    pick(["*", "team-a/*", "library/app"], ["Upper/Case", "a b"], dirty), min_size=1, max_size=2))
+            if not (flaw == "no-repository" and i == 0):
+                repositories = draw(st.lists(st.sampled_from(["*", "team-a/*", "library/app"]), min_size=1,
+                                             max_size=2))
+                if flaw == "repository" and i == 0:
+                    repositories[0] = draw(st.sampled_from(["Upper/Case", "a b", ""]))
+                rule["repositories"] = repositories
             if sometimes(draw, 4):
                 rule["catalog"] = True
             rules.append(rule)
         if rules:
             out["access"] = rules
-        if draw(st.booleans()):
-            out["tokenTTL"] = draw(pick(TTLS, BAD_TTLS, dirty, odds=2))
-        if sometimes(draw, 4):
-            out["tokenAlgorithm"] = draw(pick(["ES256", "RS256"], ["HS256"], dirty))
-        if sometimes(draw, 6):
-            out["tokenRealm"] = draw(pick(
-                ["https://auth.example.com/token", "http://10.0.0.9:5001/token"], ["ftp://x", "auth.example.com"],
-                dirty))
+        if include(draw, 2, flaw, "ttl"):
+            out["tokenTTL"] = draw(pick(TTLS, BAD_TTLS, flaw, "ttl"))
+        if include(draw, 4, flaw, "algorithm"):
+            out["tokenAlgorithm"] = draw(pick(["ES256", "RS256"], ["HS256", "es256"], flaw, "algorithm"))
+        if include(draw, 6, flaw, "realm"):
+            out["tokenRealm"] = draw(pick(["https://auth.example.com/token", "http://10.0.0.9:5001/token"],
+                                          ["ftp://x", "auth.example.com", "https://" + "x" * 1020], flaw, "realm"))
     return out, seeds
 
 
@@ -376,47 +436,69 @@ def tls_material() -> dict[str, dict[str, bytes]]:
 
 
 @st.composite
-def tls(draw: Draw, dirty: bool) -> tuple[Json, list[SecretSeed]]:
+def tls(draw: Draw, flaw: Flaw) -> tuple[Json, list[SecretSeed]]:
     """tls, and the user TLS Secret it names: valid, mismatched, garbage, without key, or missing."""
     out: dict[str, Json] = {}
     seeds: list[SecretSeed] = []
-    mode = weighted(draw, [(5, None), (3, "SelfSigned"), (3, "Secret"), (2, "Disabled"), (dirty, "Auto")])
+    if flaw == "tls-mode":
+        mode = draw(st.sampled_from(["Auto", "selfsigned", ""]))
+    elif flaw == "tls-secret":
+        mode = "Secret"
+    elif flaw == "secret-name-without-secret-mode":
+        mode = draw(st.sampled_from(["SelfSigned", "Disabled", None]))
+    else:
+        mode = weighted(draw, [(5, None), (3, "SelfSigned"), (3, "Secret"), (2, "Disabled")])
     if mode is not None:
         out["mode"] = mode
-    if mode == "Secret" or (dirty and sometimes(draw, 8)):
-        out["secretName"] = draw(pick(["tls"], [f"../../{VICTIM_NAMESPACE}/secrets/web-tls", "a/b"], dirty, odds=2))
+    if mode == "Secret" or flaw == "secret-name-without-secret-mode":
+        out["secretName"] = draw(pick(["tls"], [f"../../{VICTIM_NAMESPACE}/secrets/web-tls", "a/b", "Bad_Name"],
+                                      flaw, "tls-secret"))
         content = weighted(draw, [(5, "valid"), (1, "mismatched"), (1, "garbage"), (1, "no-key"), (1, "missing")])
         if content != "missing" and out["secretName"] == "tls":
             kind = "kubernetes.io/tls" if content != "no-key" else "Opaque"
             seeds.append(SecretSeed("tls", tls_material()[content], kind))
-    if sometimes(draw, 4):
-        out["dnsNames"] = draw(st.lists(pick(["registry.example.internal", "*.example.internal", "localhost"],
-                                             ["Upper.example", "a_b.example", "x" * 254], dirty),
-                                        max_size=3, unique=True))
-    if sometimes(draw, 6):
-        out["ipAddresses"] = draw(st.lists(pick(["10.1.2.3", "::1", "127.0.0.1"],
-                                                ["999.1.1.1", "not-an-ip", "fe80::1%eth0"], dirty),
-                                           max_size=2, unique=True))
+    if include(draw, 4, flaw, "dns-name"):
+        names = draw(st.lists(st.sampled_from(["registry.example.internal", "*.example.internal", "localhost"]),
+                              max_size=3, unique=True))
+        if flaw == "dns-name":
+            names.append(draw(st.sampled_from(["Upper.example", "a_b.example", "x" * 254, "*"])))
+        out["dnsNames"] = names
+    if include(draw, 6, flaw, "ip"):
+        ips = draw(st.lists(st.sampled_from(["10.1.2.3", "::1", "127.0.0.1"]), max_size=2, unique=True))
+        if flaw == "ip":
+            ips.append(draw(st.sampled_from(["999.1.1.1", "not-an-ip", "fe80::1%eth0"])))
+        out["ipAddresses"] = ips
     return out, seeds
 
 
 @st.composite
-def storage(draw: Draw, dirty: bool) -> tuple[Json | None, bool]:
+def storage(draw: Draw, flaw: Flaw) -> tuple[Json | None, bool]:
     """(storage, whether it is a ReadWriteMany claim)."""
-    size = pick(["10Gi", "1Gi", "500Mi", "1024Mi", "1.5Gi"], ["0", "1e3", "10GB", "", "-1Gi"], dirty)
-    choice = weighted(draw, [(4, "none"), (2, "emptyDir"), (3, "claim"), (dirty, "both")])
+    size = pick(["10Gi", "1Gi", "500Mi", "1024Mi", "1.5Gi"], ["0", "1e3", "10GB", "", "-1Gi"], flaw, "size")
+    if flaw == "both-storages":
+        choice = "both"
+    elif flaw in ("access-mode", "reclaim"):
+        choice = "claim"
+    elif flaw == "size":
+        choice = draw(st.sampled_from(["emptyDir", "claim"]))
+    else:
+        choice = weighted(draw, [(4, "none"), (2, "emptyDir"), (3, "claim")])
     if choice == "none":
         return None, False
     out: dict[str, Json] = {}
     rwx = False
     if choice in ("emptyDir", "both"):
-        out["emptyDir"] = draw(st.fixed_dictionaries({}, optional={"sizeLimit": size}))
+        out["emptyDir"] = {"sizeLimit": draw(size)} if flaw == "size" or draw(st.booleans()) else {}
     if choice in ("claim", "both"):
-        modes = draw(st.lists(pick(["ReadWriteOnce", "ReadWriteMany"], ["ReadOnly", "ReadWriteOncePod"], dirty),
-                              max_size=2, unique=True))
-        claim = draw(st.fixed_dictionaries({}, optional={
-            "size": size, "reclaimPolicy": pick(["Retain", "Delete"], ["Keep"], dirty)}))
-        if modes:
+        modes = draw(st.lists(st.sampled_from(["ReadWriteOnce", "ReadWriteMany"]), max_size=2, unique=True))
+        if flaw == "access-mode":
+            modes = draw(st.sampled_from([["ReadOnly"], ["ReadWriteMany", "ReadWriteOncePod"], []]))
+        claim: dict[str, Json] = {}
+        if flaw == "size" and "emptyDir" not in out or draw(st.booleans()):
+            claim["size"] = draw(size)
+        if include(draw, 2, flaw, "reclaim"):
+            claim["reclaimPolicy"] = draw(pick(["Retain", "Delete"], ["Keep", "retain"], flaw, "reclaim"))
+        if modes or flaw == "access-mode":
             claim["accessModes"] = modes
         rwx = "ReadWriteMany" in modes
         out["persistentVolumeClaim"] = claim
@@ -426,40 +508,48 @@ def storage(draw: Draw, dirty: bool) -> tuple[Json | None, bool]:
 
 
 @st.composite
-def service(draw: Draw, dirty: bool) -> Json:
+def service(draw: Draw, flaw: Flaw) -> Json:
     """service: every type, ports, node ports (any two may collide: a refused write), annotations."""
     out: dict[str, Json] = {}
-    kind = weighted(draw, [(4, None), (2, "ClusterIP"), (2, "NodePort"), (1, "LoadBalancer"), (dirty, "External")])
+    if flaw == "service-type":
+        kind = draw(st.sampled_from(["External", "nodeport", ""]))
+    elif flaw == "node-port-with-cluster-ip":
+        kind = draw(st.sampled_from(["ClusterIP", None]))
+    else:
+        kind = weighted(draw, [(4, None), (2, "ClusterIP"), (2, "NodePort"), (1, "LoadBalancer")])
     if kind is not None:
         out["type"] = kind
-    if sometimes(draw, 4):
-        out["port"] = draw(pick([5000, 443, 1, 65535], [0, 65536], dirty))
-    if (sometimes(draw, 3) and kind not in ("ClusterIP", None)) or (dirty and sometimes(draw, 8)):
-        out["nodePort"] = draw(st.integers(0, 4).flatmap(
-            lambda i: st.integers(30000, 32767) if i < 4 or not dirty else st.sampled_from([29999, 32768, 5000])))
-    if sometimes(draw, 6):
-        out["annotations"] = draw(string_map(ANNOTATION_KEYS, dirty))
+    if include(draw, 4, flaw, "port"):
+        out["port"] = draw(pick([5000, 443, 1, 65535], [0, 65536, -1], flaw, "port"))
+    if flaw in ("node-port", "node-port-with-cluster-ip") or (kind in ("NodePort", "LoadBalancer")
+                                                             and sometimes(draw, 3)):
+        out["nodePort"] = draw(st.sampled_from([29999, 32768, 5000]) if flaw == "node-port"
+                               else st.integers(30000, 32767))
+    if include(draw, 6, flaw, "service-annotations"):
+        out["annotations"] = draw(string_map(ANNOTATION_KEYS, flaw == "service-annotations"))
     return out
 
 
 @st.composite
-def pod_placement(draw: Draw, dirty: bool) -> dict[str, Json]:
-    """nodeSelector, tolerations and affinity that the kwok nodes satisfy; dirty: malformed ones."""
+def pod_placement(draw: Draw, flaw: Flaw) -> dict[str, Json]:
+    """nodeSelector, tolerations and affinity that the kwok nodes satisfy; flawed: malformed ones."""
     out: dict[str, Json] = {}
-    if sometimes(draw, 6):
-        out["nodeSelector"] = draw(pick([{"type": "kwok"}, {"kubernetes.io/os": "linux"}, {}], [{"bad key": "x"}],
-                                        dirty))
-    if sometimes(draw, 6):
+    if include(draw, 6, flaw, "node-selector"):
+        out["nodeSelector"] = draw(pick([{"type": "kwok"}, {"kubernetes.io/os": "linux"}, {}],
+                                        [{"bad key": "x"}, {"type": "a b"}], flaw, "node-selector"))
+    if include(draw, 6, flaw, "tolerations"):
         out["tolerations"] = draw(pick(
             [[{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]],
-            [[{"operator": "Sometimes"}], [{"key": "k", "operator": "Exists", "value": "v"}]], dirty, odds=2))
-    if sometimes(draw, 8):
+            [[{"operator": "Sometimes"}], [{"key": "k", "operator": "Exists", "value": "v"}],
+             [{"key": "k", "tolerationSeconds": "soon"}]], flaw, "tolerations"))
+    if include(draw, 8, flaw, "affinity"):
         out["affinity"] = draw(pick(
             [{"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
                 {"weight": 10, "preference": {"matchExpressions": [
                     {"key": "type", "operator": "In", "values": ["kwok"]}]}}]}}],
             [{"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}},
-             {"podAntiAffinity": "yes"}], dirty, odds=2))
+             {"podAntiAffinity": "yes"}, {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                 {"weight": 1000, "preference": {}}]}}], flaw, "affinity"))
     return out
 
 
@@ -469,51 +559,53 @@ def cases(draw: Draw) -> Case:
 
     About half the cases are clean: every value is one the schema should accept, including the tricky ones
     users really send (ci@corp, `.`, 57-character names, siblings, non-canonical quantities) and runtime
-    problems (missing or broken Secrets, rules naming unknown users, squatters). The other half are dirty:
-    each field is sometimes one the schema must refuse, or one that fails late if it does not."""
-    dirty = draw(st.integers(0, 19)) >= 8
-    name = draw(registry_name(dirty))
-    auth_spec, auth_seeds = draw(auth(dirty))
-    tls_spec, tls_seeds = draw(tls(dirty))
-    storage_spec, rwx = draw(storage(dirty))
+    problems (missing or broken Secrets, rules naming unknown users, squatters). The others carry exactly one
+    flaw (FLAWS): a value the schema must refuse, or one that fails late if the schema lets it through."""
+    flaw: Flaw = weighted(draw, [(w, f) for f, w in FLAWS.items()]) if draw(st.integers(0, 19)) >= 9 else None
+    name = draw(registry_name(flaw))
+    auth_spec, auth_seeds = draw(auth(flaw))
+    tls_spec, tls_seeds = draw(tls(flaw))
+    storage_spec, rwx = draw(storage(flaw))
     spec: dict[str, Json] = {}
-    if not (dirty and sometimes(draw, 20)):
+    if flaw != "no-auth":
         spec["auth"] = auth_spec
     if tls_spec or draw(st.booleans()):
         spec["tls"] = tls_spec
     if storage_spec is not None:
         spec["storage"] = storage_spec
-    if sometimes(draw, 3):
-        spec["service"] = draw(service(dirty))
-    if sometimes(draw, 4):
-        spec["version"] = draw(pick(["3", "2.8"], ["2", "latest", 3], dirty))
-    if sometimes(draw, 8):
+    if include(draw, 3, flaw, "service-type", "port", "node-port", "node-port-with-cluster-ip",
+               "service-annotations"):
+        spec["service"] = draw(service(flaw))
+    if include(draw, 4, flaw, "version"):
+        spec["version"] = draw(pick(["3", "2.8"], ["2", "latest", 3], flaw, "version"))
+    if include(draw, 8, flaw, "image"):
         spec["image"] = draw(pick(
             ["mirror.example.com/library/registry:3.1.2", "registry@sha256:" + "a" * 64, "UPPER/Case:tag"],
-            ["", " registry:3", "registry:3 ", "x" * 513], dirty, odds=2))
-    if sometimes(draw, 4):
+            ["", " registry:3", "registry:3 ", "x" * 513, "registry:3\n"], flaw, "image"))
+    if include(draw, 4, flaw, "replicas"):
         # Several pods only with a ReadWriteMany claim: kept small so they fit the nodes.
-        spec["replicas"] = draw(pick([1, 2, 3], [0, 21, -1], dirty) if rwx else
-                                pick([1], [2, 0, 21, -1], dirty, odds=2))
-    if sometimes(draw, 6):
-        spec["readOnly"] = draw(pick([True, False], ["yes"], dirty))
-    if sometimes(draw, 6):
-        spec["logLevel"] = draw(pick(["error", "warn", "info", "debug"], ["trace"], dirty))
-    if sometimes(draw, 3):
-        spec["resources"] = draw(resources(dirty))
-    if sometimes(draw, 5):
-        spec["podAnnotations"] = draw(string_map(ANNOTATION_KEYS, dirty, huge=True))
-    if sometimes(draw, 7):
-        spec["podLabels"] = draw(string_map(LABEL_KEYS, dirty))
-    spec.update(draw(pod_placement(dirty)))
-    if dirty and sometimes(draw, 12):
-        spec["replica"] = 2  # a typo: an unknown field
+        spec["replicas"] = draw(pick([1, 2, 3] if rwx else [1], [0, 21, -1] if rwx else [2, 0, 21, -1], flaw,
+                                     "replicas"))
+    if include(draw, 6, flaw, "read-only"):
+        spec["readOnly"] = draw(pick([True, False], ["yes", 1], flaw, "read-only"))
+    if include(draw, 6, flaw, "log-level"):
+        spec["logLevel"] = draw(pick(["error", "warn", "info", "debug"], ["trace", "INFO"], flaw, "log-level"))
+    if include(draw, 3, flaw, "resources"):
+        spec["resources"] = draw(resources(flaw))
+    if include(draw, 5, flaw, "pod-annotations", "huge-pod-annotations"):
+        spec["podAnnotations"] = draw(string_map(ANNOTATION_KEYS, flaw in ("pod-annotations", "huge-pod-annotations"),
+                                                 huge=flaw == "huge-pod-annotations"))
+    if include(draw, 7, flaw, "pod-labels"):
+        spec["podLabels"] = draw(string_map(LABEL_KEYS, flaw == "pod-labels", bad_values=("a b", "ü", "x" * 64)))
+    spec.update(draw(pod_placement(flaw)))
+    if flaw == "typo":
+        spec[draw(st.sampled_from(["replica", "Auth", "tlsMode"]))] = 2
     squatters: tuple[Squatter, ...] = ()
     if sometimes(draw, 12):
         kind, suffix = draw(st.sampled_from([("Service", ""), ("Secret", "-tls"), ("ConfigMap", "-config"),
                                              ("Secret", "-passwords")]))
         squatters = (Squatter(kind, name + suffix),)
-    return Case(name, spec, tuple(auth_seeds + tls_seeds), squatters)
+    return Case(name, spec, tuple(auth_seeds + tls_seeds), squatters, flaw)
 
 
 def mode_combinations() -> list[Case]:
@@ -565,8 +657,9 @@ _INDEX = re.compile(r"\[\d+\]")
 
 
 def hazards(case: Case) -> list[str]:
-    """The known-troublesome traits of a case, for the report (which inputs ended how)."""
-    out = []
+    """The known-troublesome traits of a case, for the report (which inputs ended how): its flaw, if dirty,
+    and what clean cases may carry too."""
+    out = [f"flaw {case.flaw}"] if case.flaw else []
     n = len(case.name)
     if n > 63:
         out.append("name > 63 chars")
