@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,67 @@ def _identity(case: Case) -> str:
     validity, hazards), not its exact characters."""
     shape = [len(case.name) // 8, bool(re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", case.name)), hazards(case)]
     return json.dumps([case.spec, shape, [s.data for s in case.secrets]], sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class KnownBug:
+    """An operator or schema bug this suite found, reported, and saw still open at `seen_at`. While every
+    failure of a property is one of these, its test is xfailed naming them (CI stays green on known bugs and
+    fails on any new one); remove an entry once its fix has landed."""
+
+    key: str
+    test: str  # the test (property) it breaks
+    seen_at: str
+    reason: str
+    matches: Callable[[Result], bool]
+
+
+def _spec(result: Result, *path: str) -> Any:
+    value: Any = result.case.spec
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _path_reference(result: Result) -> bool:
+    return "Secret reference with '/' (a path)" in hazards(result.case)
+
+
+KNOWN_BUGS = (
+    KnownBug("token-ca-bundle-loop", "test_settled_registries_stay_quiet", "f6417d9",
+             "auth.mode token with tls.mode Secret: the user's ca.crt is appended to the <name>-ca bundle again on "
+             "every reconcile and each write triggers the next (a hot loop; the bundle grows toward 1 MiB)",
+             lambda r: _spec(r, "auth", "mode") == "token" and _spec(r, "tls", "mode") == "Secret"),
+    KnownBug("apply-500-retried", "test_settled_registries_stay_quiet", "f6417d9",
+             "a type error in tolerations or affinity (preserve-unknown-fields in the CRD) makes every server-side "
+             "apply of the Deployment a 500 (failed to create typed patch object), retried with backoff forever",
+             lambda r: any("-> 500" in k for k in r.write_kinds)
+             and bool(_spec(r, "tolerations") or _spec(r, "affinity"))),
+    KnownBug("image-whitespace", "test_every_spec_is_refused_with_a_field_path_or_settles", "f6417d9",
+             "spec.image with leading or trailing whitespace passes the schema; no Pod can be created "
+             "(ReplicaFailure/FailedCreate) and the Registry stays Progressing, never Degraded",
+             lambda r: isinstance(_spec(r, "image"), str) and _spec(r, "image") != _spec(r, "image").strip()),
+    KnownBug("secret-reference-path", "test_every_spec_is_refused_with_a_field_path_or_settles", "f6417d9",
+             "a Secret reference with '/' (passwordSecretRef.name, tls.secretName) passes the schema; the "
+             "operator GETs a subresource (403) and retries forever without ever writing status",
+             _path_reference),
+    KnownBug("secret-reference-traversal", "test_the_operator_stays_in_each_registrys_namespace", "f6417d9",
+             "passwordSecretRef.name or tls.secretName '../../<namespace>/secrets/<name>' passes the schema and "
+             "makes the operator read Secrets of any namespace (a TLS key is copied into <name>-tls, a password "
+             "hashed into <name>-htpasswd)",
+             _path_reference),
+)
+
+
+def _verdict(test: str, title: str, failing: Sequence[tuple[Result, str]]) -> None:
+    """Fail on failures no known bug explains; xfail, naming the bugs, when known bugs explain all of them."""
+    known = [b for b in KNOWN_BUGS if b.test == test]
+    unexplained = [(r, why) for r, why in failing if not any(b.matches(r) for b in known)]
+    assert not unexplained, _failures(title + " (no known bug explains these)", unexplained)
+    if failing:
+        counts = {b.key: sum(1 for r, _ in failing if b.matches(r)) for b in known}
+        pytest.xfail("; ".join(f"{b.key} ({counts[b.key]} Registries, open at {b.seen_at}): {b.reason}"
+                               for b in known if counts[b.key]))
 
 
 @dataclass
@@ -185,7 +246,8 @@ def run(audited_cluster, property_operator: OperatorProcess, pytestconfig: pytes
     details.parent.mkdir(parents=True, exist_ok=True)
     details.write_text(json.dumps([{
         "name": r.case.name, "namespace": r.namespace, "spec": _short(r.case.spec), "rejected": r.rejected_fields,
-        "rejection": r.rejection, "outcome": r.outcome, "settled_after": r.settled_after, "writes": r.writes,
+        "rejection": r.rejection, "outcome": r.outcome, "first_message": r.first_message,
+        "settled_after": r.settled_after, "writes": r.writes,
         "write_kinds": dict(r.write_kinds), "squatters_touched": r.squatters_touched, "hazards": hazards(r.case),
         "smallest_failing_spec": _short(r.smallest.spec) if r.smallest else None,
         "conditions": [{k: c.get(k) for k in ("type", "status", "reason", "message")}
@@ -207,7 +269,8 @@ def test_every_spec_is_refused_with_a_field_path_or_settles(run: Run) -> None:
     failing = [(r, f"refused without a field path: {r.rejection}") for r in run.results
                if not r.accepted and not r.rejected_fields]
     failing += [(r, r.outcome) for r in run.results if _unsettled(r)]
-    assert not failing, _failures("Registries neither refused with a field path nor settled", failing)
+    _verdict("test_every_spec_is_refused_with_a_field_path_or_settles",
+             "Registries neither refused with a field path nor settled", failing)
 
 
 def test_the_operator_survives_every_spec(run: Run) -> None:
@@ -222,8 +285,8 @@ def test_settled_registries_stay_quiet(run: Run) -> None:
     failing = [(r, f"{r.writes} writes in {WINDOW:.0f}s: {dict(r.write_kinds.most_common(6))}")
                for r in run.results if _too_many_writes(r, WINDOW)]
     failing.sort(key=lambda f: -f[0].writes)
-    assert not failing, _failures(f"Registries wrote more than {allowed:g} times in a quiet {WINDOW:.0f}s window",
-                                  failing)
+    _verdict("test_settled_registries_stay_quiet",
+             f"Registries wrote more than {allowed:g} times in a quiet {WINDOW:.0f}s window", failing)
 
 
 def test_objects_of_others_are_left_alone(run: Run) -> None:
@@ -235,9 +298,11 @@ def test_objects_of_others_are_left_alone(run: Run) -> None:
 def test_the_operator_stays_in_each_registrys_namespace(run: Run) -> None:
     """A Secret reference is a name in the Registry's namespace: `../../prop-victim/secrets/db` must not make
     the operator read (and copy, or hash) a Secret of another namespace."""
-    suspects = [r for r in run.results if r.accepted and "Secret reference with '/' (a path)" in hazards(r.case)]
     requests = sorted({f"{verb} {resource} {VICTIM_NAMESPACE}/{name} -> {code}"
                        for _, verb, resource, _, name, code in run.trespasses})
-    assert not requests, _failures(
-        f"accepted Registries with a Secret reference that is a path; the operator made these requests in "
-        f"namespace {VICTIM_NAMESPACE}: {requests}", [(r, r.outcome) for r in suspects])
+    if requests:
+        suspects = [(r, r.outcome) for r in run.results if r.accepted and _path_reference(r)]
+        assert suspects, f"no Secret reference explains the operator's requests in {VICTIM_NAMESPACE}: {requests}"
+        _verdict("test_the_operator_stays_in_each_registrys_namespace",
+                 f"the operator made {len(run.trespasses)} requests in namespace {VICTIM_NAMESPACE} "
+                 f"({requests}); accepted Registries with a Secret reference that is a path", suspects)
