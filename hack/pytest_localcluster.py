@@ -155,11 +155,12 @@ def _start_local(config: pytest.Config, tmp_path_factory: pytest.TempPathFactory
     if real_node == "auto":
         try:
             preflight()
+            real_node = "yes"
         except NodeUnavailable as e:
             _SESSION["no_real_node"] = str(e)
             real_node = "no"
-    elif real_node == "no":
-        _SESSION["no_real_node"] = "no real node in this session (--real-node=no)"
+    if real_node == "no":
+        _SESSION.setdefault("no_real_node", "no real node in this session (--real-node=no)")
     cluster = localcluster.LocalCluster(
         workdir,
         nodes=config.getoption("--cluster-nodes"),
