@@ -16,14 +16,16 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .network import CNI_BRIDGE, run
+from .errors import ClusterError
 
 SYSCTLS = ("net/ipv4/ip_forward", "vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops",
            "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")  # fmt: skip
+SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 JOURNAL = Path("/run/registry-operator/real-node.json")
 HOST_PATHS = ("/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/var/lib/cni", "/run/containerd",
               "/var/run/netns", "/run/netns", "/etc/cni", "/opt/cni", "/var/lib/containerd")  # fmt: skip
@@ -102,7 +104,6 @@ class HostChanges:
             run("ip", "netns", "delete", ns, check=False)
         for name in reversed(self.links):
             run("ip", "link", "del", name, check=False)
-        run("ip", "link", "del", CNI_BRIDGE, check=False)  # made by the CNI bridge plugin, not by us
         for name, value in self.sysctls.items():
             (Path("/proc/sys") / name).write_text(value)
         for cgroup in self.absent_cgroups:
@@ -115,6 +116,15 @@ class HostChanges:
                 os.unlink(p)
         self.path.unlink(missing_ok=True)
         log("host restored: iptables rules and chains, routes, bridges, network namespaces, sysctls, cgroups, paths")
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """A host command (ip, iptables, ctr...), with the system PATH whatever the caller's is."""
+    env = {**os.environ, "PATH": SYSTEM_PATH}
+    res = subprocess.run(list(args), capture_output=True, text=True, env=env)
+    if check and res.returncode != 0:
+        raise ClusterError(f"`{shlex.join(args)}` failed ({res.returncode}): {res.stderr.strip()}")
+    return res
 
 
 def _iptables_rules(tool: str, table: str) -> list[str]:

@@ -12,15 +12,8 @@ own, pods live on another bridge. Nothing may leave the machine, so:
 
 from __future__ import annotations
 
-import os
-import shlex
-import subprocess
-from typing import TYPE_CHECKING
-
 from .errors import ClusterError
-
-if TYPE_CHECKING:
-    from .host import HostChanges
+from .host import HostChanges, run
 
 SERVICE_CIDR = "10.0.0.0/24"
 POD_CIDR = "10.244.0.0/16"
@@ -29,20 +22,11 @@ NODE_BRIDGE = "ro-node0"
 NODE_IP = "10.250.0.1"
 CNI_BRIDGE = "ro-cni0"
 GUARD_CHAIN = "RO-EGRESS-GUARD"
-SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """A host command (ip, iptables, ctr...), with the system PATH whatever the caller's is."""
-    env = {**os.environ, "PATH": SYSTEM_PATH}
-    res = subprocess.run(list(args), capture_output=True, text=True, env=env)
-    if check and res.returncode != 0:
-        raise ClusterError(f"`{shlex.join(args)}` failed ({res.returncode}): {res.stderr.strip()}")
-    return res
 
 
 def set_up(changes: HostChanges) -> None:
     """The node IP's bridge, the Service blackhole and the egress guard, each recorded before it is made."""
+    changes.add_link(CNI_BRIDGE)  # made later by the CNI bridge plugin, for the first pod
     if run("ip", "link", "show", NODE_BRIDGE, check=False).returncode != 0:
         changes.add_link(NODE_BRIDGE)
         run("ip", "link", "add", NODE_BRIDGE, "type", "bridge")

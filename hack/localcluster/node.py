@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING
 
 from .binaries import bin_dir, read_versions
 from .errors import ClusterError
-from .host import CGROUP_ROOT, IPTABLES, JOURNAL, HostChanges, unmount_under
+from .host import CGROUP_ROOT, IPTABLES, JOURNAL, SYSTEM_PATH, HostChanges, run, unmount_under
 from .images import PAUSE_IMAGE
 from .images import build as build_images
 from .kubeconfig import b64, dump_yaml, kubeconfig_dict, write_private
-from .network import CNI_BRIDGE, NODE_IP, POD_CIDR, POD_SUBNET, SYSTEM_PATH, assert_egress_guard, run, set_up
+from .network import CNI_BRIDGE, NODE_IP, POD_CIDR, POD_SUBNET, assert_egress_guard, set_up
 from .pki import write_leaf
 from .poll import wait_until
 from .ports import pick_free_ports
