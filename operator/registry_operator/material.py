@@ -86,14 +86,17 @@ def _pair(data: Mapping[str, bytes] | None) -> pki.KeyPair | None:
 
 
 def _trust(current: bytes, published: bytes | None, now: dt.datetime) -> bytes:
-    """`current` followed by the earlier certificates of `published` that are still within their overlap.
+    """`current` followed by its predecessors in `published` (same subject: ours, not a user's CA that shares
+    the bundle) that are still within their overlap.
 
     The overlap is counted from when `current` was issued, so a bundle needs no stored timestamps: it shrinks
     back to one certificate by itself once `OVERLAP` has passed.
     """
     if now >= pki.not_before(current) + pki.BACKDATE + OVERLAP:
         return current
-    older = [pem for pem in pki.split(published or b"") if pem != current and pki.still_valid(pem, now)]
+    subject = pki.subject(current)
+    older = [pem for pem in dict.fromkeys(pki.split(published or b""))
+             if pem != current and pki.subject(pem) == subject and pki.still_valid(pem, now)]
     return b"".join([current, *older])
 
 

@@ -266,6 +266,10 @@ def still_valid(cert_pem: bytes, at: dt.datetime | None = None) -> bool:
     return cert.not_valid_after_utc > (at or now())
 
 
+def subject(cert_pem: bytes) -> x509.Name:
+    return x509.load_pem_x509_certificate(cert_pem).subject
+
+
 def not_before(cert_pem: bytes) -> dt.datetime:
     return load_chain(cert_pem)[0].not_valid_before_utc
 

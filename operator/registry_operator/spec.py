@@ -139,11 +139,25 @@ def parse_duration(text: str) -> int:
     return int(sum(float(n) * scale[u] for n, u in parts))
 
 
+_OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def object_name(value: Any, field: str) -> str:
+    """`value` if it can name a Secret (a DNS subdomain). The schema says so too; checked again here because
+    the name becomes part of an API path, and `a/../b` must never address another object or namespace."""
+    if not isinstance(value, str) or len(value) > 253 or not _OBJECT_NAME.fullmatch(value):
+        raise ValueError(f"{field} {value!r} is not a valid object name")
+    return value
+
+
 def _user(raw: Mapping[str, Any]) -> User:
     ref = raw.get("passwordSecretRef")
     return User(
         name=raw["name"],
-        password_ref=SecretKeyRef(ref["name"], ref.get("key") or "password") if ref else None,
+        password_ref=(
+            SecretKeyRef(object_name(ref["name"], "passwordSecretRef.name"), ref.get("key") or "password")
+            if ref else None
+        ),
     )
 
 
@@ -195,7 +209,7 @@ def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistryS
         ),
         tls=TLS(
             mode=tls_raw.get("mode") or "SelfSigned",
-            secret_name=tls_raw.get("secretName"),
+            secret_name=object_name(tls_raw["secretName"], "tls.secretName") if tls_raw.get("secretName") else None,
             dns_names=tuple(tls_raw.get("dnsNames") or ()),
             ip_addresses=tuple(tls_raw.get("ipAddresses") or ()),
         ),

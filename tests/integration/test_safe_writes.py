@@ -222,6 +222,10 @@ stringData: {{note: someone else's}}
     ("reg", {**USERS, "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}, "spec.resources"),
     ("reg", {"auth": {"users": [{"name": "a b"}]}}, "spec.auth.users[0].name"),
     ("reg", {**USERS, "podLabels": {"bad key!": "x"}}, "spec.podLabels"),
+    ("reg", {"auth": {"users": [{"name": "a", "passwordSecretRef": {"name": "../../kube-system/secrets/x"}}]}},
+     "spec.auth.users[0].passwordSecretRef.name"),
+    ("reg", {**USERS, "tls": {"mode": "Secret", "secretName": "a/b"}}, "spec.tls.secretName"),
+    ("reg", {**USERS, "image": " registry:3.1.2"}, "spec.image"),
 ])
 def test_schema_rejects_names_the_api_server_would_refuse(cluster, namespace, name, spec, field):
     result = cluster.kubectl("apply", "-f", "-", input=manifest(name, namespace, spec), check=False)

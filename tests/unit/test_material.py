@@ -124,3 +124,19 @@ def test_a_deleted_passwords_secret_comes_back_with_the_same_passwords(pipeline)
     _, second, again = pipeline.run(raw, observed)
     assert second.passwords == first.passwords
     assert by_key(again)[("Secret", "reg-passwords")] == by_key(objects)[("Secret", "reg-passwords")]
+
+
+def test_token_mode_with_a_user_certificate_publishes_a_stable_bundle(pipeline):
+    """The user's CA and ours share `<name>-ca`; feeding it back must not append the user's CA again."""
+    ca = pki.issue_ca("users CA")
+    pair = pki.issue_server(ca, ["reg.example"])
+    raw = {"tls": {"mode": "Secret", "secretName": "mine"},
+           "auth": {"mode": "token", "users": [{"name": "a"}],
+                    "access": [{"users": ["a"], "repositories": ["*"], "actions": ["pull"]}]}}
+    user = {"mine": {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem, "ca.crt": ca.cert_pem}}
+    _, first, objects = pipeline.run(raw, user)
+    observed = {**decode_secrets(objects), **user}
+    for _ in range(3):
+        _, again, objects = pipeline.run(raw, observed)
+        observed = {**decode_secrets(objects), **user}
+    assert again.client_ca_pem == first.client_ca_pem and len(pki.split(again.client_ca_pem)) == 2

@@ -27,3 +27,13 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError):
         spec.parse_duration(text)
+
+
+@pytest.mark.parametrize("raw", [
+    {"auth": {"users": [{"name": "a", "passwordSecretRef": {"name": "../../kube-system/secrets/x"}}]}},
+    {"tls": {"mode": "Secret", "secretName": "a/b"}, "auth": {"users": [{"name": "a"}]}},
+])
+def test_secret_references_must_be_object_names(raw):
+    """The name becomes part of an API path: `a/../b` must never address another object or namespace."""
+    with pytest.raises(ValueError, match="not a valid object name"):
+        spec.parse("reg", "ns", raw)
