@@ -124,7 +124,8 @@ def sometimes(draw: Draw, one_in: int) -> bool:
 FLAWS = {
     "name": 8, "user-name": 3, "no-users": 1, "duplicate-user": 1, "secret-ref": 4, "secret-key": 1,
     "auth-mode": 1, "no-auth": 1, "group-name": 1, "action": 1, "repository": 1, "no-repository": 1,
-    "rules-without-token": 1, "ttl": 2, "algorithm": 1, "realm": 1, "tls-mode": 1, "tls-secret": 3,
+    "rules-without-token": 1, "rule-without-subject": 1, "ttl": 2, "algorithm": 1, "realm": 1, "tls-mode": 1,
+    "tls-secret": 3,
     "secret-name-without-secret-mode": 1, "dns-name": 1, "ip": 1, "size": 2, "access-mode": 1, "reclaim": 1,
     "both-storages": 1, "service-type": 1, "port": 1, "node-port": 1, "node-port-with-cluster-ip": 1,
     "service-annotations": 1, "pod-annotations": 1, "huge-pod-annotations": 2, "pod-labels": 1,
@@ -352,7 +353,8 @@ def string_map(draw: Draw, keys: tuple[Sequence[str], Sequence[str]], flawed: bo
 
 TTLS = ("5m", "60s", "24h", "1h30m", "90s", "1m0s", "23h59m60s", "2h")
 BAD_TTLS = ("59s", "24h1s", "0s", "1d", "5 m", "", "300", "1.5h", "100ms", "5M")
-TOKEN_FLAWS = ("group-name", "action", "repository", "no-repository", "ttl", "algorithm", "realm")
+TOKEN_FLAWS = ("group-name", "action", "repository", "no-repository", "rule-without-subject", "ttl", "algorithm",
+               "realm")
 
 
 @st.composite
@@ -386,14 +388,14 @@ def auth(draw: Draw, flaw: Flaw) -> tuple[Json, list[SecretSeed]]:
             out["groups"] = groups
         group_names = [g["name"] for g in groups] or ["devs"]
         rules = []
-        rule_flaw = flaw in ("action", "repository", "no-repository")
+        rule_flaw = flaw in ("action", "repository", "no-repository", "rule-without-subject")
         for i in range(draw(st.integers(1 if rule_flaw else 0, 3))):
             actions = draw(st.lists(st.sampled_from(["pull", "push", "delete", "*"]), min_size=1, max_size=3,
                                     unique=True))
             if flaw == "action" and i == 0:
                 actions = draw(st.sampled_from([["write"], [], ["pull", "pull", "push", "delete", "*"]]))
             rule: dict[str, Json] = {"actions": actions}
-            who = draw(st.integers(0, 3))
+            who = 3 if flaw == "rule-without-subject" and i == 0 else draw(st.integers(0, 2))
             if who == 0:
                 rule["users"] = draw(st.lists(known_or_not, min_size=1, max_size=2))
             elif who == 1:

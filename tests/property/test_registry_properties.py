@@ -109,28 +109,11 @@ def _path_reference(result: Result) -> bool:
 
 
 KNOWN_BUGS = (
-    KnownBug("token-ca-bundle-loop", "test_settled_registries_stay_quiet", "f6417d9",
-             "auth.mode token with tls.mode Secret: the user's ca.crt is appended to the <name>-ca bundle again on "
-             "every reconcile and each write triggers the next (a hot loop; the bundle grows toward 1 MiB)",
-             lambda r: _spec(r, "auth", "mode") == "token" and _spec(r, "tls", "mode") == "Secret"),
     KnownBug("apply-500-retried", "test_settled_registries_stay_quiet", "f6417d9",
              "a type error in tolerations or affinity (preserve-unknown-fields in the CRD) makes every server-side "
              "apply of the Deployment a 500 (failed to create typed patch object), retried with backoff forever",
              lambda r: any("-> 500" in k for k in r.write_kinds)
              and bool(_spec(r, "tolerations") or _spec(r, "affinity"))),
-    KnownBug("image-whitespace", "test_every_spec_is_refused_with_a_field_path_or_settles", "f6417d9",
-             "spec.image with leading or trailing whitespace passes the schema; no Pod can be created "
-             "(ReplicaFailure/FailedCreate) and the Registry stays Progressing, never Degraded",
-             lambda r: isinstance(_spec(r, "image"), str) and _spec(r, "image") != _spec(r, "image").strip()),
-    KnownBug("secret-reference-path", "test_every_spec_is_refused_with_a_field_path_or_settles", "f6417d9",
-             "a Secret reference with '/' (passwordSecretRef.name, tls.secretName) passes the schema; the "
-             "operator GETs a subresource (403) and retries forever without ever writing status",
-             _path_reference),
-    KnownBug("secret-reference-traversal", "test_the_operator_stays_in_each_registrys_namespace", "f6417d9",
-             "passwordSecretRef.name or tls.secretName '../../<namespace>/secrets/<name>' passes the schema and "
-             "makes the operator read Secrets of any namespace (a TLS key is copied into <name>-tls, a password "
-             "hashed into <name>-htpasswd)",
-             _path_reference),
 )
 
 
