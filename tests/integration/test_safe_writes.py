@@ -226,6 +226,9 @@ stringData: {{note: someone else's}}
      "spec.auth.users[0].passwordSecretRef.name"),
     ("reg", {**USERS, "tls": {"mode": "Secret", "secretName": "a/b"}}, "spec.tls.secretName"),
     ("reg", {**USERS, "image": " registry:3.1.2"}, "spec.image"),
+    ("reg", {"auth": {"users": [{"name": "a", "passwordSecretRef": {"name": "pw", "key": "a/b"}}]}},
+     "spec.auth.users[0].passwordSecretRef.key"),
+    ("reg", {**USERS, "nodeSelector": {"zone": "a b"}}, "spec.nodeSelector"),
 ])
 def test_schema_rejects_names_the_api_server_would_refuse(cluster, namespace, name, spec, field):
     result = cluster.kubectl("apply", "-f", "-", input=manifest(name, namespace, spec), check=False)
