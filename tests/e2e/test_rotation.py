@@ -67,5 +67,5 @@ def test_ca_rotations_lose_no_pull(deploy: Callable[..., DeployedRegistry], tmp_
         puller.done.set()
         puller.join(10)
     print(f"CA rotations: {puller.pulls} pulls, {len(puller.failures)} failed")
-    assert puller.pulls > 20 and puller.failures == []
+    assert puller.pulls > 5 and puller.failures == []
     assert reg.inputs_hash() == template, "a CA rotation rolled the pods"
