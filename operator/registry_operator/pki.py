@@ -206,6 +206,16 @@ def check_pair(cert_pem: bytes, key_pem: bytes, at: dt.datetime | None = None) -
     return leaf
 
 
+def _checked(pair: KeyPair | None, what: str, at: dt.datetime | None) -> x509.Certificate | str:
+    """The certificate of `pair` if it passes `check_pair`, else why not (the start of every renewal policy)."""
+    if pair is None:
+        return f"the {what} is missing"
+    try:
+        return check_pair(pair.cert_pem, pair.key_pem, at)
+    except CertificateError as exc:
+        return f"the {what} is unusable ({exc.reason})"
+
+
 def server_renewal_reason(
     pair: KeyPair | None, trusted: Sequence[bytes], names: list[str], at: dt.datetime | None = None
 ) -> str | None:
@@ -214,12 +224,9 @@ def server_renewal_reason(
     `trusted`: the CA certificates clients are told to trust; a certificate signed by any of them is kept, so
     a CA rotation alone does not roll the pods while the old CA is still published.
     """
-    if pair is None:
-        return "there is no server certificate yet"
-    try:
-        leaf = check_pair(pair.cert_pem, pair.key_pem, at)
-    except CertificateError as exc:
-        return f"the server certificate is unusable ({exc.reason})"
+    leaf = _checked(pair, "server certificate", at)
+    if isinstance(leaf, str):
+        return leaf
     cas = [x509.load_pem_x509_certificate(pem) for pem in trusted]
     if not any(signed_by(leaf, ca) for ca in cas):
         return "the server certificate is not signed by a published CA"
@@ -232,12 +239,9 @@ def server_renewal_reason(
 
 def ca_renewal_reason(pair: KeyPair | None, at: dt.datetime | None = None) -> str | None:
     """Why the Registry's CA must be replaced, or None to keep it."""
-    if pair is None:
-        return "the CA key pair is missing"
-    try:
-        cert = check_pair(pair.cert_pem, pair.key_pem, at)
-    except CertificateError as exc:
-        return f"the CA key pair is unusable ({exc.reason})"
+    cert = _checked(pair, "CA key pair", at)
+    if isinstance(cert, str):
+        return cert
     try:
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
@@ -293,12 +297,9 @@ def issue_signing(algorithm: str, common_name: str = "registry-token-service") -
 
 def signing_renewal_reason(pair: KeyPair | None, algorithm: str, at: dt.datetime | None = None) -> str | None:
     """Why the token-signing key must be replaced, or None to keep it."""
-    if pair is None:
-        return "the token-signing key pair is missing"
-    try:
-        cert = check_pair(pair.cert_pem, pair.key_pem, at)
-    except CertificateError as exc:
-        return f"the token-signing key pair is unusable ({exc.reason})"
+    cert = _checked(pair, "token-signing key pair", at)
+    if isinstance(cert, str):
+        return cert
     expected = rsa.RSAPublicKey if algorithm == "RS256" else ec.EllipticCurvePublicKey
     if not isinstance(cert.public_key(), expected):
         return f"tokenAlgorithm is {algorithm}"
