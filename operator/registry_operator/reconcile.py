@@ -165,6 +165,8 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     outcome.written = applied.written
     if not applied.problems:
         outcome.deleted = await delete_all(ctx.client, render.obsolete(spec), observed.children, body)
+    if outcome.written or outcome.deleted:  # said before the status write, which readers may be waiting on
+        log.info("Registry %s/%s: applied %s, deleted %s", namespace, name, outcome.written, outcome.deleted)
 
     names = ChildNames(spec.name)
     workload_names = [names.deployment] + ([names.token] if spec.auth.mode == "token" else [])
@@ -178,8 +180,6 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         log.info("Registry %s/%s: %s", namespace, name, rotation.message)
     outcome.status_written = await _finish(
         ctx, memory, body, status, [("Normal", r.reason, r.message) for r in stored])
-    if outcome.written or outcome.deleted:
-        log.info("Registry %s/%s: applied %s, deleted %s", namespace, name, outcome.written, outcome.deleted)
     log.debug("Registry %s/%s reconciled: %d applied, %d deleted, status %s", namespace, name,
               len(outcome.written), len(outcome.deleted), "written" if outcome.status_written else "unchanged")
     if applied.retry:
