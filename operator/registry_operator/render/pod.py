@@ -33,6 +33,9 @@ def pod_security_context() -> dict[str, Any]:
         "runAsUser": RUN_AS,
         "runAsGroup": RUN_AS,
         "fsGroup": RUN_AS,
+        # Relabel a volume's files only when its root does not already belong to fsGroup: a large registry
+        # volume would otherwise be walked (chown of every blob) on every pod start.
+        "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
