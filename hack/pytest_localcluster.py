@@ -307,10 +307,7 @@ def namespace(cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace for this test (its `default` ServiceAccount exists); deleted afterwards (not waited
     for). Pass --keep-cluster to keep failed tests' namespaces for inspection."""
     name = _namespace_name(request)
-    cluster.apply(
-        f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"
-        f"  labels:\n    {TEST_NAMESPACE_LABEL}: '{os.getpid()}'\n"
-    )
+    cluster.apply(localcluster.namespace_manifest(name, labels={TEST_NAMESPACE_LABEL: str(os.getpid())}))
     localcluster.wait_until(
         lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
         30,

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from localcluster import namespace_manifest  # noqa: E402
 from tests.support.deployed import POD_COUNTS, VERSIONS, DeployedRegistry, create_registry  # noqa: E402
 
 
@@ -71,7 +72,7 @@ def make_namespace(cluster) -> Iterator[Callable[[str], str]]:
 
     def make(prefix: str) -> str:
         name = f"e2e-{prefix}-{secrets.token_hex(3)}"
-        cluster.apply(f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n")
+        cluster.apply(namespace_manifest(name))
         created.append(name)
         return name
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from lightkube import Client
 from lightkube.resources.core_v1 import Pod, Secret, Service
-from localcluster import wait_until
+from localcluster import namespace_manifest, wait_until
 from localcluster.images import BUSYBOX_IMAGE, IMAGE_DIR, IMAGES
 from localcluster.network import NODE_IP, egress_guard_problem
 from localcluster.node import NODE_LABEL, NODE_NAME, NODE_SELECTOR_ANNOTATION, RealNode
@@ -45,10 +45,7 @@ def guarded_node(real_node: RealNode) -> RealNode:
 def node_namespace(guarded_node: RealNode, cluster: Any, e2e_operator: Any) -> Iterator[str]:
     """A namespace whose pods go to the real node (PodNodeSelector), watched by the session's operator."""
     name = f"e2e-node-{secrets.token_hex(3)}"
-    cluster.apply(
-        f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"
-        f"  annotations:\n    {NODE_SELECTOR_ANNOTATION}: {NODE_LABEL}\n"
-    )
+    cluster.apply(namespace_manifest(name, annotations={NODE_SELECTOR_ANNOTATION: NODE_LABEL}))
     wait_until(lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0, 30,
                f"ServiceAccount default in {name}")  # fmt: skip
     yield name
@@ -90,9 +87,13 @@ def node_registry(
 
 def run_pod(client: Client, namespace: str, name: str, image: str, script: str, **spec: Any) -> tuple[str, str, float]:
     """A pod running ``script`` with sh; (phase, log, seconds from create to done)."""
+    restricted = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}  # Pod Security restricted
     pod = {"metadata": {"name": name, "namespace": namespace},
            "spec": {"restartPolicy": "Never", **spec,
-                    "containers": [{"name": "c", "image": image, "command": ["/bin/sh", "-c", script]}]}}  # fmt: skip
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 65534, "runAsGroup": 65534,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [{"name": "c", "image": image, "command": ["/bin/sh", "-c", script],
+                                    "securityContext": restricted}]}}  # fmt: skip
     started = time.monotonic()
     client.create(Pod.from_dict(pod))
     finished = ("Succeeded", "Failed")

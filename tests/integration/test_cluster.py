@@ -20,9 +20,25 @@ from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod, Secret
 REPO = Path(__file__).resolve().parents[2]
 
 
+RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
 def test_namespace_is_active(kube_client: Client, namespace: str) -> None:
     ns = kube_client.get(Namespace, namespace)
     assert ns.status.phase == "Active"
+
+
+def test_test_namespaces_enforce_pod_security_restricted(kube_client: Client, namespace: str) -> None:
+    """Every rendered pod is admitted under `restricted`, because every test namespace enforces it."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "root", "namespace": namespace},
+           "spec": {"containers": [{"name": "c", "image": "registry:3"}]}}  # fmt: skip
+    with pytest.raises(ApiError) as refused:
+        kube_client.create(codecs.from_dict(pod))
+    assert refused.value.status.code == 403 and "restricted" in refused.value.status.message
+    pod["spec"] = {"securityContext": RESTRICTED_POD,
+                   "containers": [{"name": "c", "image": "registry:3", "securityContext": RESTRICTED_CONTAINER}]}
+    kube_client.create(codecs.from_dict(pod), dry_run=True)
 
 
 def test_server_and_kubectl_versions_match(cluster) -> None:
@@ -44,14 +60,16 @@ def test_deployment_becomes_available_on_kwok_nodes(kube_client: Client, namespa
                 "template": {
                     "metadata": {"labels": labels},
                     "spec": {
+                        "securityContext": RESTRICTED_POD,
                         "containers": [
                             {
                                 "name": "registry",
                                 "image": "registry:3",
                                 "ports": [{"containerPort": 5000}],
                                 "readinessProbe": {"httpGet": {"path": "/", "port": 5000}},
+                                "securityContext": RESTRICTED_CONTAINER,
                             }
-                        ]
+                        ],
                     },
                 },
             },

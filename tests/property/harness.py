@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from localcluster import RESTRICTED
 from registry_cases import CHILD_SUFFIXES, VICTIM_NAMESPACE, Case, SecretSeed, field_of, smaller, tls_material
 
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
@@ -253,7 +254,8 @@ class Runner:
     def create(self, index: int, cases: Sequence[Case]) -> Batch:
         """Create the batch's namespace, the objects its cases need, then its Registries."""
         ns = f"prop-{self.run_id}-{index}"
-        self._ok("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        self._ok("POST", "/api/v1/namespaces",
+                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": RESTRICTED}})
         batch = Batch(index, ns, [Result(case, ns, index) for case in cases])
         t0 = time.monotonic()
         for case in cases:
