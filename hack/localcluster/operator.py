@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .binaries import REPO
-from .poll import wait_until
+from .poll import GaveUp, wait_until
 from .ports import pick_free_ports
 from .processes import log_tail, set_pdeathsig, terminate
 
@@ -59,7 +59,7 @@ class OperatorProcess:
 
     def assert_running(self) -> None:
         if not self.running():
-            raise AssertionError(
+            raise GaveUp(
                 f"the operator exited with code {self.returncode}; its log:\n{log_tail(self.log_path, 60)}"
             )
 

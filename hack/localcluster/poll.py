@@ -9,6 +9,10 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+class GaveUp(AssertionError):
+    """Raised by a check to end the wait at once: what it waits for can no longer happen (a process exited)."""
+
+
 def wait_until(
     check: Callable[[], T],
     timeout: float,
@@ -16,7 +20,8 @@ def wait_until(
     interval: float = 0.1,
     error: type[Exception] = AssertionError,
 ) -> T:
-    """Call ``check`` until it returns something truthy and return that; exceptions count as "not yet".
+    """Call ``check`` until it returns something truthy and return that; exceptions count as "not yet",
+    except ``GaveUp``, which is raised at once.
 
     On timeout raise ``error`` (AssertionError for tests, ClusterError for the control plane) naming ``what``
     and the last exception or falsy value seen, which is usually the reason.
@@ -29,6 +34,8 @@ def wait_until(
             if value:
                 return value
             last = value
+        except GaveUp:
+            raise
         except Exception as e:  # noqa: BLE001 - keep polling; report the last error
             last = e
         if time.monotonic() >= deadline:

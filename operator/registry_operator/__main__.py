@@ -16,7 +16,7 @@ from aiohttp import web
 from lightkube import AsyncClient
 
 from . import config as config_
-from . import handlers
+from . import handlers, permissions
 from .leader import Elector
 
 
@@ -40,7 +40,10 @@ async def _standby_liveness(url: str | None) -> AsyncIterator[None]:
 
 
 async def _run(config: config_.Config, liveness: str | None) -> int:
-    """Run kopf until it is stopped by a signal (exit 0) or, under leader election, the Lease is lost (1)."""
+    """Run kopf until it is stopped by a signal (exit 0) or, under leader election, the Lease is lost (1);
+    exit 2 at once when RBAC does not let it watch what it must."""
+    if not await permissions.check(config):
+        return 2
     stop = asyncio.Event()
     hold = None
     if config.leader_election:
