@@ -17,7 +17,14 @@ as a local process) and ``cli`` (``hack/cluster``). Importing it needs only the 
 """
 
 from .binaries import REPO, Binaries, bin_dir, find_kubectl, read_versions
-from .cluster import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, RESTRICTED, Cluster, context_allowed, namespace_manifest
+from .cluster import (
+    OPERATOR_NAMESPACE,
+    OPERATOR_SERVICE_ACCOUNT,
+    RESTRICTED,
+    Cluster,
+    context_allowed,
+    namespace_manifest,
+)
 from .errors import BinariesMissing, ClusterError, PortInUse
 from .kubeconfig import write_private
 from .local import DEFAULT_WORKDIR, LocalCluster
@@ -27,8 +34,8 @@ from .ports import pick_free_ports
 from .processes import Proc, log_tail, set_pdeathsig, terminate
 
 __all__ = [
-    "DEFAULT_WORKDIR", "OPERATOR_NAMESPACE", "OPERATOR_SERVICE_ACCOUNT", "REPO", "RESTRICTED", "Binaries", "BinariesMissing",
-    "Cluster", "ClusterError", "LocalCluster", "OperatorProcess", "PortInUse", "Proc", "bin_dir",
-    "context_allowed", "find_kubectl", "log_tail", "namespace_manifest", "pick_free_ports", "read_versions", "set_pdeathsig",
-    "start_operator", "terminate", "wait_until", "write_private",
+    "DEFAULT_WORKDIR", "OPERATOR_NAMESPACE", "OPERATOR_SERVICE_ACCOUNT", "REPO", "RESTRICTED", "Binaries",
+    "BinariesMissing", "Cluster", "ClusterError", "LocalCluster", "OperatorProcess", "PortInUse", "Proc", "bin_dir",
+    "context_allowed", "find_kubectl", "log_tail", "namespace_manifest", "pick_free_ports", "read_versions",
+    "set_pdeathsig", "start_operator", "terminate", "wait_until", "write_private",
 ]  # fmt: skip

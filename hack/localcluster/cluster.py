@@ -19,10 +19,15 @@ OPERATOR_SERVICE_ACCOUNT = "registry-operator"
 RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 # Pod Security Admission at `restricted`, enforced: a rendered pod that would not be admitted in a locked-down
 # namespace never gets created, so the tests that wait for it fail.
-RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/enforce-version": "latest"}
+RESTRICTED = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
 
 
-def namespace_manifest(name: str, labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None) -> str:
+def namespace_manifest(
+    name: str, labels: dict[str, str] | None = None, annotations: dict[str, str] | None = None
+) -> str:
     """A Namespace for tests and scripts: Pod Security `restricted` enforced, plus the given labels/annotations."""
     meta: dict = {"name": name, "labels": {**RESTRICTED, **(labels or {})}}
     if annotations:

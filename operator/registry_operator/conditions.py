@@ -55,7 +55,9 @@ class Rollout:
 
 
 # Problems that stop the spec from being applied (the others degrade a Registry that is otherwise applied).
-WRITE_BLOCKERS = {"InvalidSpec", "InvalidName", "NameConflict", "ApplyRefused", "ApplyFailed", "Forbidden"}
+WRITE_BLOCKERS = {
+    "InvalidSpec", "InvalidName", "ImageNotAllowed", "NameConflict", "ApplyRefused", "ApplyFailed", "Forbidden",
+}
 
 
 def _condition(type_: str, ok: bool, reason: str, message: str, generation: int) -> Obj:

@@ -7,8 +7,9 @@ listed in the README (section "Operator settings").
 
 from __future__ import annotations
 
+import fnmatch
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 DEFAULT_IMAGE = "registry-operator:0.1.0"
@@ -40,6 +41,11 @@ class Config:
     leader_election_name: str = "registry-operator"
     lease_seconds: float = 15.0
     identity: str = ""  # the Lease holder's name; default: the host name and process id
+    # Who may create a Registry may run its `spec.image`: glob patterns the image must match (empty: any image).
+    allowed_images: tuple[str, ...] = ()
+
+    def image_allowed(self, image: str) -> bool:
+        return not self.allowed_images or any(fnmatch.fnmatchcase(image, p) for p in self.allowed_images)
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 1:
@@ -58,8 +64,12 @@ class Config:
         return not self.namespaces
 
 
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 # Environment variable -> (field, parser). The command line overrides what it also offers (namespaces).
-_ENV: Mapping[str, tuple[str, type]] = {
+_ENV: Mapping[str, tuple[str, Callable[[str], object]]] = {
     "REGISTRY_OPERATOR_IMAGE": ("operator_image", str),
     "REGISTRY_OPERATOR_CLUSTER_DOMAIN": ("cluster_domain", str),
     "REGISTRY_OPERATOR_MAX_CONCURRENT": ("max_concurrent", int),
@@ -72,12 +82,14 @@ _ENV: Mapping[str, tuple[str, type]] = {
     "REGISTRY_OPERATOR_LEASE_NAME": ("leader_election_name", str),
     "REGISTRY_OPERATOR_LEASE_SECONDS": ("lease_seconds", float),
     "POD_NAME": ("identity", str),
+    "REGISTRY_OPERATOR_ALLOWED_IMAGES": ("allowed_images", _comma_list),
 }
+
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
 
 
-def _parse(variable: str, value: str, kind: type) -> object:
+def _parse(variable: str, value: str, kind: Callable[[str], object]) -> object:
     if kind is bool:
         if value.lower() not in _TRUE | _FALSE:
             raise ConfigError(f"{variable} must be true or false, not {value!r}")
@@ -85,7 +97,7 @@ def _parse(variable: str, value: str, kind: type) -> object:
     try:
         return kind(value)
     except ValueError:
-        raise ConfigError(f"{variable} must be a {kind.__name__}, not {value!r}") from None
+        raise ConfigError(f"{variable} must be a {getattr(kind, '__name__', 'value')}, not {value!r}") from None
 
 
 def load(

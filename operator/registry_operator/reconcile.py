@@ -133,28 +133,30 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     memory = ctx.memory(key, body["metadata"]["uid"])
     now = dt.datetime.now(dt.UTC)
 
+    async def blocked(spec: RegistrySpec, problems: list[material.Problem]) -> Outcome:
+        """Say why nothing is written (status and Events only, each once) and write nothing else."""
+        status = conditions.compute(spec, generation, problems, {}, {}, body.get("status"), now)
+        outcome.status_written = await _finish(ctx, memory, body, status)
+        return outcome
+
     try:
         spec = parse(name, namespace, body.get("spec"))
     except (ValueError, KeyError, TypeError) as exc:
         problem = material.Problem("InvalidSpec", f"the spec cannot be used: {exc}")
-        status = conditions.compute(
-            parse(name, namespace, {}), generation, [problem], {}, {}, body.get("status"), now)
-        outcome.status_written = await _finish(ctx, memory, body, status)
-        return outcome
+        return await blocked(parse(name, namespace, {}), [problem])
     bad_name = invalid_name(name, spec.auth.mode == "token")
     if bad_name:
-        problem = material.Problem("InvalidName", f"{bad_name}; nothing is created")
-        status = conditions.compute(spec, generation, [problem], {}, {}, body.get("status"), now)
-        outcome.status_written = await _finish(ctx, memory, body, status)
-        return outcome
+        return await blocked(spec, [material.Problem("InvalidName", f"{bad_name}; nothing is created")])
+    if not ctx.config.image_allowed(spec.image):
+        return await blocked(spec, [material.Problem(
+            "ImageNotAllowed", f"image {spec.image!r} matches none of the operator's allowed images "
+            f"({', '.join(ctx.config.allowed_images)}); nothing is created or changed")])
 
     token_was_on = "tokenRealm" in (body.get("status") or {})
     observed = await observe(ctx.client, spec, token_was_on)
     taken = conflicts([(kind, child) for _, kind, child in candidates(spec, False)], observed.children, body)
     if taken:  # decided before any material: a Registry stuck here costs no key generation either
-        status = conditions.compute(spec, generation, taken, {}, {}, body.get("status"), now)
-        outcome.status_written = await _finish(ctx, memory, body, status)
-        return outcome
+        return await blocked(spec, taken)
     secrets = {**observed.secrets, **memory.pending}
     # Key generation and bcrypt are CPU work: keep them off the event loop that serves every Registry.
     mat = await asyncio.to_thread(material.decide, spec, secrets, ctx.config.cluster_domain, now)

@@ -20,16 +20,18 @@ from registries import get, manifest, registry
 from registry_operator import names as names_
 from registry_operator import pki
 from registry_operator.coalesce import Retry
+from registry_operator.config import Config
 from registry_operator.reconcile import Context, reconcile
 
 USERS = {"auth": {"users": [{"name": "alice"}, {"name": "ci@corp"}]}}
 
 
-def run(kubeconfig: str, steps: Callable[[Context], Any]) -> Any:
+def run(kubeconfig: str, steps: Callable[[Context], Any], config: Config | None = None) -> Any:
     """Run `steps(ctx)` in one event loop with an operator context (the operator's field manager)."""
 
     async def main() -> Any:
-        ctx = Context(client=AsyncClient(KubeConfig.from_file(kubeconfig), field_manager=names_.FIELD_MANAGER))
+        client = AsyncClient(KubeConfig.from_file(kubeconfig), field_manager=names_.FIELD_MANAGER)
+        ctx = Context(client=client, config=config or Config())
         try:
             return await steps(ctx)
         finally:
@@ -331,3 +333,19 @@ def test_two_electors_never_hold_the_lease_together(cluster, kubeconfig, namespa
     lease = cluster.kubectl("get", "lease", "registry-operator", "-n", namespace, "-o",
                             "jsonpath={.spec.holderIdentity}").stdout
     assert lease == "op-1"
+
+
+def test_an_image_outside_the_allow_list_creates_nothing(cluster, kube_client, kubeconfig, namespace):
+    """REGISTRY_OPERATOR_ALLOWED_IMAGES: who may create a Registry may not run any image they like."""
+    cluster.apply(manifest("reg", namespace, {**USERS, "image": "evil.example/registry:3"}))
+    allowed = Config(allowed_images=("registry:*", "docker.io/library/registry:*"))
+
+    async def passes(ctx: Context) -> list[Any]:
+        return [await reconcile(ctx, namespace, "reg") for _ in range(2)]
+
+    first, second = run(kubeconfig, passes, allowed)
+    assert first.written == [] and first.status_written
+    assert second.written == [] and not second.status_written  # said once, then nothing
+    state = conditions(kube_client, "reg", namespace)
+    assert state["Degraded"]["reason"] == "ImageNotAllowed" and "evil.example" in state["Degraded"]["message"]
+    assert get(kube_client, "Secret", "reg-ca", namespace) is None
