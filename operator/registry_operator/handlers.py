@@ -30,7 +30,7 @@ from .references import References
 from .spec import parse
 
 REGISTRY = (names.GROUP, names.VERSION, names.PLURAL)
-CHILDREN = ["deployments", "services", "configmaps", "persistentvolumeclaims"]
+CHILDREN = ["deployments", "services", "configmaps", "persistentvolumeclaims", "networkpolicies"]
 OURS = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 OURS_SELECTOR = f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY}"
 WATCHED_SECRETS = f"{names.LABEL_WATCH}=true"
@@ -101,6 +101,7 @@ def _references(name: str, namespace: str, body: kopf.Body) -> set[str]:
 @kopf.on.event("", "v1", "services", labels=OURS)
 @kopf.on.event("", "v1", "configmaps", labels=OURS)
 @kopf.on.event("", "v1", "persistentvolumeclaims", labels=OURS)
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=OURS)
 async def child_changed(
     namespace: str, labels: kopf.Labels, type: str | None, memo: kopf.Memo, **_: Any
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Secret, Service
+from lightkube.resources.networking_v1 import NetworkPolicy
 
 from . import names
 
@@ -16,6 +17,7 @@ CHILD_KINDS = {
     ("v1", "Service"): Service,
     ("v1", "PersistentVolumeClaim"): PersistentVolumeClaim,
     ("apps/v1", "Deployment"): Deployment,
+    ("networking.k8s.io/v1", "NetworkPolicy"): NetworkPolicy,
 }
 
 

@@ -59,8 +59,11 @@ def candidates(spec: RegistrySpec, token_was_on: bool) -> list[tuple[str, str, s
     out += [("v1", "ConfigMap", n.config), ("apps/v1", "Deployment", n.deployment), ("v1", "Service", n.service)]
     if spec.tls_enabled:
         out.append(("v1", "ConfigMap", n.ca))
+    # Policies are observed whether or not they are wanted, so that a disabled one can be deleted.
+    out.append(("networking.k8s.io/v1", "NetworkPolicy", n.deployment))
     if token or token_was_on:
-        out += [("apps/v1", "Deployment", n.token), ("v1", "Service", n.token), ("v1", "ConfigMap", n.token)]
+        out += [("apps/v1", "Deployment", n.token), ("v1", "Service", n.token), ("v1", "ConfigMap", n.token),
+                ("networking.k8s.io/v1", "NetworkPolicy", n.token)]
     if spec.storage.claim is not None:
         out.append(("v1", "PersistentVolumeClaim", n.claim))
     return out

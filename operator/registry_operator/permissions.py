@@ -37,6 +37,7 @@ NEEDED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("", "configmaps", ("get", "list", "watch", "create", "patch", "delete")),
     ("", "services", ("get", "list", "watch", "create", "patch", "delete")),
     ("apps", "deployments", ("get", "list", "watch", "create", "patch", "delete")),
+    ("networking.k8s.io", "networkpolicies", ("get", "list", "watch", "create", "patch", "delete")),
     ("", "events", ("create",)),
 )
 # Needed cluster-wide when kopf scans (all namespaces, or namespace globs): it discovers resources from CRDs.

@@ -94,6 +94,12 @@ class Service:
 
 
 @dataclass(frozen=True)
+class NetworkPolicy:
+    enabled: bool = True
+    peers: tuple[Mapping[str, Any], ...] = ()  # NetworkPolicyPeer objects, checked by the CRD schema; empty: any
+
+
+@dataclass(frozen=True)
 class RegistrySpec:
     name: str
     namespace: str
@@ -112,6 +118,7 @@ class RegistrySpec:
     affinity: Mapping[str, Any] = field(default_factory=dict)
     pod_annotations: Mapping[str, str] = field(default_factory=dict)
     pod_labels: Mapping[str, str] = field(default_factory=dict)
+    network_policy: NetworkPolicy = field(default_factory=NetworkPolicy)
 
     @property
     def effective_replicas(self) -> int:
@@ -230,4 +237,8 @@ def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistryS
         affinity=dict(raw.get("affinity") or {}),
         pod_annotations=dict(raw.get("podAnnotations") or {}),
         pod_labels=dict(raw.get("podLabels") or {}),
+        network_policy=NetworkPolicy(
+            enabled=bool((raw.get("networkPolicy") or {}).get("enabled", True)),
+            peers=tuple((raw.get("networkPolicy") or {}).get("from") or ()),
+        ),
     )

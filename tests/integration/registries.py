@@ -8,11 +8,12 @@ import yaml
 from lightkube import ApiError, Client
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Secret, Service
+from lightkube.resources.networking_v1 import NetworkPolicy
 
 from registry_operator.kinds import Registry
 
 KINDS = {"Secret": Secret, "ConfigMap": ConfigMap, "Service": Service, "Deployment": Deployment,
-         "PersistentVolumeClaim": PersistentVolumeClaim}
+         "PersistentVolumeClaim": PersistentVolumeClaim, "NetworkPolicy": NetworkPolicy}
 
 
 def manifest(name: str, namespace: str, spec: dict[str, Any]) -> str:

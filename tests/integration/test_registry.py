@@ -183,6 +183,12 @@ def test_operator_with_its_own_rbac(cluster, kube_client, namespace, operator_wi
          "auth.groups and auth.access are only used when auth.mode is token"),
         ({"storage": {"emptyDir": {}, "persistentVolumeClaim": {}}, **USERS}, "set either storage.emptyDir"),
         ({"service": {"nodePort": 30001}, **USERS}, "service.nodePort needs service.type NodePort"),
+        ({"networkPolicy": {"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}, **USERS},
+         "spec.networkPolicy.from[0].ipBlock.cidr: Invalid value"),
+        ({"networkPolicy": {"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}, **USERS},
+         "a peer is either an ipBlock or namespace/pod selectors"),
+        ({"networkPolicy": {"from": [{"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}]},
+          **USERS}, "In and NotIn need values"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

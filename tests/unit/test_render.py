@@ -3,7 +3,7 @@
 import yaml
 from builders import by_key, decode_secrets
 
-from registry_operator import names
+from registry_operator import names, render
 from registry_operator.render import config
 
 USERS = {"auth": {"users": [{"name": "alice"}]}}
@@ -16,6 +16,7 @@ def test_default_registry_children(pipeline):
         ("Secret", "reg-http-secret"), ("Secret", "reg-htpasswd"), ("Secret", "reg-passwords"),
         ("Secret", "reg-ca"), ("Secret", "reg-ca-key"), ("Secret", "reg-tls"),
         ("ConfigMap", "reg-config"), ("ConfigMap", "reg-ca"), ("Deployment", "reg"), ("Service", "reg"),
+        ("NetworkPolicy", "reg"),
     ])
     for obj in objects:
         meta = obj["metadata"]
@@ -148,3 +149,24 @@ def test_token_mode_renders_the_token_service(pipeline):
     token_pod = keys[("Deployment", "reg-token")]["spec"]["template"]["spec"]
     assert token_pod["containers"][0]["image"] == "registry-operator:test"
     assert token_pod["automountServiceAccountToken"] is False
+
+
+def test_network_policies_open_only_the_serving_ports(pipeline):
+    _, _, objects = pipeline.run({"auth": {"mode": "token", "users": [{"name": "alice"}]}})
+    keys = by_key(objects)
+    registry, token = keys[("NetworkPolicy", "reg")]["spec"], keys[("NetworkPolicy", "reg-token")]["spec"]
+    pod_labels = keys[("Deployment", "reg")]["spec"]["template"]["metadata"]["labels"]
+    assert registry["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert registry["policyTypes"] == ["Ingress"]
+    assert registry["ingress"] == [{"ports": [{"protocol": "TCP", "port": config.PORT}]}]  # any source, one port
+    assert token["ingress"][0]["ports"][0]["port"] == 5001
+    assert token["podSelector"]["matchLabels"][names.LABEL_COMPONENT] == names.COMPONENT_TOKEN
+
+
+def test_network_policy_peers_and_disabling(pipeline):
+    peer = {"namespaceSelector": {"matchLabels": {"team": "a"}}}
+    _, _, objects = pipeline.run({**USERS, "networkPolicy": {"from": [peer]}})
+    assert by_key(objects)[("NetworkPolicy", "reg")]["spec"]["ingress"][0]["from"] == [peer]
+    spec, _, objects = pipeline.run({**USERS, "networkPolicy": {"enabled": False}})
+    assert not [o for o in objects if o["kind"] == "NetworkPolicy"]
+    assert ("networking.k8s.io/v1", "NetworkPolicy", "reg") in render.obsolete(spec)

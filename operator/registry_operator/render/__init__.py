@@ -12,7 +12,7 @@ from typing import Any
 from ..material import Material
 from ..names import COMPONENT_REGISTRY, COMPONENT_TOKEN, ChildNames
 from ..spec import RegistrySpec
-from . import config, deployment, secrets, storage, token
+from . import config, deployment, network, secrets, storage, token
 from .common import Obj
 from .service import service
 
@@ -43,6 +43,7 @@ def desired(spec: RegistrySpec, material: Material, owner: Mapping[str, Any], op
     objects.append(service(
         names.service, owner, COMPONENT_REGISTRY, svc.port, "registry", svc.type, svc.node_port, svc.annotations
     ))
+    objects += network.policies(spec, owner)
     return objects
 
 
@@ -53,6 +54,11 @@ def obsolete(spec: RegistrySpec) -> list[tuple[str, str, str]]:
     never rotates a CA that clients already trust.
     """
     names = ChildNames(spec.name)
-    if spec.auth.mode == "token":
-        return []
-    return [("apps/v1", "Deployment", names.token), ("v1", "Service", names.token), ("v1", "ConfigMap", names.token)]
+    policy = ("networking.k8s.io/v1", "NetworkPolicy")
+    out = [] if spec.network_policy.enabled else [(*policy, names.deployment)]
+    if spec.auth.mode != "token" or not spec.network_policy.enabled:
+        out.append((*policy, names.token))
+    if spec.auth.mode != "token":
+        out += [("apps/v1", "Deployment", names.token), ("v1", "Service", names.token),
+                ("v1", "ConfigMap", names.token)]
+    return out
