@@ -24,6 +24,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from localcluster import namespace_manifest  # noqa: E402
+
 from tests.support.deployed import POD_COUNTS, VERSIONS, DeployedRegistry, create_registry  # noqa: E402
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from registries import is_ready, manifest
 
 REPO = Path(__file__).resolve().parents[2]
