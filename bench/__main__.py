@@ -43,10 +43,13 @@ class Plan:
     pause: float = 1.0  # between sequential convergence runs
     stuck_window: float = 120.0  # the quiet window of the stuck phase, seconds
     stuck_settle: float = 60.0  # at most this long for the stuck Registries' operator to go quiet first
+    # Secrets that are not the operator's (service-account tokens, TLS keys of other apps), there from the start:
+    # what the operator must not hold in memory.
+    unrelated_secrets: int = 0
 
 
 FULL = Plan(runs=20, block=5, burst=200, rest_window=300, resync=100, memory_top=1000, datapath_iterations=10,
-            nodes=12)  # fmt: skip
+            nodes=12, unrelated_secrets=10_000)  # fmt: skip
 QUICK = Plan(runs=4, block=4, burst=20, rest_window=30, resync=10, memory_top=50, datapath_iterations=1, nodes=2,
              datapath_controls=False, restart_top=False, pause=0.5, stuck_window=15, stuck_settle=10)  # fmt: skip
 
@@ -95,6 +98,10 @@ async def run(plan: Plan, workdir: Path, skip: set[str]) -> dict[str, Any]:
     client = workload.admin_client(str(cluster.kubeconfig))
     b = phases.Bench(cluster, operator_kubeconfig, workdir, client, log=log)
     try:
+        if plan.unrelated_secrets:
+            log(f"{plan.unrelated_secrets} unrelated Secrets")
+            await workload.unrelated_secrets(client, "bench-unrelated", plan.unrelated_secrets)
+        res["unrelated_secrets"] = plan.unrelated_secrets
         await b.start_operator()
         await b.settle(quiet=3.0)
         memory = [{"registries": 0, "when": "fresh", **phases.rss_now(b)}]
@@ -126,35 +133,36 @@ async def run(plan: Plan, workdir: Path, skip: set[str]) -> dict[str, Any]:
             await workload.delete_registries(client, "bench-datapath")
             await b.settle(quiet=2.0)
 
-        if "burst" in skip:
-            return res
-        log(f"burst: {plan.burst} Registries at once")
-        res["burst"]["operator"] = await phases.burst_operator(b, plan.burst)
-        memory.append({"registries": plan.burst, "when": "after burst", **phases.rss_now(b)})
+        grown = 0  # Registries that exist when the memory phase starts
+        if "burst" not in skip:
+            log(f"burst: {plan.burst} Registries at once")
+            res["burst"]["operator"] = await phases.burst_operator(b, plan.burst)
+            memory.append({"registries": plan.burst, "when": "after burst", **phases.rss_now(b)})
 
-        log(f"restart with {plan.burst} Registries (resume = full reconcile), resync every {plan.resync:.0f} s")
-        resync_env = {"REGISTRY_OPERATOR_RESYNC_SECONDS": str(plan.resync)}
-        res["restart"] = await phases.restart(b, plan.burst, env=resync_env)
-        memory.append({"registries": plan.burst, "when": "after restart", "rss": res["restart"]["rss"],
-                       "hwm": res["restart"]["hwm"]})  # fmt: skip
+            log(f"restart with {plan.burst} Registries (resume = full reconcile), resync every {plan.resync:.0f} s")
+            resync_env = {"REGISTRY_OPERATOR_RESYNC_SECONDS": str(plan.resync)}
+            res["restart"] = await phases.restart(b, plan.burst, env=resync_env)
+            memory.append({"registries": plan.burst, "when": "after restart", "rss": res["restart"]["rss"],
+                           "hwm": res["restart"]["hwm"]})  # fmt: skip
 
-        if "rest" not in skip:
-            log(f"rest: {plan.rest_window:.0f} s window")
-            res["rest"] = await phases.rest(b, plan.rest_window, plan.resync)
-            res["rest"]["registries"] = plan.burst
-            memory.append({"registries": plan.burst, "when": "after rest", **phases.rss_now(b)})
+            if "rest" not in skip:
+                log(f"rest: {plan.rest_window:.0f} s window")
+                res["rest"] = await phases.rest(b, plan.rest_window, plan.resync)
+                res["rest"]["registries"] = plan.burst
+                memory.append({"registries": plan.burst, "when": "after rest", **phases.rss_now(b)})
 
-        if "stuck" not in skip:
-            log(f"stuck: {len(phases.STUCK)} Registries on bad input, {plan.stuck_window:.0f} s window")
-            res["stuck"] = await phases.stuck(b, plan.stuck_window, plan.stuck_settle)
+            if "stuck" not in skip:
+                log(f"stuck: {len(phases.STUCK)} Registries on bad input, {plan.stuck_window:.0f} s window")
+                res["stuck"] = await phases.stuck(b, plan.stuck_window, plan.stuck_settle)
+            grown = plan.burst
 
-        if "memory" not in skip and plan.memory_top > plan.burst:
+        if "memory" not in skip and plan.memory_top > grown:
             log(f"memory: growing to {plan.memory_top} Registries")
             # Back to the default resync interval: a resync must not run while we grow and settle.
             await b.stop_operator()
             await b.start_operator()
-            await b.settle(at_least=plan.burst, quiet=3.0)
-            res["grow"] = await phases.grow(b, "bench-mem", plan.burst, plan.memory_top - plan.burst)
+            await b.settle(at_least=grown, quiet=3.0)
+            res["grow"] = await phases.grow(b, "bench-mem", grown, plan.memory_top - grown)
             memory.append({"registries": plan.memory_top, "when": "after growing", **phases.rss_now(b)})
             if not plan.restart_top:
                 return res
@@ -181,7 +189,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (cluster logs, audit log)")
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only re-render the report from a file")
     seconds = ("rest_window", "resync", "stuck_window")
-    for field in ("runs", "burst", *seconds, "memory_top", "datapath_iterations", "nodes"):
+    for field in ("runs", "burst", *seconds, "memory_top", "datapath_iterations", "nodes", "unrelated_secrets"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=float if field in seconds else int)
     args = parser.parse_args()
     if args.report:

@@ -97,8 +97,9 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         worst = {n: max(m["rss"] for m in mem["levels"] if m["registries"] == n) for n in counts}
         fresh = {n: min(m["rss"] for m in mem["levels"] if m["registries"] == n) for n in counts}
         peak = max(m["hwm"] for m in mem["levels"])
+        others = f", {res['unrelated_secrets']:,} unrelated Secrets" if res.get("unrelated_secrets") else ""
         out.append((
-            "Operator RSS at " + " / ".join(map(str, counts)) + " Registries (highest of the samples at each)",
+            "Operator RSS at " + " / ".join(map(str, counts)) + f" Registries{others} (highest of the samples at each)",
             " / ".join(_mib(worst[n]) for n in counts), "–", "–", "≤ 100 MiB at 1000",
             ("yes" if worst[counts[-1]] <= 100 * MIB else "no") if counts[-1] >= 1000 else "–",
         ))  # fmt: skip

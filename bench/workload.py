@@ -10,7 +10,9 @@ for the Deployment to become available through kwok.
 from __future__ import annotations
 
 import asyncio
+import base64
 import inspect
+import os
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, Pod, ServiceAccount
+from lightkube.resources.core_v1 import Namespace, Pod, Secret, ServiceAccount
 from lightkube.types import PatchType
 
 from registry_operator import material, render
@@ -80,6 +82,18 @@ async def ensure_namespace(client: AsyncClient, name: str, timeout: float = 60) 
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.2)
+
+
+async def unrelated_secrets(client: AsyncClient, namespace: str, n: int, batch: int = 100) -> None:
+    """`n` Secrets of about 3 KiB (the size of a TLS pair) that no Registry refers to."""
+    await ensure_namespace(client, namespace)
+    payload = base64.b64encode(os.urandom(2048)).decode()
+    for start in range(0, n, batch):
+        await asyncio.gather(*(
+            client.create(Secret(metadata=ObjectMeta(name=f"other-{i}", namespace=namespace),
+                                 type="kubernetes.io/tls", data={"tls.crt": payload, "tls.key": payload[:1700]}))
+            for i in range(start, min(n, start + batch))
+        ))  # fmt: skip
 
 
 async def create_registry(client: AsyncClient, namespace: str, name: str) -> dict[str, Any]:
