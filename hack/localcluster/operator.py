@@ -2,7 +2,8 @@
 
 It runs this interpreter (``sys.executable``, so a virtualenv's packages come along) on this checkout's
 ``operator/`` with ``KUBECONFIG`` set, adds a ``--liveness`` endpoint on a free loopback port and returns once
-kopf serves it (kopf starts it after its startup handlers and login).
+kopf serves it (kopf starts it after its startup handlers and login). Its Prometheus metrics go to another free
+port (``metrics_url``), so operators started side by side never fight over the default one.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class OperatorProcess:
         self.args = list(argv)
         self.log_path = Path(log_path)
         self.liveness_url = liveness_url
+        port = env.get("REGISTRY_OPERATOR_METRICS_PORT", "off")
+        self.metrics_url = f"http://127.0.0.1:{port}/metrics" if port.isdigit() and port != "0" else None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -118,8 +121,10 @@ def start_operator(
         PYTHONUNBUFFERED="1",
         PYTHONPATH=os.pathsep.join([*map(str, pythonpath), *inherited]),
     )
+    ports = pick_free_ports(["operator-liveness", "operator-metrics"])
+    full_env["REGISTRY_OPERATOR_METRICS_PORT"] = str(ports["operator-metrics"])
     full_env.update(env or {})
-    port = pick_free_ports(["operator-liveness"])["operator-liveness"]
+    port = ports["operator-liveness"]
     url = f"http://127.0.0.1:{port}/healthz"
     scope = list(args) if args is not None else ["--all-namespaces"]
     proc = OperatorProcess([sys.executable, *entry, *scope, f"--liveness={url}"], full_env, log_path, url, detach)

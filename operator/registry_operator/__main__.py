@@ -16,7 +16,7 @@ from aiohttp import web
 from lightkube import AsyncClient
 
 from . import config as config_
-from . import handlers, permissions
+from . import handlers, metrics, permissions
 from .leader import Elector
 
 
@@ -41,11 +41,14 @@ async def _standby_liveness(url: str | None) -> AsyncIterator[None]:
 
 async def _run(config: config_.Config, liveness: str | None) -> int:
     """Run kopf until it is stopped by a signal (exit 0) or, under leader election, the Lease is lost (1);
-    exit 2 at once when RBAC does not let it watch what it must."""
+    exit 2 at once when RBAC does not let it watch what it must, or the metrics port is taken."""
     if not await permissions.check(config):
         return 2
     stop = asyncio.Event()
     hold = None
+    # Before the Lease: a standby replica is scraped too, and says it is one.
+    if config.metrics_port and not metrics.serve(config.metrics_port):
+        return 2
     if config.leader_election:
         elector = Elector(AsyncClient(), config)
         async with _standby_liveness(liveness):

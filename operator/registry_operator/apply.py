@@ -28,7 +28,7 @@ import httpx2
 from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
-from . import quantity
+from . import metrics, quantity
 from .kinds import resource
 from .material import Problem
 from .names import APPLIED_HASH, FIELD_MANAGER, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
@@ -180,6 +180,7 @@ async def _apply(
         if current is not None:
             result.live[k] = current
         return
+    metrics.API_WRITES.labels(obj["kind"], "apply").inc()
     try:
         live = await client.patch(
             resource(obj["apiVersion"], obj["kind"]),
@@ -251,6 +252,7 @@ async def delete_all(
         current = observed.get((kind, name))
         if current is None or not ours(kind, current, registry):
             continue
+        metrics.API_WRITES.labels(kind, "delete").inc()
         try:
             await client.delete(resource(api_version, kind), name, namespace=registry["metadata"]["namespace"])
         except ApiError as exc:

@@ -19,14 +19,21 @@ import random
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
+from . import metrics
+
 log = logging.getLogger(__name__)
 
 
 class Retry(Exception):
     """A reconcile that did what it could but must run again later (a write failed in a way that may pass).
 
-    The message is for the log: it names objects and the API's reason, never secret values.
+    The message is for the log: it names objects and the API's reason, never secret values. `reason` is a
+    problem reason (`ApplyFailed`, ...): the label of the failure in `registry_operator_reconcile_errors_total`.
     """
+
+    def __init__(self, message: str, reason: str = "Retry") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def backoff(failures: int, base: float, cap: float, jitter: Callable[[], float] = random.random) -> float:
@@ -60,6 +67,7 @@ class Coalescer:
     def trigger(self, key: Hashable, urgent: bool = False) -> None:
         """Reconcile `key` soon: now if idle, else once more after the current run (or its backoff)."""
         state = self._states.get(key)
+        metrics.TRIGGERS.labels("started" if state is None else "coalesced").inc()
         if state is not None:
             state.again.set()
             if urgent:
@@ -67,6 +75,7 @@ class Coalescer:
             return
         self._states[key] = _State()
         self._tasks[key] = asyncio.get_running_loop().create_task(self._loop(key), name=f"reconcile {key}")
+        metrics.QUEUE_DEPTH.inc()
 
     async def idle(self) -> None:
         """Wait until no Registry is being reconciled or waiting to retry (for tests and benchmarks)."""
@@ -96,6 +105,7 @@ class Coalescer:
                     return
         finally:
             del self._tasks[key], self._states[key]
+            metrics.QUEUE_DEPTH.dec()
 
     async def _wait_after_failure(self, key: Hashable, state: _State, exc: Exception) -> None:
         state.failures += 1

@@ -43,6 +43,8 @@ class Config:
     identity: str = ""  # the Lease holder's name; default: the host name and process id
     # Who may create a Registry may run its `spec.image`: glob patterns the image must match (empty: any image).
     allowed_images: tuple[str, ...] = ()
+    # Prometheus metrics (/metrics) on this port, all addresses; 0 disables. Not 8080: the manifests' liveness.
+    metrics_port: int = 8081
 
     def image_allowed(self, image: str) -> bool:
         return not self.allowed_images or any(fnmatch.fnmatchcase(image, p) for p in self.allowed_images)
@@ -58,6 +60,8 @@ class Config:
             raise ConfigError("REGISTRY_OPERATOR_RETRY_BASE_SECONDS must be positive and at most the maximum")
         if self.lease_seconds < 3:
             raise ConfigError("REGISTRY_OPERATOR_LEASE_SECONDS must be at least 3")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("REGISTRY_OPERATOR_METRICS_PORT must be a port number, or 0 or off to disable")
 
     @property
     def clusterwide(self) -> bool:
@@ -66,6 +70,11 @@ class Config:
 
 def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def port(text: str) -> int:
+    """A port number; `0` or `off` (any false word) for none."""
+    return 0 if text.lower() in _FALSE else int(text)
 
 
 # Environment variable -> (field, parser). The command line overrides what it also offers (namespaces).
@@ -83,6 +92,7 @@ _ENV: Mapping[str, tuple[str, Callable[[str], object]]] = {
     "REGISTRY_OPERATOR_LEASE_SECONDS": ("lease_seconds", float),
     "POD_NAME": ("identity", str),
     "REGISTRY_OPERATOR_ALLOWED_IMAGES": ("allowed_images", _comma_list),
+    "REGISTRY_OPERATOR_METRICS_PORT": ("metrics_port", port),
 }
 
 

@@ -17,7 +17,7 @@ from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event
 
-from . import names
+from . import metrics, names
 
 COMPONENT = "registry-operator"
 
@@ -40,6 +40,7 @@ async def post(client: AsyncClient, registry: Mapping[str, Any], type_: str, rea
         lastTimestamp=now,
         count=1,
     )
+    metrics.API_WRITES.labels("Event", "create").inc()
     try:
         await client.create(event, namespace=meta["namespace"])
     except (ApiError, httpx2.HTTPError):

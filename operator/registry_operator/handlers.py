@@ -21,7 +21,7 @@ from typing import Any
 import kopf
 from lightkube import AsyncClient
 
-from . import names, resync
+from . import metrics, names, resync
 from .coalesce import Coalescer
 from .config import Config
 from .observe import referenced_secrets
@@ -59,7 +59,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     async def run(key: Any) -> None:
         async with limit:
-            await reconcile(ctx, *key)
+            with metrics.reconciling():
+                await reconcile(ctx, *key)
 
     memo.ctx = ctx
     memo.coalescer = Coalescer(run, config.retry_base_seconds, config.retry_max_seconds)

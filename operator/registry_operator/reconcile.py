@@ -26,7 +26,7 @@ from typing import Any
 from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
-from . import conditions, events, material, pki, render
+from . import conditions, events, material, metrics, pki, render
 from .apply import Applied, Key, apply_all, conflicts, delete_all
 from .coalesce import Retry
 from .config import Config
@@ -98,6 +98,7 @@ async def _write_status(ctx: Context, body: Mapping[str, Any], status: dict[str,
     # A merge patch: keys we no longer publish are nulled explicitly.
     patch = {"status": {**{k: None for k in old if k not in status}, **status}}
     meta = body["metadata"]
+    metrics.API_WRITES.labels("Registry", "status").inc()
     await ctx.client.patch(
         Registry.Status, meta["name"], patch, namespace=meta["namespace"], patch_type=PatchType.MERGE
     )
@@ -124,10 +125,12 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     except ApiError as exc:
         if exc.status.code == 404:
             ctx.memories.pop(key, None)
+            metrics.REGISTRIES.forget(namespace, name)
             return outcome  # deleted: garbage collection removes the children
         raise
     if body["metadata"].get("deletionTimestamp"):
         ctx.memories.pop(key, None)
+        metrics.REGISTRIES.forget(namespace, name)
         return outcome
     generation = body["metadata"].get("generation", 1)
     memory = ctx.memory(key, body["metadata"]["uid"])
@@ -185,7 +188,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     log.debug("Registry %s/%s reconciled: %d applied, %d deleted, status %s", namespace, name,
               len(outcome.written), len(outcome.deleted), "written" if outcome.status_written else "unchanged")
     if applied.retry:
-        raise Retry("; ".join(applied.retry))
+        raise Retry("; ".join(applied.retry), next(p.reason for p in applied.problems if p.message in applied.retry))
     return outcome
 
 
@@ -193,8 +196,9 @@ async def _finish(
     ctx: Context, memory: Memory, body: Mapping[str, Any], status: dict[str, Any], extra: Sequence[Event] = ()
 ) -> bool:
     """Write status if it changed, then post the Events of its transitions (and any not posted before)."""
-    written = await _write_status(ctx, body, status)
     meta = body["metadata"]
+    metrics.REGISTRIES.record(meta["namespace"], meta["name"], status)  # what is true now, stored or not
+    written = await _write_status(ctx, body, status)
     for type_, reason, message in conditions.transitions(body.get("status"), status):
         log.log(logging.WARNING if type_ == "Warning" else logging.INFO,
                 "Registry %s/%s: %s: %s", meta["namespace"], meta["name"], reason, message)
@@ -205,5 +209,5 @@ async def _finish(
         if not await events.post(ctx.client, body, *event):
             memory.unsent.append(event)
     if memory.unsent:
-        raise Retry(f"{len(memory.unsent)} Event(s) could not be posted")
+        raise Retry(f"{len(memory.unsent)} Event(s) could not be posted", "EventNotPosted")
     return written
