@@ -21,7 +21,7 @@ from typing import Any
 import kopf
 from lightkube import AsyncClient
 
-from . import metrics, names, resync
+from . import metrics, monitoring, names, resync
 from .coalesce import Coalescer
 from .config import Config
 from .observe import referenced_secrets
@@ -54,7 +54,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         # namespaced RBAC it idles for about a minute of 403 retries before falling back to the names.
         settings.scanning.disabled = True
 
-    ctx = Context(client=AsyncClient(field_manager=names.FIELD_MANAGER), config=config)
+    client = AsyncClient(field_manager=names.FIELD_MANAGER)
+    ctx = Context(client=client, config=config, pod_monitors=await monitoring.pod_monitors(client))
     limit = asyncio.Semaphore(config.max_concurrent)
 
     async def run(key: Any) -> None:

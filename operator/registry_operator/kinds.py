@@ -10,6 +10,7 @@ from lightkube.resources.networking_v1 import NetworkPolicy
 from . import names
 
 Registry = create_namespaced_resource(names.GROUP, names.VERSION, names.KIND, names.PLURAL)
+PodMonitor = create_namespaced_resource("monitoring.coreos.com", "v1", "PodMonitor", "podmonitors")
 
 CHILD_KINDS = {
     ("v1", "Secret"): Secret,
@@ -18,6 +19,7 @@ CHILD_KINDS = {
     ("v1", "PersistentVolumeClaim"): PersistentVolumeClaim,
     ("apps/v1", "Deployment"): Deployment,
     ("networking.k8s.io/v1", "NetworkPolicy"): NetworkPolicy,
+    ("monitoring.coreos.com/v1", "PodMonitor"): PodMonitor,
 }
 
 

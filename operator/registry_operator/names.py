@@ -67,6 +67,7 @@ class ChildNames:
         self.token = f"{registry}{TOKEN_SUFFIX}"  # token service Deployment, Service and ConfigMap
         self.token_tls = f"{registry}-token-tls"
         self.token_signing = f"{registry}-token-signing"
+        self.pod_monitor = registry  # a kind of its own: the name cannot collide with another Registry's
 
 
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")

@@ -38,10 +38,10 @@ def referenced_secrets(spec: RegistrySpec) -> set[str]:
     return refs
 
 
-def candidates(spec: RegistrySpec, token_was_on: bool) -> list[tuple[str, str, str]]:
+def candidates(spec: RegistrySpec, token_was_on: bool, pod_monitor: bool = False) -> list[tuple[str, str, str]]:
     """(apiVersion, kind, name) of every child this spec can render (to compare before applying) and of the
     token service's workload while it may still exist (to delete it). Tests check that every rendered child
-    is among these."""
+    is among these. `pod_monitor`: the cluster serves PodMonitors (see render.desired)."""
     n = ChildNames(spec.name)
     token = spec.auth.mode == "token"
     secrets = {n.http_secret}
@@ -66,6 +66,8 @@ def candidates(spec: RegistrySpec, token_was_on: bool) -> list[tuple[str, str, s
                 ("networking.k8s.io/v1", "NetworkPolicy", n.token)]
     if spec.storage.claim is not None:
         out.append(("v1", "PersistentVolumeClaim", n.claim))
+    if pod_monitor:
+        out.append(("monitoring.coreos.com/v1", "PodMonitor", n.pod_monitor))
     return out
 
 
@@ -87,9 +89,9 @@ def decode(secret: Obj) -> dict[str, bytes]:
     return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
 
 
-async def observe(client: AsyncClient, spec: RegistrySpec, token_was_on: bool) -> Observed:
+async def observe(client: AsyncClient, spec: RegistrySpec, token_was_on: bool, pod_monitor: bool = False) -> Observed:
     """Everything this reconcile reads; `token_was_on`: the last status published a token realm."""
-    wanted = candidates(spec, token_was_on)
+    wanted = candidates(spec, token_was_on, pod_monitor)
     refs = sorted(referenced_secrets(spec) - {name for _, kind, name in wanted if kind == "Secret"})
     wanted_refs = [("v1", "Secret", name) for name in refs]
     found = await asyncio.gather(

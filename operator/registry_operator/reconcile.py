@@ -58,6 +58,7 @@ class Context:
     client: AsyncClient
     config: Config = field(default_factory=Config)
     memories: dict[tuple[str, str], Memory] = field(default_factory=dict)
+    pod_monitors: bool = False  # the cluster serves PodMonitor (monitoring.pod_monitors, asked at startup)
 
     def memory(self, key: tuple[str, str], uid: str) -> Memory:
         memory = self.memories.get(key)
@@ -156,14 +157,15 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
             f"({', '.join(ctx.config.allowed_images)}); nothing is created or changed")])
 
     token_was_on = "tokenRealm" in (body.get("status") or {})
-    observed = await observe(ctx.client, spec, token_was_on)
-    taken = conflicts([(kind, child) for _, kind, child in candidates(spec, False)], observed.children, body)
+    observed = await observe(ctx.client, spec, token_was_on, ctx.pod_monitors)
+    taken = conflicts([(kind, child) for _, kind, child in candidates(spec, False, ctx.pod_monitors)],
+                      observed.children, body)
     if taken:  # decided before any material: a Registry stuck here costs no key generation either
         return await blocked(spec, taken)
     secrets = {**observed.secrets, **memory.pending}
     # Key generation and bcrypt are CPU work: keep them off the event loop that serves every Registry.
     mat = await asyncio.to_thread(material.decide, spec, secrets, ctx.config.cluster_domain, now)
-    desired = render.desired(spec, mat, body, ctx.config.operator_image)
+    desired = render.desired(spec, mat, body, ctx.config.operator_image, ctx.pod_monitors)
     applied = await apply_all(ctx.client, desired, observed.children, body, memory.refused)
     memory.refused = applied.refused
     _remember(memory, desired, applied)

@@ -25,10 +25,11 @@ def test_every_rendered_child_is_observed(auth, tls, storage):
     raw = {"auth": AUTH[auth], "tls": TLS[tls], "storage": STORAGE[storage]}
     s = spec.parse("reg", "ns", raw)
     mat = material.decide(s, {"pw": {"password": b"secret"}})
-    rendered = {(o["kind"], o["metadata"]["name"]) for o in render.desired(s, mat, OWNER, "img")}
-    for token_was_on in (False, True):
-        observed = {(kind, name) for _, kind, name in candidates(s, token_was_on)}
-        assert rendered <= observed, rendered - observed
+    for pod_monitor in (False, True):
+        rendered = {(o["kind"], o["metadata"]["name"]) for o in render.desired(s, mat, OWNER, "img", pod_monitor)}
+        for token_was_on in (False, True):
+            observed = {(kind, name) for _, kind, name in candidates(s, token_was_on, pod_monitor)}
+            assert rendered <= observed, rendered - observed
     doomed = {(kind, name) for _, kind, name in render.obsolete(s)}
     assert doomed <= {(kind, name) for _, kind, name in candidates(s, token_was_on=True)}
 

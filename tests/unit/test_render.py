@@ -1,7 +1,7 @@
 """Rendering: the children of a Registry, their hardening, and the 2.8 / 3.x differences."""
 
 import yaml
-from builders import by_key, decode_secrets
+from builders import OWNER, by_key, decode_secrets
 
 from registry_operator import names, render
 from registry_operator.render import config
@@ -170,3 +170,19 @@ def test_network_policy_peers_and_disabling(pipeline):
     spec, _, objects = pipeline.run({**USERS, "networkPolicy": {"enabled": False}})
     assert not [o for o in objects if o["kind"] == "NetworkPolicy"]
     assert ("networking.k8s.io/v1", "NetworkPolicy", "reg") in render.obsolete(spec)
+
+
+def test_pod_monitor_scrapes_the_registry_pods_debug_port_only_when_asked(pipeline):
+    s, mat, objects = pipeline.run(USERS)
+    assert "PodMonitor" not in {o["kind"] for o in objects}  # no prometheus-operator: nothing to render
+    monitored = by_key(render.desired(s, mat, OWNER, "img", pod_monitor=True))
+    monitor = monitored[("PodMonitor", "reg")]
+    pod = monitored[("Deployment", "reg")]["spec"]["template"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    token_pod = names.selector("reg", names.COMPONENT_TOKEN)
+    assert monitor["spec"]["selector"]["matchLabels"] != token_pod
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert ports[endpoint["port"]] == int(_config(objects)["http"]["debug"]["addr"].lstrip(":"))
+    assert endpoint["path"] == _config(objects)["http"]["debug"]["prometheus"]["path"]
+    assert monitor["metadata"]["ownerReferences"][0]["uid"] == OWNER["metadata"]["uid"]

@@ -12,13 +12,16 @@ from typing import Any
 from ..material import Material
 from ..names import COMPONENT_REGISTRY, COMPONENT_TOKEN, ChildNames
 from ..spec import RegistrySpec
-from . import config, deployment, network, secrets, storage, token
+from . import config, deployment, monitoring, network, secrets, storage, token
 from .common import Obj
 from .service import service
 
 
-def desired(spec: RegistrySpec, material: Material, owner: Mapping[str, Any], operator_image: str) -> list[Obj]:
-    """Everything the Registry should own right now, in the order it is safe to create it."""
+def desired(
+    spec: RegistrySpec, material: Material, owner: Mapping[str, Any], operator_image: str, pod_monitor: bool = False
+) -> list[Obj]:
+    """Everything the Registry should own right now, in the order it is safe to create it. `pod_monitor`: the
+    cluster serves prometheus-operator's PodMonitor."""
     names = ChildNames(spec.name)
     token_mode = spec.auth.mode == "token"
     config_text = config.dump(
@@ -44,6 +47,8 @@ def desired(spec: RegistrySpec, material: Material, owner: Mapping[str, Any], op
         names.service, owner, COMPONENT_REGISTRY, svc.port, "registry", svc.type, svc.node_port, svc.annotations
     ))
     objects += network.policies(spec, owner)
+    if pod_monitor:
+        objects.append(monitoring.pod_monitor(spec, owner))
     return objects
 
 

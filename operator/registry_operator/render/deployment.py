@@ -15,6 +15,7 @@ from ..material import Material
 from ..names import COMPONENT_REGISTRY, ChildNames
 from ..spec import RegistrySpec
 from . import config as cfg
+from . import monitoring
 from .common import Obj, metadata
 from .pod import (
     container_security_context,
@@ -112,7 +113,7 @@ def deployment(spec: RegistrySpec, material: Material, config_text: str, owner: 
         ],
         "ports": [
             {"name": "registry", "containerPort": cfg.PORT, "protocol": "TCP"},
-            {"name": "debug", "containerPort": cfg.DEBUG_PORT, "protocol": "TCP"},
+            {"name": monitoring.DEBUG_PORT_NAME, "containerPort": cfg.DEBUG_PORT, "protocol": "TCP"},
         ],
         "readinessProbe": _probe(spec, period=5, failures=3),
         "livenessProbe": _probe(spec, period=10, failures=6),
