@@ -134,3 +134,15 @@ def test_a_taken_metrics_port_is_one_clear_error(caplog):
         port = taken.getsockname()[1]
         assert not metrics.serve(port, "127.0.0.1")
     assert f"cannot serve metrics on port {port} (REGISTRY_OPERATOR_METRICS_PORT)" in caplog.text
+
+
+def test_rules_and_dashboard_use_only_series_the_operator_defines():
+    """Alerts and panels on a misspelt series never fire and stay empty: they must agree with metrics.py."""
+    import re
+    from pathlib import Path
+
+    monitoring = Path(__file__).resolve().parents[2] / "manifests" / "monitoring"
+    text = (monitoring / "prometheus-rules.yaml").read_text() + (monitoring / "grafana-dashboard.json").read_text()
+    used = {re.sub(r"_(total|bucket|count|sum)$", "", name)
+            for name in re.findall(r"\bregistry_operator_[a-z_]+", text)}
+    assert used and used <= set(families()), used - set(families())
