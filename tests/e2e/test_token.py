@@ -10,6 +10,8 @@ belongs to a ``ServiceProxy`` standing in for the token Service; both certificat
 from __future__ import annotations
 
 import json
+import re
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,6 +198,12 @@ def test_wrong_password_gets_401_from_the_token_endpoint(token_registry: TokenRe
         assert wrong.status == 401, (creds[0], wrong.status, wrong.body)
         assert "token" not in wrong.body
         assert wrong.headers["www-authenticate"].lower().startswith("basic ")
+    # Counted on the pod's own metrics port (what the PodMonitor scrapes; RegistryTokenServiceErrors reads it).
+    metrics_port = t.token.runner.host_port("metrics")
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        counted = {m.group(1): float(m.group(2)) for m in re.finditer(
+            r'^registry_token_requests_total\{code="(\d+)"\} (\S+)$', response.read().decode(), re.MULTILINE)}
+    assert counted.get("401", 0) >= 2 and counted.get("200", 0) >= 1, counted
 
 
 def test_rule_change_applies_without_restart(token_registry: TokenRegistry, tmp_path: Path) -> None:

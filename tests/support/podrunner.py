@@ -9,8 +9,8 @@ entrypoint would, maps the image to a local program and starts it.
 
 The one deliberate deviation: all pods share this machine's network namespace, so listeners move to free
 loopback ports through the program's own override (``REGISTRY_HTTP_ADDR``/``REGISTRY_HTTP_DEBUG_ADDR`` for the
-registry, ``--listen`` for the token service). Anything else it cannot reproduce (unknown volume types,
-initContainers, unknown images or fields) raises ``Unfaithful`` rather than being approximated.
+registry, ``--listen``/``--metrics-listen`` for the token service). Anything else it cannot reproduce (unknown
+volume types, initContainers, unknown images or fields) raises ``Unfaithful`` rather than being approximated.
 """
 
 from __future__ import annotations
@@ -536,10 +536,16 @@ class PodRunner:
             config = (
                 argv[argv.index("--config") + 1] if "--config" in argv else "/etc/registry-token/config/config.json"
             )
-            listen = json.loads(self.host_path(config).read_text()).get("listen", "0.0.0.0:5001")
+            settings = json.loads(self.host_path(config).read_text())
             self.port = free_port()
-            self.container_ports = {_port_of(listen): self.port}
-            return [*local, "--listen", f"127.0.0.1:{self.port}"]
+            self.container_ports = {_port_of(settings.get("listen", "0.0.0.0:5001")): self.port}
+            moved = [*local, "--listen", f"127.0.0.1:{self.port}"]
+            if metrics := settings.get("metricsListen"):
+                if "--metrics-listen" in argv:
+                    raise Unfaithful("--metrics-listen given by the pod: overriding it would hide what the pod does")
+                self.container_ports[_port_of(metrics)] = free_port()
+                moved += ["--metrics-listen", f"127.0.0.1:{self.container_ports[_port_of(metrics)]}"]
+            return moved
         raise Unfaithful(f"operator image entry point {argv} not reproduced")
 
     # -- process ---------------------------------------------------------------------------------------------

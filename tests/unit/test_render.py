@@ -172,17 +172,23 @@ def test_network_policy_peers_and_disabling(pipeline):
     assert ("networking.k8s.io/v1", "NetworkPolicy", "reg") in render.obsolete(spec)
 
 
-def test_pod_monitor_scrapes_the_registry_pods_debug_port_only_when_asked(pipeline):
+def test_pod_monitor_scrapes_the_registry_and_token_pods_metrics_ports_only_when_asked(pipeline):
     s, mat, objects = pipeline.run(USERS)
     assert "PodMonitor" not in {o["kind"] for o in objects}  # no prometheus-operator: nothing to render
+    token = {"auth": {"mode": "token", "users": [{"name": "alice"}],
+                      "access": [{"users": ["alice"], "repositories": ["*"], "actions": ["pull"]}]}}
+    s, mat, _ = pipeline.run(token)
     monitored = by_key(render.desired(s, mat, OWNER, "img", pod_monitor=True))
     monitor = monitored[("PodMonitor", "reg")]
-    pod = monitored[("Deployment", "reg")]["spec"]["template"]
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
-    token_pod = names.selector("reg", names.COMPONENT_TOKEN)
-    assert monitor["spec"]["selector"]["matchLabels"] != token_pod
-    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-    ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
-    assert ports[endpoint["port"]] == int(_config(objects)["http"]["debug"]["addr"].lstrip(":"))
-    assert endpoint["path"] == _config(objects)["http"]["debug"]["prometheus"]["path"]
     assert monitor["metadata"]["ownerReferences"][0]["uid"] == OWNER["metadata"]["uid"]
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    scraped = {}
+    for deployment in ("reg", "reg-token"):
+        pod = monitored[("Deployment", deployment)]["spec"]["template"]
+        assert selector.items() <= pod["metadata"]["labels"].items()
+        scraped |= {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+    ports = {e["port"]: scraped[e["port"]] for e in monitor["spec"]["podMetricsEndpoints"]}
+    assert ports == {"debug": 5001, "metrics": 5002}  # the registry's debug listener, the token service's metrics
+    assert int(_config([monitored[("ConfigMap", "reg-config")]])["http"]["debug"]["addr"].lstrip(":")) == 5001
+    services = [o for o in monitored.values() if o["kind"] == "Service"]
+    assert all(p["targetPort"] not in ports for svc in services for p in svc["spec"]["ports"])

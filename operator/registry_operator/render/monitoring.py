@@ -1,4 +1,5 @@
-"""A PodMonitor per Registry, so prometheus-operator scrapes distribution's `/metrics` on the debug port.
+"""A PodMonitor per Registry, so prometheus-operator scrapes distribution's `/metrics` on the registry pods'
+debug port and, in token mode, the token service pods' `metrics` port.
 
 Rendered only when the cluster serves `podmonitors.monitoring.coreos.com` (`monitoring.detect`, once at
 startup): the operator must work without prometheus-operator. A PodMonitor rather than a `<name>-metrics`
@@ -20,6 +21,7 @@ from .common import Obj, metadata
 
 API_VERSION = "monitoring.coreos.com/v1"
 DEBUG_PORT_NAME = "debug"  # the registry container's port (render/deployment)
+TOKEN_METRICS_PORT_NAME = "metrics"  # the token service container's (render/token)
 
 
 def pod_monitor(spec: RegistrySpec, owner: Mapping[str, Any]) -> Obj:
@@ -31,14 +33,21 @@ def pod_monitor(spec: RegistrySpec, owner: Mapping[str, Any]) -> Obj:
             # job="registry" for every Registry, so one set of rules (manifests/monitoring) covers them all;
             # the Registry's name comes along as the `registry` label.
             "jobLabel": names.LABEL_NAME,
-            "selector": {"matchLabels": names.selector(spec.name, COMPONENT_REGISTRY)},
-            "podMetricsEndpoints": [{
-                "port": DEBUG_PORT_NAME,
-                "path": "/metrics",
-                "relabelings": [{
-                    "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
-                    "targetLabel": "registry",
-                }],
-            }],
+            # Every pod of this Registry; each endpoint applies to the pods that have its port.
+            "selector": {"matchLabels": {
+                names.LABEL_NAME: "registry", names.LABEL_INSTANCE: spec.name, names.LABEL_MANAGED_BY: names.MANAGED_BY,
+            }},
+            "podMetricsEndpoints": [_endpoint(DEBUG_PORT_NAME), _endpoint(TOKEN_METRICS_PORT_NAME)],
         },
+    }
+
+
+def _endpoint(port: str) -> Obj:
+    return {
+        "port": port,
+        "path": "/metrics",
+        "relabelings": [{
+            "sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_instance"],
+            "targetLabel": "registry",
+        }],
     }

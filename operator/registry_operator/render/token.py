@@ -16,6 +16,7 @@ from ..material import Material
 from ..names import COMPONENT_TOKEN, ChildNames
 from ..spec import RegistrySpec
 from ..token import config as token_config
+from . import monitoring
 from .common import Obj, metadata
 from .pod import container_security_context, inputs_hash, pod_security_context, scheduling, secret_volume
 
@@ -89,7 +90,11 @@ def render(spec: RegistrySpec, material: Material, owner: Mapping[str, Any], ima
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-m", "registry_operator.token"],
         "args": ["--config", token_config.CONFIG_PATH],
-        "ports": [{"name": "https", "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "https", "containerPort": PORT, "protocol": "TCP"},
+            # Prometheus only (render/monitoring): never on the Service
+            {"name": monitoring.TOKEN_METRICS_PORT_NAME, "containerPort": token_config.METRICS_PORT, "protocol": "TCP"},
+        ],
         "readinessProbe": probe,
         "livenessProbe": {**probe, "failureThreshold": 6},
         "resources": RESOURCES,

@@ -22,6 +22,7 @@ from .acl import Subject, authorize
 from .authn import Authenticator
 from .config import HEALTH_PATH, TOKEN_PATH
 from .limits import MAX_BODY_BYTES
+from .metrics import count_answers
 from .runtime import Runtime
 from .scope import ScopeError, parse_scopes
 from .throttle import TooManyAttempts
@@ -181,7 +182,7 @@ def create_app(runtime: Runtime, authenticator: Authenticator) -> web.Applicatio
     Serve it with the handler options in :data:`.limits.SERVER_LIMITS`, which bound the request
     line (so the query string) and the headers (so the Basic credentials).
     """
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[refuse_large_bodies])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[count_answers, refuse_large_bodies])
     app[RUNTIME] = runtime
     app[AUTHENTICATOR] = authenticator
     app.router.add_get(TOKEN_PATH, get_token)

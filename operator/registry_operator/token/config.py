@@ -27,6 +27,7 @@ TLS_CERT_PATH = f"{MOUNT_ROOT}/tls/tls.crt"
 TLS_KEY_PATH = f"{MOUNT_ROOT}/tls/tls.key"
 DEFAULT_PORT = 5001
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
+METRICS_PORT = 5002
 TOKEN_PATH = "/token"  # the registry's auth.token.realm is <scheme>://<service host>:<port>/token
 HEALTH_PATH = "/healthz"
 DEFAULT_ISSUER = "registry-token-service"
@@ -38,7 +39,7 @@ _RULE_KEYS = frozenset({"users", "groups", "anonymous", "repositories", "catalog
 _TOP_KEYS = frozenset(
     {
         "listen", "issuer", "service", "ttlSeconds", "algorithm", "htpasswdPath", "signingKeyPath",
-        "signingCertPath", "tlsCertPath", "tlsKeyPath", "groups", "access",
+        "signingCertPath", "tlsCertPath", "tlsKeyPath", "groups", "access", "metricsListen",
     }
 )  # fmt: skip
 
@@ -66,6 +67,7 @@ class ServiceConfig:
     service: str
     issuer: str = DEFAULT_ISSUER
     listen: str = DEFAULT_LISTEN
+    metrics_listen: str | None = None  # plain-HTTP /metrics (token.metrics); None: not served
     ttl_seconds: int = DEFAULT_TTL_SECONDS
     algorithm: Algorithm = "ES256"
     htpasswd_path: str = HTPASSWD_PATH
@@ -150,6 +152,7 @@ def parse_config(raw: object) -> ServiceConfig:
         service=_str(data, "service"),
         issuer=_str(data, "issuer", DEFAULT_ISSUER),
         listen=_str(data, "listen", DEFAULT_LISTEN),
+        metrics_listen=_str(data, "metricsListen") if "metricsListen" in data else None,
         ttl_seconds=ttl,
         algorithm=cast(Algorithm, algorithm),
         htpasswd_path=_str(data, "htpasswdPath", HTPASSWD_PATH),
@@ -181,6 +184,7 @@ def build_config(
     algorithm: Algorithm = "ES256",
     tls: bool = True,
     listen: str = DEFAULT_LISTEN,
+    metrics_listen: str | None = f"0.0.0.0:{METRICS_PORT}",
 ) -> dict[str, Any]:
     """Render the ConfigMap document for the standard mount layout (``MOUNT_ROOT``).
 
@@ -201,5 +205,7 @@ def build_config(
     }
     if tls:
         doc["tlsCertPath"], doc["tlsKeyPath"] = TLS_CERT_PATH, TLS_KEY_PATH
+    if metrics_listen:
+        doc["metricsListen"] = metrics_listen
     parse_config(doc)
     return doc

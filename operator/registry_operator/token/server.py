@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from . import metrics
 from .app import create_app
 from .authn import Authenticator
 from .limits import RECEIVE_BUFFER_BYTES, SERVER_LIMITS
@@ -115,8 +116,9 @@ def tls_context(cert_path: str, key_path: str) -> ssl.SSLContext:
     return context
 
 
-async def serve(config_path: str, listen: str | None = None) -> None:
-    """Serve until SIGTERM or SIGINT; raises on invalid config or unreadable files at start."""
+async def serve(config_path: str, listen: str | None = None, metrics_listen: str | None = None) -> None:
+    """Serve until SIGTERM or SIGINT; raises on invalid config or unreadable files at start. `listen` and
+    `metrics_listen` override the config's addresses."""
     runtime = Runtime(config_path)
     config = runtime.config()
     host, port = parse_listen(listen or config.listen)
@@ -126,7 +128,14 @@ async def serve(config_path: str, listen: str | None = None) -> None:
     authenticator = Authenticator(runtime.htpasswd, FailureThrottle())
     runner = web.AppRunner(create_app(runtime, authenticator), access_log=None, **HANDLER_OPTIONS)
     await runner.setup()
+    metrics_runner = web.AppRunner(metrics.create_app(), access_log=None)
+    await metrics_runner.setup()
     try:
+        if metrics_address := metrics_listen or config.metrics_listen:
+            metrics_host, metrics_port = parse_listen(metrics_address)
+            await web.TCPSite(metrics_runner, metrics_host, metrics_port).start()
+            for address in metrics_runner.addresses:
+                log.info("metrics on http://%s:%d%s", address[0], address[1], metrics.PATH)
         sock = listen_socket(host, port)
         site = web.SockSite(runner, sock, ssl_context=context, shutdown_timeout=SHUTDOWN_GRACE)
         await site.start()
@@ -144,4 +153,5 @@ async def serve(config_path: str, listen: str | None = None) -> None:
         log.info("shutting down")
     finally:
         await runner.cleanup()
+        await metrics_runner.cleanup()
         authenticator.close()

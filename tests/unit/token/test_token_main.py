@@ -13,10 +13,12 @@ import signal
 import ssl
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -49,11 +51,11 @@ def write_tls_pair(directory: Path) -> tuple[str, str]:
     return str(cert_path), str(key_path)
 
 
-def start(config_path: str) -> subprocess.Popen[str]:
+def start(config_path: str, *args: str) -> subprocess.Popen[str]:
     package_root = str(Path(registry_operator.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen(
-        [sys.executable, "-m", "registry_operator.token", "--config", config_path, "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "registry_operator.token", "--config", config_path, "--listen", "127.0.0.1:0", *args],
         stderr=subprocess.PIPE,
         text=True,
         env=env,
@@ -115,3 +117,28 @@ def test_refuses_to_start_with_an_invalid_config(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_answers_are_counted_on_a_metrics_listener_of_their_own(mounted: Any, tmp_path: Path) -> None:
+    mounted.write_config(metricsListen="0.0.0.0:5002")  # as rendered; moved to loopback like the pod runner does
+    process = start(mounted.config_path, "--metrics-listen", "127.0.0.1:0")
+    try:
+        metrics_port = int(read_until(process, r"metrics on http://127\.0\.0\.1:(\d+)/metrics").group(1))
+        port = int(read_until(process, r"listening on http://127\.0\.0\.1:(\d+)").group(1))
+        token = f"http://127.0.0.1:{port}/token?service=ns/registry"
+        for password, expected in (("alice-pw", 200), ("wrong", 401)):
+            auth = {"Authorization": "Basic " + base64.b64encode(f"alice:{password}".encode()).decode()}
+            try:
+                status = urllib.request.urlopen(urllib.request.Request(token, headers=auth), timeout=10).status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            assert status == expected
+        with pytest.raises(urllib.error.HTTPError, match="404"):  # never on the token port
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        assert 'registry_token_requests_total{code="200"} 1.0' in text
+        assert 'registry_token_requests_total{code="401"} 1.0' in text
+    finally:
+        process.kill()
+        process.wait()
