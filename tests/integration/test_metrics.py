@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 from lightkube import ApiError
 from lightkube.resources.apiextensions_v1 import CustomResourceDefinition
+from lightkube.resources.networking_v1 import NetworkPolicy
 from registries import is_ready, manifest, registry
 
 from registry_operator.kinds import PodMonitor, Registry
@@ -111,6 +112,9 @@ def test_a_pod_monitor_per_registry_when_the_crd_is_served(
     (owner,) = monitor["metadata"]["ownerReferences"]
     assert owner["uid"] == registry(kube_client, "reg", namespace)["metadata"]["uid"] and owner["controller"]
     assert "monitoring.coreos.com/v1 serves podmonitors: one PodMonitor per Registry" in operator.log()
+    ingress = kube_client.get(NetworkPolicy, "reg", namespace=namespace).to_dict()["spec"]["ingress"]
+    assert [rule["ports"][0]["port"] for rule in ingress] == [5000, 5001]  # serving; debug for Prometheus only
+    assert ingress[1]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "prometheus"
     samples = scrape(operator.metrics_url)
     assert value(samples, "registry_operator_api_writes_total", kind="PodMonitor", verb="apply") == 1
 

@@ -192,3 +192,18 @@ def test_pod_monitor_scrapes_the_registry_and_token_pods_metrics_ports_only_when
     assert int(_config([monitored[("ConfigMap", "reg-config")]])["http"]["debug"]["addr"].lstrip(":")) == 5001
     services = [o for o in monitored.values() if o["kind"] == "Service"]
     assert all(p["targetPort"] not in ports for svc in services for p in svc["spec"]["ports"])
+
+
+def test_network_policies_admit_only_prometheus_to_the_metrics_ports_of_a_monitored_registry(pipeline):
+    token = {"auth": {"mode": "token", "users": [{"name": "alice"}],
+                      "access": [{"users": ["alice"], "repositories": ["*"], "actions": ["pull"]}]},
+             "networkPolicy": {"from": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]}}
+    s, mat, _ = pipeline.run(token)
+    monitored = by_key(render.desired(s, mat, OWNER, "img", pod_monitor=True))
+    for name, serving, metrics_port in (("reg", 5000, 5001), ("reg-token", 5001, 5002)):
+        serve, scrape = monitored[("NetworkPolicy", name)]["spec"]["ingress"]
+        assert serve["ports"] == [{"protocol": "TCP", "port": serving}]
+        assert serve["from"] == token["networkPolicy"]["from"]  # the user's peers: for the serving port only
+        assert scrape["ports"] == [{"protocol": "TCP", "port": metrics_port}]
+        prometheus = {"app.kubernetes.io/name": "prometheus", "app.kubernetes.io/managed-by": "prometheus-operator"}
+        assert scrape["from"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": prometheus}}]

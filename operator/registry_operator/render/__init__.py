@@ -46,7 +46,7 @@ def desired(
     objects.append(service(
         names.service, owner, COMPONENT_REGISTRY, svc.port, "registry", svc.type, svc.node_port, svc.annotations
     ))
-    objects += network.policies(spec, owner)
+    objects += network.policies(spec, owner, pod_monitor)
     if pod_monitor:
         objects.append(monitoring.pod_monitor(spec, owner))
     return objects

@@ -22,6 +22,14 @@ from .common import Obj, metadata
 API_VERSION = "monitoring.coreos.com/v1"
 DEBUG_PORT_NAME = "debug"  # the registry container's port (render/deployment)
 TOKEN_METRICS_PORT_NAME = "metrics"  # the token service container's (render/token)
+# Who may reach the metrics ports through the NetworkPolicies (render/network): the Prometheus pods that
+# prometheus-operator runs, in any namespace, by the labels it gives them.
+PROMETHEUS = {
+    "namespaceSelector": {},
+    "podSelector": {"matchLabels": {
+        names.LABEL_NAME: "prometheus", names.LABEL_MANAGED_BY: "prometheus-operator",
+    }},
+}
 
 
 def pod_monitor(spec: RegistrySpec, owner: Mapping[str, Any]) -> Obj:

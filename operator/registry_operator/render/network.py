@@ -5,6 +5,9 @@ With one per workload (registry; token service in token mode), ingress is allowe
 from any source by default, since clients come from pods, from nodes (containerd pulls, NodePort) and from
 outside, or only from the peers in `spec.networkPolicy.from`. Egress is left alone: a registry may need to reach
 object storage or an upstream. A policy only matters where the cluster runs an engine that enforces it.
+
+Where a PodMonitor is rendered (render/monitoring), the metrics ports are opened to Prometheus pods only: the
+registry's debug listener serves pprof next to `/metrics`, so it stays closed to everyone else.
 """
 
 from __future__ import annotations
@@ -14,24 +17,33 @@ from typing import Any
 
 from ..names import COMPONENT_REGISTRY, COMPONENT_TOKEN, ChildNames, selector
 from ..spec import RegistrySpec
-from . import config, token
+from ..token import config as token_config
+from . import config, monitoring, token
 from .common import Obj, metadata
 
 
-def policies(spec: RegistrySpec, owner: Mapping[str, Any]) -> list[Obj]:
+def policies(spec: RegistrySpec, owner: Mapping[str, Any], scraped: bool = False) -> list[Obj]:
+    """`scraped`: a PodMonitor is rendered, so Prometheus must reach the metrics ports."""
     if not spec.network_policy.enabled:
         return []
     names = ChildNames(spec.name)
-    out = [_policy(names.deployment, owner, COMPONENT_REGISTRY, config.PORT, spec)]
+    metrics = config.DEBUG_PORT if scraped else None
+    out = [_policy(names.deployment, owner, COMPONENT_REGISTRY, config.PORT, spec, metrics)]
     if spec.auth.mode == "token":
-        out.append(_policy(names.token, owner, COMPONENT_TOKEN, token.PORT, spec))
+        metrics = token_config.METRICS_PORT if scraped else None
+        out.append(_policy(names.token, owner, COMPONENT_TOKEN, token.PORT, spec, metrics))
     return out
 
 
-def _policy(name: str, owner: Mapping[str, Any], component: str, port: int, spec: RegistrySpec) -> Obj:
+def _policy(
+    name: str, owner: Mapping[str, Any], component: str, port: int, spec: RegistrySpec, metrics_port: int | None
+) -> Obj:
     rule: Obj = {"ports": [{"protocol": "TCP", "port": port}]}
     if spec.network_policy.peers:
         rule["from"] = [dict(peer) for peer in spec.network_policy.peers]
+    ingress = [rule]
+    if metrics_port is not None:
+        ingress.append({"ports": [{"protocol": "TCP", "port": metrics_port}], "from": [monitoring.PROMETHEUS]})
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -39,6 +51,6 @@ def _policy(name: str, owner: Mapping[str, Any], component: str, port: int, spec
         "spec": {
             "podSelector": {"matchLabels": selector(spec.name, component)},
             "policyTypes": ["Ingress"],
-            "ingress": [rule],
+            "ingress": ingress,
         },
     }
