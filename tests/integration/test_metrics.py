@@ -103,7 +103,8 @@ def pod_monitor_crd(cluster, kube_client, wait_for):
 def test_a_pod_monitor_per_registry_when_the_crd_is_served(
     pod_monitor_crd, cluster, kube_client, namespace, operator_factory, operator_rbac_kubeconfig, wait_for
 ):
-    operator = operator_factory(kubeconfig=operator_rbac_kubeconfig)  # started after the CRD: it asks once
+    # Started after the CRD (it asks once); only this namespace, so other tests' Registries add no writes.
+    operator = operator_factory(kubeconfig=operator_rbac_kubeconfig, args=["--namespace", namespace])
     cluster.apply(manifest("reg", namespace, USERS))
     wait_for(lambda: is_ready(kube_client, "reg", namespace), timeout=60, what="Registry Ready")
     monitor = kube_client.get(PodMonitor, "reg", namespace=namespace).to_dict()
