@@ -92,7 +92,7 @@ def test_config_is_complete_and_differs_by_version(pipeline):
         assert c["http"]["tls"] == {"certificate": "/etc/registry/tls/tls.crt", "key": "/etc/registry/tls/tls.key",
                                     "minimumtls": "tls1.2"}
         assert c["auth"] == {"htpasswd": {"realm": "reg", "path": "/etc/registry/auth/htpasswd"}}
-        assert c["http"]["debug"]["addr"] == ":5001"
+        assert c["http"]["debug"]["addr"] == "127.0.0.1:5001"  # pprof shares it: never reachable unscraped
         assert "secret" not in c["http"]  # from a Secret, through the environment
         assert c["storage"]["delete"] == {"enabled": False}
     d3 = by_key(v3)[("Deployment", "reg")]["spec"]["template"]["spec"]["containers"][0]
@@ -207,3 +207,8 @@ def test_network_policies_admit_only_prometheus_to_the_metrics_ports_of_a_monito
         assert scrape["ports"] == [{"protocol": "TCP", "port": metrics_port}]
         prometheus = {"app.kubernetes.io/name": "prometheus", "app.kubernetes.io/managed-by": "prometheus-operator"}
         assert scrape["from"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": prometheus}}]
+
+
+def test_the_debug_listener_is_reachable_only_when_scraped(pipeline):
+    s, mat, _ = pipeline.run(USERS)
+    assert _config(render.desired(s, mat, OWNER, "img", pod_monitor=True))["http"]["debug"]["addr"] == ":5001"

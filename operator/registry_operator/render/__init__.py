@@ -29,6 +29,7 @@ def desired(
             spec,
             token_realm=token.realm(spec) if token_mode else None,
             token_service=token.service_name(spec) if token_mode else None,
+            scraped=pod_monitor,
         )
     )
     objects = secrets.render(spec, material, owner)

@@ -41,14 +41,21 @@ def env(spec: RegistrySpec) -> list[dict[str, Any]]:
     return [{"name": "OTEL_TRACES_EXPORTER", "value": "none"}]
 
 
-def render(spec: RegistrySpec, token_realm: str | None = None, token_service: str | None = None) -> dict[str, Any]:
-    """The config as data. `http.secret` is not in it: it comes from a Secret through the environment."""
+def render(
+    spec: RegistrySpec, token_realm: str | None = None, token_service: str | None = None, scraped: bool = False
+) -> dict[str, Any]:
+    """The config as data. `http.secret` is not in it: it comes from a Secret through the environment.
+
+    The debug listener serves `/metrics` next to Go's pprof and expvar (distribution registers them on the same
+    mux), so it listens on the pod's loopback only, unless a PodMonitor scrapes it (`scraped`): then on all
+    interfaces, with a NetworkPolicy that admits Prometheus alone."""
     http: dict[str, Any] = {
         "addr": f":{PORT}",
         "net": "tcp",
         "draintimeout": f"{DRAIN_SECONDS}s",
         "headers": {"X-Content-Type-Options": ["nosniff"]},
-        "debug": {"addr": f":{DEBUG_PORT}", "prometheus": {"enabled": True, "path": "/metrics"}},
+        "debug": {"addr": f"{'' if scraped else '127.0.0.1'}:{DEBUG_PORT}",
+                  "prometheus": {"enabled": True, "path": "/metrics"}},
     }
     if spec.tls_enabled:
         http["tls"] = {
