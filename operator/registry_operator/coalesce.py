@@ -58,6 +58,7 @@ class Coalescer:
         self._base, self._cap = base, cap
         self._tasks: dict[Hashable, asyncio.Task[None]] = {}
         self._states: dict[Hashable, _State] = {}
+        self._timers: dict[Hashable, asyncio.TimerHandle] = {}
 
     @property
     def busy(self) -> int:
@@ -77,12 +78,27 @@ class Coalescer:
         self._tasks[key] = asyncio.get_running_loop().create_task(self._loop(key), name=f"reconcile {key}")
         metrics.QUEUE_DEPTH.inc()
 
+    def trigger_later(self, key: Hashable, delay: float) -> None:
+        """Trigger `key` after `delay` seconds (something falls due with no event to announce it: a schedule
+        tick, a timeout). One timer per key: a later call replaces the earlier one."""
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._timers[key] = loop.call_later(max(delay, 0.0), self._fire, key)
+
+    def _fire(self, key: Hashable) -> None:
+        self._timers.pop(key, None)
+        self.trigger(key)
+
     async def idle(self) -> None:
         """Wait until no Registry is being reconciled or waiting to retry (for tests and benchmarks)."""
         while self._tasks:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
         for task in self._tasks.values():
             task.cancel()
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)

@@ -112,3 +112,23 @@ def test_each_failure_is_logged_once(caplog):
 def test_backoff_is_exponential_and_capped(failures, expected):
     assert backoff(failures, 0.5, 60.0, jitter=lambda: 0.0) == expected
     assert backoff(failures, 0.5, 60.0, jitter=lambda: 1.0) == expected / 2
+
+
+def test_trigger_later_runs_once_at_the_latest_requested_time():
+    runs: list[float] = []
+
+    async def run(key):
+        runs.append(asyncio.get_running_loop().time())
+
+    async def main():
+        c = Coalescer(run)
+        start = asyncio.get_running_loop().time()
+        c.trigger_later("a", 0.05)
+        c.trigger_later("a", 0.15)  # replaces the first: one timer per Registry
+        await asyncio.sleep(0.3)
+        await c.idle()
+        await c.close()
+        return start
+
+    start = asyncio.run(main())
+    assert len(runs) == 1 and runs[0] - start >= 0.15
