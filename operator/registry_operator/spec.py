@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import cron
+
 # Pinned images: a Registry never floats to whatever `registry:3` means today.
 IMAGES = {"3": "registry:3.1.2", "2.8": "registry:2.8.3"}
 DEFAULT_VERSION = "3"
@@ -100,6 +102,13 @@ class NetworkPolicy:
 
 
 @dataclass(frozen=True)
+class GarbageCollection:
+    schedule: str | None = None  # 5-field cron, UTC; None: only on request (the gc-requested annotation)
+    delete_untagged: bool = False
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
 class RegistrySpec:
     name: str
     namespace: str
@@ -119,6 +128,7 @@ class RegistrySpec:
     pod_annotations: Mapping[str, str] = field(default_factory=dict)
     pod_labels: Mapping[str, str] = field(default_factory=dict)
     network_policy: NetworkPolicy = field(default_factory=NetworkPolicy)
+    garbage_collection: GarbageCollection = field(default_factory=GarbageCollection)
 
     @property
     def effective_replicas(self) -> int:
@@ -177,6 +187,23 @@ def _rule(raw: Mapping[str, Any]) -> AccessRule:
         catalog=bool(raw.get("catalog", False)),
         actions=tuple(raw.get("actions") or ()),
     )
+
+
+def _garbage_collection(raw: Mapping[str, Any], version: str, claim: bool) -> GarbageCollection:
+    """The GC settings; the same refusals as the CRD's rules, for a CRD installed without them."""
+    gc = GarbageCollection(
+        schedule=raw.get("schedule"),
+        delete_untagged=bool(raw.get("deleteUntagged", False)),
+        dry_run=bool(raw.get("dryRun", False)),
+    )
+    if raw and not claim:
+        raise ValueError("garbageCollection needs storage.persistentVolumeClaim (a Job cannot see an emptyDir)")
+    if gc.delete_untagged and version == "2.8":
+        # distribution issue 3178: before 3.0 it deletes the children of multi-arch indexes.
+        raise ValueError("garbageCollection.deleteUntagged needs version 3 (2.8 breaks multi-arch images)")
+    if gc.schedule is not None:
+        cron.Cron.parse(gc.schedule)  # raises ValueError naming the bad field
+    return gc
 
 
 def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistrySpec:
@@ -241,4 +268,5 @@ def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistryS
             enabled=bool((raw.get("networkPolicy") or {}).get("enabled", True)),
             peers=tuple((raw.get("networkPolicy") or {}).get("from") or ()),
         ),
+        garbage_collection=_garbage_collection(raw.get("garbageCollection") or {}, version, claim_raw is not None),
     )

@@ -189,6 +189,13 @@ def test_operator_with_its_own_rbac(cluster, kube_client, namespace, operator_wi
          "a peer is either an ipBlock or namespace/pod selectors"),
         ({"networkPolicy": {"from": [{"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}]},
           **USERS}, "In and NotIn need values"),
+        ({"garbageCollection": {"schedule": "0 3 * * *"}, **USERS},
+         "spec.garbageCollection: Invalid value: garbageCollection needs storage.persistentVolumeClaim"),
+        ({"version": "2.8", "storage": {"persistentVolumeClaim": {}}, "garbageCollection": {"deleteUntagged": True},
+          **USERS}, "spec.garbageCollection.deleteUntagged: Invalid value: garbageCollection."
+                    "deleteUntagged needs version 3"),
+        ({"storage": {"persistentVolumeClaim": {}}, "garbageCollection": {"schedule": "@daily"}, **USERS},
+         "spec.garbageCollection.schedule: Invalid value"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )
