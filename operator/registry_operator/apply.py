@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx2
 from lightkube import ApiError, AsyncClient
-from lightkube.types import PatchType
+from lightkube.types import CascadeType, PatchType
 
 from . import metrics, quantity
 from .kinds import resource
@@ -254,7 +254,9 @@ async def delete_all(
             continue
         metrics.API_WRITES.labels(kind, "delete").inc()
         try:
-            await client.delete(resource(api_version, kind), name, namespace=registry["metadata"]["namespace"])
+            # Background: the API's default for a Job orphans its pods.
+            await client.delete(resource(api_version, kind), name, namespace=registry["metadata"]["namespace"],
+                                cascade=CascadeType.BACKGROUND)
         except ApiError as exc:
             if exc.status.code != 404:
                 raise

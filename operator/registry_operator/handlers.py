@@ -10,7 +10,9 @@
 - A Secret that some Registry refers to (a password, a user TLS certificate) appeared or changed: reconcile
   every Registry that refers to it. Only Secrets with the watch label are watched (ours, and referenced
   ones users labelled); the others are polled by name (`references`).
-- Periodically: every Registry, so certificates get renewed without any event.
+- A user asked for a garbage collection (a new gc-requested annotation value, which changes no generation).
+- Periodically: every Registry, so certificates get renewed without any event; and each Registry again when
+  its reconcile says something falls due (a garbage-collection schedule tick or timeout).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import kopf
 from lightkube import AsyncClient
 
-from . import metrics, monitoring, names, resync
+from . import garbage_collection, metrics, monitoring, names, resync
 from .coalesce import Coalescer
 from .config import Config
 from .observe import referenced_secrets
@@ -30,7 +32,7 @@ from .references import References
 from .spec import parse
 
 REGISTRY = (names.GROUP, names.VERSION, names.PLURAL)
-CHILDREN = ["deployments", "services", "configmaps", "persistentvolumeclaims", "networkpolicies"]
+CHILDREN = ["deployments", "services", "configmaps", "persistentvolumeclaims", "networkpolicies", "jobs"]
 OURS = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 OURS_SELECTOR = f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY}"
 WATCHED_SECRETS = f"{names.LABEL_WATCH}=true"
@@ -61,7 +63,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     async def run(key: Any) -> None:
         async with limit:
             with metrics.reconciling():
-                await reconcile(ctx, *key)
+                outcome = await reconcile(ctx, *key)
+        if outcome.wake_after is not None:
+            memo.coalescer.trigger_later(key, outcome.wake_after)
 
     memo.ctx = ctx
     memo.coalescer = Coalescer(run, config.retry_base_seconds, config.retry_max_seconds)
@@ -90,6 +94,8 @@ async def registry_changed(
     observed = (body.get("status") or {}).get("observedGeneration")
     if type in (None, "ADDED", "DELETED") or generation != observed:  # not our own status write
         memo.coalescer.trigger((namespace, name), urgent=True)
+    elif garbage_collection.pending_request(body.metadata.get("annotations"), body.get("status")):
+        memo.coalescer.trigger((namespace, name), urgent=True)  # `kubectl annotate ... gc-requested=...`
 
 
 def _references(name: str, namespace: str, body: kopf.Body) -> set[str]:
@@ -104,6 +110,7 @@ def _references(name: str, namespace: str, body: kopf.Body) -> set[str]:
 @kopf.on.event("", "v1", "configmaps", labels=OURS)
 @kopf.on.event("", "v1", "persistentvolumeclaims", labels=OURS)
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=OURS)
+@kopf.on.event("batch", "v1", "jobs", labels=OURS)
 async def child_changed(
     namespace: str, labels: kopf.Labels, type: str | None, memo: kopf.Memo, **_: Any
 ) -> None:

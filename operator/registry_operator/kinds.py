@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Secret, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
 
@@ -20,6 +21,7 @@ CHILD_KINDS = {
     ("apps/v1", "Deployment"): Deployment,
     ("networking.k8s.io/v1", "NetworkPolicy"): NetworkPolicy,
     ("monitoring.coreos.com/v1", "PodMonitor"): PodMonitor,
+    ("batch/v1", "Job"): Job,
 }
 
 

@@ -22,6 +22,13 @@ MANAGED_BY = "registry-operator"
 ANNOTATION_PREFIX = GROUP
 APPLIED_HASH = f"{GROUP}/applied-hash"  # on children: hash of the last applied intent
 POD_INPUTS_HASH = f"{GROUP}/inputs-hash"  # on pod templates: TLS material + config, so changes roll pods
+# Garbage collection: users set the first on a Registry (any new value asks for one run); the GC Job carries
+# what it was started for; the registry's pod template carries when the last one ended (a restart clears the
+# registry's blob-descriptor cache, which otherwise serves deleted blobs).
+GC_REQUESTED = f"{GROUP}/gc-requested"
+GC_JOB_REQUEST = f"{GROUP}/gc-request"
+GC_JOB_SCHEDULED = f"{GROUP}/gc-scheduled-for"
+GC_COLLECTED = f"{GROUP}/gc-collected-at"
 
 # Labels on every child (the recommended app.kubernetes.io set).
 LABEL_NAME = "app.kubernetes.io/name"
@@ -38,6 +45,7 @@ TOKEN_SUFFIX = "-token"
 
 COMPONENT_REGISTRY = "registry"
 COMPONENT_TOKEN = "token-service"
+COMPONENT_GC = "garbage-collector"
 
 
 def labels(registry: str, component: str) -> dict[str, str]:
@@ -68,6 +76,7 @@ class ChildNames:
         self.token_tls = f"{registry}-token-tls"
         self.token_signing = f"{registry}-token-signing"
         self.pod_monitor = registry  # a kind of its own: the name cannot collide with another Registry's
+        self.gc = f"{registry}-gc"  # the garbage-collection Job
 
 
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightkube import ApiError, AsyncClient
+from lightkube.resources.core_v1 import Pod
 
 from .kinds import resource
 from .material import Secrets
-from .names import LABEL_WATCH, ChildNames
+from .names import COMPONENT_REGISTRY, LABEL_WATCH, ChildNames, selector
 from .spec import RegistrySpec
 
 Obj = dict[str, Any]
@@ -65,7 +66,7 @@ def candidates(spec: RegistrySpec, token_was_on: bool, pod_monitor: bool = False
         out += [("apps/v1", "Deployment", n.token), ("v1", "Service", n.token), ("v1", "ConfigMap", n.token),
                 ("networking.k8s.io/v1", "NetworkPolicy", n.token)]
     if spec.storage.claim is not None:
-        out.append(("v1", "PersistentVolumeClaim", n.claim))
+        out += [("v1", "PersistentVolumeClaim", n.claim), ("batch/v1", "Job", n.gc)]
     if pod_monitor:
         out.append(("monitoring.coreos.com/v1", "PodMonitor", n.pod_monitor))
     return out
@@ -83,6 +84,16 @@ async def _get(client: AsyncClient, api_version: str, kind: str, name: str, name
 
 def _labels(obj: Obj) -> dict[str, str]:
     return obj["metadata"].get("labels") or {}
+
+
+async def registry_node(client: AsyncClient, spec: RegistrySpec) -> str | None:
+    """The node a running registry pod is on (where a ReadWriteOnce claim is attached), or None.
+
+    Read only while a garbage collection waits to start, the one time the node matters."""
+    async for pod in client.list(Pod, namespace=spec.namespace, labels=selector(spec.name, COMPONENT_REGISTRY)):
+        if pod.spec and pod.spec.nodeName and pod.status and pod.status.phase == "Running":
+            return pod.spec.nodeName
+    return None
 
 
 def decode(secret: Obj) -> dict[str, bytes]:

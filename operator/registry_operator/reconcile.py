@@ -26,13 +26,14 @@ from typing import Any
 from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
-from . import conditions, events, material, metrics, pki, render
+from . import conditions, events, garbage_collection, material, metrics, pki, render
 from .apply import Applied, Key, apply_all, conflicts, delete_all
 from .coalesce import Retry
 from .config import Config
 from .kinds import Registry
 from .names import ChildNames, invalid_name, password_key
-from .observe import candidates, observe
+from .observe import candidates, observe, registry_node
+from .render import garbage_collection as gc_render
 from .render import token as token_render
 from .spec import RegistrySpec, parse
 
@@ -72,6 +73,7 @@ class Outcome:
     written: list[Key] = field(default_factory=list)
     deleted: list[Key] = field(default_factory=list)
     status_written: bool = False
+    wake_after: float | None = None  # reconcile again after this many seconds even without an event
 
 
 def _published(spec: RegistrySpec, mat: material.Material, unwatched: Sequence[str]) -> dict[str, Any]:
@@ -165,7 +167,12 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     secrets = {**observed.secrets, **memory.pending}
     # Key generation and bcrypt are CPU work: keep them off the event loop that serves every Registry.
     mat = await asyncio.to_thread(material.decide, spec, secrets, ctx.config.cluster_domain, now)
-    desired = render.desired(spec, mat, body, ctx.config.operator_image, ctx.pod_monitors)
+    names = ChildNames(spec.name)
+    gc = garbage_collection.plan(spec, body, observed.children.get(("Job", names.gc)), now)
+    outcome.wake_after = gc.wake_after
+    desired = render.desired(gc.effective(spec), mat, body, ctx.config.operator_image, ctx.pod_monitors)
+    if gc.job is not None:
+        desired.append(await _gc_job(ctx, spec, body, gc.job, desired, observed.children))
     applied = await apply_all(ctx.client, desired, observed.children, body, memory.refused)
     memory.refused = applied.refused
     _remember(memory, desired, applied)
@@ -175,23 +182,45 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     if outcome.written or outcome.deleted:  # said before the status write, which readers may be waiting on
         log.info("Registry %s/%s: applied %s, deleted %s", namespace, name, outcome.written, outcome.deleted)
 
-    names = ChildNames(spec.name)
     workload_names = [names.deployment] + ([names.token] if spec.auth.mode == "token" else [])
     workloads = {n: applied.live.get(("Deployment", n)) for n in workload_names}
     status = conditions.compute(
         spec, generation, [*mat.problems, *applied.problems], workloads, _published(spec, mat, observed.unwatched),
         body.get("status"), now, retrying=bool(applied.retry),
     )
+    if gc.status is not None:
+        status["garbageCollection"] = gc.status
     stored = [r for r in mat.rotations if ("Secret", r.secret) in applied.written]
     for rotation in stored:
         log.info("Registry %s/%s: %s", namespace, name, rotation.message)
+    gc_events = garbage_collection.events((body.get("status") or {}).get("garbageCollection"), gc.status)
     outcome.status_written = await _finish(
-        ctx, memory, body, status, [("Normal", r.reason, r.message) for r in stored])
+        ctx, memory, body, status, [*gc_events, *(("Normal", r.reason, r.message) for r in stored)])
+    if gc.delete_job and not applied.problems:  # its result is in status now
+        outcome.deleted += await delete_all(ctx.client, [("batch/v1", "Job", names.gc)], observed.children, body)
     log.debug("Registry %s/%s reconciled: %d applied, %d deleted, status %s", namespace, name,
               len(outcome.written), len(outcome.deleted), "written" if outcome.status_written else "unchanged")
     if applied.retry:
         raise Retry("; ".join(applied.retry), next(p.reason for p in applied.problems if p.message in applied.retry))
     return outcome
+
+
+async def _gc_job(
+    ctx: Context,
+    spec: RegistrySpec,
+    body: Mapping[str, Any],
+    run: tuple[str | None, str | None],
+    desired: Sequence[Mapping[str, Any]],
+    children: Mapping[Key, Any],
+) -> dict[str, Any]:
+    """The GC Job to create or resume: suspended until every registry pod serves the read-only config, then
+    (with a ReadWriteOnce claim) pinned to the node holding the volume."""
+    names = ChildNames(spec.name)
+    deployment = next(o for o in desired if o["kind"] == "Deployment" and o["metadata"]["name"] == names.deployment)
+    ready = garbage_collection.serves(deployment, children.get(("Deployment", names.deployment)))
+    node = await registry_node(ctx.client, spec) if ready and not spec.storage.shared else None
+    resume = ready and (spec.storage.shared or node is not None)
+    return gc_render.job(spec, body, *run, suspend=not resume, node=node)
 
 
 async def _finish(

@@ -49,28 +49,28 @@ def ca_bundle(spec: RegistrySpec, bundle: str, owner: Mapping[str, Any]) -> Obj:
     }
 
 
-def _volumes(spec: RegistrySpec, names_: ChildNames) -> tuple[list[Obj], list[Obj]]:
-    """(volumes, mounts) of the registry container."""
-    volumes: list[Obj] = [{"name": "config", "configMap": {"name": names_.config}}]
+def volumes(spec: RegistrySpec, names_: ChildNames) -> tuple[list[Obj], list[Obj]]:
+    """(volumes, mounts) of the registry container (also the source of the GC Job's, which must see the same)."""
+    vols: list[Obj] = [{"name": "config", "configMap": {"name": names_.config}}]
     mounts: list[Obj] = [{"name": "config", "mountPath": cfg.config_dir(spec.version), "readOnly": True}]
     if spec.tls_enabled:  # our own copy also in Secret mode: see material._user_tls
-        volumes.append(secret_volume("tls", names_.tls, ["tls.crt", "tls.key"]))
+        vols.append(secret_volume("tls", names_.tls, ["tls.crt", "tls.key"]))
         mounts.append({"name": "tls", "mountPath": cfg.TLS_DIR, "readOnly": True})
     if spec.auth.mode == "htpasswd":
-        volumes.append(secret_volume("auth", names_.htpasswd, ["htpasswd"]))
+        vols.append(secret_volume("auth", names_.htpasswd, ["htpasswd"]))
         mounts.append({"name": "auth", "mountPath": cfg.AUTH_DIR, "readOnly": True})
     elif spec.auth.mode == "token":
-        volumes.append(secret_volume("token", names_.token_signing, ["ca.crt"]))
+        vols.append(secret_volume("token", names_.token_signing, ["ca.crt"]))
         mounts.append({"name": "token", "mountPath": cfg.TOKEN_DIR, "readOnly": True})
     if spec.storage.claim is not None:
-        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": names_.claim}})
+        vols.append({"name": "data", "persistentVolumeClaim": {"claimName": names_.claim}})
     else:
         empty: Obj = {"sizeLimit": spec.storage.empty_dir_size_limit} if spec.storage.empty_dir_size_limit else {}
-        volumes.append({"name": "data", "emptyDir": empty})
+        vols.append({"name": "data", "emptyDir": empty})
     mounts.append({"name": "data", "mountPath": cfg.DATA_DIR})
-    volumes.append({"name": "tmp", "emptyDir": {}})
+    vols.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
-    return volumes, mounts
+    return vols, mounts
 
 
 def _probe(spec: RegistrySpec, period: int, failures: int) -> Obj:
@@ -93,7 +93,7 @@ def _strategy(spec: RegistrySpec) -> Obj:
 
 def deployment(spec: RegistrySpec, material: Material, config_text: str, owner: Mapping[str, Any]) -> Obj:
     names_ = ChildNames(spec.name)
-    volumes, mounts = _volumes(spec, names_)
+    volumes_, mounts = volumes(spec, names_)
     restart_inputs = [config_text, material.serving_cert_pem or b""]
     if material.token_trust_pem:
         restart_inputs.append(material.token_trust_pem)
@@ -142,7 +142,7 @@ def deployment(spec: RegistrySpec, material: Material, config_text: str, owner: 
                     "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
                     "securityContext": pod_security_context(),
                     "containers": [container],
-                    "volumes": volumes,
+                    "volumes": volumes_,
                     **scheduling(spec),
                 },
             },

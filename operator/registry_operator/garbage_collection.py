@@ -1,0 +1,181 @@
+"""Garbage collection, decided from what exists: (spec, request annotation, last status, GC Job, now) -> plan.
+
+`registry garbage-collect` corrupts a registry that accepts pushes, and the registry's blob-descriptor cache
+serves deleted blobs until the process restarts. So one collection is: render the registry read-only, wait
+until every pod serves that config, run the Job, render read-write again (a config change, so the pods
+restart with an empty cache). The GC Job is the only record of a collection under way: created suspended when
+one is due, so while it exists the registry is held read-only, and once it has finished (or the read-only
+switch took too long) its result goes into status before it is deleted. An operator killed at any point finds
+the same Job and takes the same decisions; a Job deleted by hand ends the hold, read-write. Nothing is kept in
+memory, and a Registry with no collection due decides the same thing on every resync, writing nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import apply, cron, names
+from .conditions import Rollout
+from .spec import RegistrySpec
+
+Obj = dict[str, Any]
+
+# The switch to read-only is one rollout; past this the collection is given up and the registry goes back
+# to read-write (a stuck rollout must never leave it refusing pushes).
+READ_ONLY_TIMEOUT = dt.timedelta(minutes=15)
+
+IDLE, READ_ONLY, COLLECTING = "Idle", "SwitchingToReadOnly", "Collecting"
+SUCCEEDED, FAILED = "Succeeded", "Failed"
+
+
+def stamp(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _time(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a finished (or abandoned) collection ended."""
+
+    result: str  # Succeeded | Failed
+    message: str
+    start: str | None
+    end: str | None
+
+
+def finished(job: Mapping[str, Any], now: dt.datetime) -> Outcome | None:
+    """The outcome of the GC Job, or None while it is still waiting or running."""
+    meta, spec, status = job["metadata"], job.get("spec") or {}, job.get("status") or {}
+    for c in status.get("conditions") or ():
+        if c.get("status") != "True" or c.get("type") not in ("Complete", "Failed"):
+            continue
+        end = status.get("completionTime") or c.get("lastTransitionTime")
+        start = status.get("startTime") or meta.get("creationTimestamp")
+        if c["type"] == "Complete":
+            return Outcome(SUCCEEDED, "garbage-collect finished", start, end)
+        why = ": ".join(x for x in (c.get("reason"), c.get("message")) if x)
+        return Outcome(FAILED, f"garbage-collect failed ({why or 'no reason given'})", start, end)
+    created = meta.get("creationTimestamp")
+    if spec.get("suspend") and created and now - _time(created) >= READ_ONLY_TIMEOUT:
+        minutes = int(READ_ONLY_TIMEOUT.total_seconds() // 60)
+        return Outcome(FAILED, f"the registry did not serve read-only within {minutes} minutes; nothing was "
+                               "collected", created, stamp(_time(created) + READ_ONLY_TIMEOUT))
+    return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What this reconcile does about garbage collection."""
+
+    hold_read_only: bool  # render the registry read-only
+    job: tuple[str | None, str | None] | None  # (request, schedule tick) of the Job to create or resume, if any
+    delete_job: bool  # the Job's result is in `status`: delete it once status is written
+    status: Obj | None  # status.garbageCollection (None: nothing to say)
+    wake_after: float | None  # seconds until something is due without any event (a schedule tick, a timeout)
+
+    def effective(self, spec: RegistrySpec) -> RegistrySpec:
+        """The spec the registry is rendered from: read-only while held, and (after a collection) a pod
+        template that changes with the end of the last one, so its pods restart even if its config did not."""
+        annotations = dict(spec.pod_annotations)
+        ended = (self.status or {}).get("lastEndTime")
+        if ended:
+            annotations[names.GC_COLLECTED] = ended
+        return dataclasses.replace(spec, read_only=spec.read_only or self.hold_read_only, pod_annotations=annotations)
+
+
+def pending_request(annotations: Mapping[str, str] | None, status: Mapping[str, Any] | None) -> bool:
+    """Whether the gc-requested annotation asks for a collection that has not been recorded yet."""
+    requested = (annotations or {}).get(names.GC_REQUESTED)
+    last = ((status or {}).get("garbageCollection") or {}).get("lastRequest")
+    return bool(requested) and requested != last
+
+
+def _next_tick(schedule: cron.Cron | None, previous: Mapping[str, Any], job: Mapping[str, Any] | None,
+               now: dt.datetime) -> dt.datetime | None:
+    """When the schedule is next due: after the tick the running Job serves, else as last published (while it
+    still is a tick of the schedule: a changed schedule starts afresh from now), else the first after now."""
+    if schedule is None:
+        return None
+    served = ((job or {}).get("metadata", {}).get("annotations") or {}).get(names.GC_JOB_SCHEDULED)
+    if served:
+        return schedule.next_after(_time(served))
+    published = previous.get("nextScheduleTime")
+    if published and schedule.matches(_time(published)):
+        return _time(published)
+    return schedule.next_after(now)
+
+
+def plan(spec: RegistrySpec, body: Mapping[str, Any], job: Mapping[str, Any] | None, now: dt.datetime) -> Plan:
+    """Decide from the Registry (`body`: its annotations and last status) and the live GC Job (None: none)."""
+    gc = spec.garbage_collection
+    previous: Mapping[str, Any] = (body.get("status") or {}).get("garbageCollection") or {}
+    schedule = cron.Cron.parse(gc.schedule) if gc.schedule else None
+    tick = _next_tick(schedule, previous, job, now)
+    requested = (body["metadata"].get("annotations") or {}).get(names.GC_REQUESTED)
+    last = {k: v for k, v in previous.items() if k.startswith("last")}
+    status: Obj = {"phase": IDLE, **last, **({"nextScheduleTime": stamp(tick)} if tick else {})}
+    wake = (tick - now).total_seconds() if tick else None
+
+    if job is not None:
+        annotations = job["metadata"].get("annotations") or {}
+        request, scheduled = annotations.get(names.GC_JOB_REQUEST), annotations.get(names.GC_JOB_SCHEDULED)
+        outcome = finished(job, now)
+        if outcome is None:
+            suspended = bool((job.get("spec") or {}).get("suspend"))
+            status["phase"] = READ_ONLY if suspended else COLLECTING
+            created = job["metadata"].get("creationTimestamp")
+            timeout = (_time(created) + READ_ONLY_TIMEOUT - now).total_seconds() if suspended and created else None
+            return Plan(True, (request, scheduled) if suspended else None, False, status, timeout)
+        status.update(lastResult=outcome.result, lastMessage=outcome.message)
+        for key, value in (("lastStartTime", outcome.start), ("lastEndTime", outcome.end),
+                           ("lastRequest", request), ("lastScheduleTime", scheduled)):
+            if value:
+                status[key] = value
+        return Plan(False, None, True, status, wake)
+
+    due_request = bool(requested) and requested != previous.get("lastRequest")
+    due_tick = tick is not None and tick <= now
+    if not (due_request or due_tick):
+        return Plan(False, None, False, status if len(status) > 1 else None, wake)
+    if spec.storage.claim is None:  # only a request can get here: the schema refuses a schedule on emptyDir
+        status.update(lastRequest=requested, lastResult=FAILED,
+                      lastMessage="garbage collection needs storage.persistentVolumeClaim: a Job cannot see the "
+                                  "registry's emptyDir")
+        return Plan(False, None, False, status, wake)
+    status["phase"] = READ_ONLY
+    run = (requested if due_request else None, stamp(tick) if due_tick and tick else None)
+    return Plan(True, run, False, status, READ_ONLY_TIMEOUT.total_seconds())
+
+
+def serves(desired: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
+    """Whether every registry pod runs the `desired` Deployment (rendered read-only): the live one holds that
+    intent, its controller has seen it and every replica is updated and available, with no old pod left."""
+    if live is None or not apply.up_to_date(apply.with_intent_hash(dict(desired)), live):
+        return False
+    rollout = Rollout.of(live)
+    replicas = (live.get("status") or {}).get("replicas", 0)
+    return rollout is not None and rollout.complete and replicas == rollout.updated
+
+
+def events(previous: Mapping[str, Any] | None, current: Mapping[str, Any] | None) -> list[tuple[str, str, str]]:
+    """(type, reason, message) for a collection that started or ended between two statuses."""
+    before, after = previous or {}, current or {}
+    out = []
+    if after.get("phase") == READ_ONLY and before.get("phase", IDLE) == IDLE:
+        out.append(("Normal", "GarbageCollectionStarted",
+                    "switching the registry to read-only (pushes are refused) to collect garbage"))
+    ended = (after.get("lastEndTime"), after.get("lastResult"), after.get("lastRequest"))
+    if ended != (before.get("lastEndTime"), before.get("lastResult"), before.get("lastRequest")) and ended[1]:
+        if after["lastResult"] == SUCCEEDED:
+            out.append(("Normal", "GarbageCollectionSucceeded", f"{after['lastMessage']}; the registry is "
+                                                                "read-write again and its pods restart"))
+        else:
+            out.append(("Warning", "GarbageCollectionFailed", f"{after['lastMessage']}; the registry is read-write"))
+    return out

@@ -1,0 +1,91 @@
+"""The garbage-collection Job: `registry garbage-collect` on the registry's own storage, image and config.
+
+It is created suspended the moment a collection is due, so its existence alone says "a collection is under
+way" (the registry is rendered read-only while it exists), and it is resumed only once every registry pod
+serves read-only. With a ReadWriteOnce claim the volume is attached to the registry pod's node, so the
+resumed Job is pinned there; a suspended Job that never ran may still change its scheduling fields, which
+is what makes pinning at resume possible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .. import names
+from ..names import COMPONENT_GC, ChildNames
+from ..spec import RegistrySpec
+from . import config as cfg
+from .common import Obj, metadata
+from .deployment import volumes
+from .pod import container_security_context, pod_security_context, resources, scheduling
+
+# Longer than any collection should take; past it the Job fails and the registry returns to read-write.
+DEADLINE_SECONDS = 6 * 3600
+_MOUNTS = {"config", "data", "tmp"}  # the config and the storage: no TLS key, no passwords
+
+
+def args(spec: RegistrySpec) -> list[str]:
+    gc = spec.garbage_collection
+    flags = (["--delete-untagged"] if gc.delete_untagged else []) + (["--dry-run"] if gc.dry_run else [])
+    return ["garbage-collect", *flags, cfg.config_path(spec.version)]
+
+
+def _pinned(spec: RegistrySpec, node: str | None) -> dict[str, Any]:
+    """Scheduling from the spec; on `node` if given (a ReadWriteOnce claim), by name: the node the registry
+    pod already satisfied every rule on."""
+    out = scheduling(spec)
+    if node is not None:
+        term = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node]}]}
+        out["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [term]}}}
+    return out
+
+
+def job(
+    spec: RegistrySpec,
+    owner: Mapping[str, Any],
+    request: str | None,
+    scheduled: str | None,
+    suspend: bool,
+    node: str | None,
+) -> Obj:
+    """`request`: the gc-requested value it serves; `scheduled`: the schedule tick it serves (either may be
+    None); both are kept on the Job so an operator restarted mid-way knows what the run was for."""
+    names_ = ChildNames(spec.name)
+    all_volumes, all_mounts = volumes(spec, names_)
+    annotations = {k: v for k, v in ((names.GC_JOB_REQUEST, request), (names.GC_JOB_SCHEDULED, scheduled)) if v}
+    container: Obj = {
+        "name": "garbage-collect",
+        "image": spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["registry"],
+        "args": args(spec),
+        "resources": resources(spec),
+        "securityContext": container_security_context(),
+        "volumeMounts": [m for m in all_mounts if m["name"] in _MOUNTS],
+    }
+    if cfg.env(spec):  # an empty list is not stored, and would never compare equal
+        container["env"] = cfg.env(spec)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": metadata(names_.gc, owner, COMPONENT_GC, annotations=annotations),
+        "spec": {
+            "suspend": suspend,
+            "backoffLimit": 0,  # a second attempt would run against the same half-collected storage unseen
+            "activeDeadlineSeconds": DEADLINE_SECONDS,
+            "template": {
+                "metadata": {"labels": names.labels(spec.name, COMPONENT_GC)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": pod_security_context(),
+                    "containers": [container],
+                    "volumes": [v for v in all_volumes if v["name"] in _MOUNTS],
+                    **_pinned(spec, node),
+                },
+            },
+        },
+    }

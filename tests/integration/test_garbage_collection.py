@@ -1,0 +1,155 @@
+"""Garbage collection on a real control plane: read-only first, the Job on the registry's node, then back.
+
+kwok completes a Job's pods (its `pod-complete` stage), so a requested collection runs to its end here. A
+ResourceQuota of one pod keeps the Job's pod from being created, which holds a collection mid-way: the
+operator is killed there, and a new one must finish (or roll back) what the old one started.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import yaml
+from lightkube import ApiError
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import Event, Pod
+from lightkube.types import PatchType
+from registries import get, is_ready, manifest, owned, registry
+
+from registry_operator.names import GC_COLLECTED, GC_REQUESTED
+
+SPEC = {"auth": {"mode": "none"}, "storage": {"persistentVolumeClaim": {"size": "1Gi"}}}
+
+
+def read_only(client, namespace: str) -> bool:
+    config = yaml.safe_load(get(client, "ConfigMap", "reg-config", namespace)["data"]["config.yml"])
+    return config["storage"]["maintenance"]["readonly"]["enabled"]
+
+
+def gc_status(client, namespace: str) -> dict:
+    return (registry(client, "reg", namespace).get("status") or {}).get("garbageCollection") or {}
+
+
+def job(client, namespace: str) -> dict | None:
+    try:
+        return client.get(Job, "reg-gc", namespace=namespace).to_dict()
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return None
+        raise
+
+
+def request(cluster, namespace: str, value: str) -> None:
+    cluster.kubectl("annotate", "registry", "reg", "-n", namespace, f"{GC_REQUESTED}={value}", "--overwrite")
+
+
+def reasons(client, namespace: str) -> list[str]:
+    return [e.reason for e in client.list(Event, namespace=namespace)
+            if e.involvedObject.kind == "Registry" and (e.reason or "").startswith("GarbageCollection")]
+
+
+def test_requested_collection_runs_read_only_on_the_registry_node_then_restarts_read_write(
+        cluster, kube_client, namespace, operator_with_rbac, wait_for):
+    cluster.apply(manifest("reg", namespace, SPEC))
+    wait_for(lambda: is_ready(kube_client, "reg", namespace), timeout=60, what="Registry Ready")
+    assert not read_only(kube_client, namespace) and "garbageCollection" not in registry(kube_client, "reg", namespace)[
+        "status"]
+    template_before = get(kube_client, "Deployment", "reg", namespace)["spec"]["template"]["metadata"]["annotations"]
+
+    started = time.monotonic()
+    request(cluster, namespace, "1")
+    wait_for(lambda: job(kube_client, namespace), timeout=30, what="the GC Job")
+    assert read_only(kube_client, namespace)  # rendered before the Job can run
+    running = wait_for(lambda: (j := job(kube_client, namespace)) and not j["spec"]["suspend"] and j, timeout=60,
+                       what="the GC Job resumed")
+    # Resumed only once the read-only template is rolled out everywhere, and on the registry pod's node.
+    deployment = get(kube_client, "Deployment", "reg", namespace)
+    assert deployment["status"]["updatedReplicas"] == deployment["status"]["replicas"] == 1
+    assert deployment["status"]["observedGeneration"] == deployment["metadata"]["generation"]
+    registry_nodes = {p.spec.nodeName for p in kube_client.list(Pod, namespace=namespace,
+                                                                labels={"app.kubernetes.io/component": "registry"})}
+    terms = running["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert {v for t in terms for f in t["matchFields"] for v in f["values"]} == registry_nodes
+    container = running["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["garbage-collect", "/etc/distribution/config.yml"]
+    assert running["metadata"]["ownerReferences"][0]["controller"] is True
+
+    done = wait_for(lambda: (s := gc_status(kube_client, namespace)).get("lastResult") and s, timeout=60,
+                    what="the collection's result")
+    wait_for(lambda: job(kube_client, namespace) is None, timeout=30, what="the GC Job deleted")
+    wait_for(lambda: is_ready(kube_client, "reg", namespace), timeout=60, what="Registry Ready again")
+    print(f"request -> result recorded: {time.monotonic() - started:.2f}s")
+    assert done["lastResult"] == "Succeeded" and done["lastRequest"] == "1" and done["phase"] == "Idle"
+    assert dt.datetime.fromisoformat(done["lastEndTime"]) >= dt.datetime.fromisoformat(done["lastStartTime"])
+    assert not read_only(kube_client, namespace)
+    template = get(kube_client, "Deployment", "reg", namespace)["spec"]["template"]["metadata"]["annotations"]
+    assert template[GC_COLLECTED] == done["lastEndTime"] and template != template_before  # the pods restarted
+    assert reasons(kube_client, namespace).count("GarbageCollectionStarted") == 1
+    assert reasons(kube_client, namespace).count("GarbageCollectionSucceeded") == 1
+
+    # At rest: the answered request is not run again and nothing is written.
+    time.sleep(2)
+    before = owned(kube_client, namespace, "reg")
+    cluster.kubectl("annotate", "registry", "reg", "-n", namespace, "unrelated=1")  # an event, no request
+    rv = registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"]
+    time.sleep(3)
+    assert owned(kube_client, namespace, "reg") == before and job(kube_client, namespace) is None
+    assert registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"] == rv  # no status write
+    assert gc_status(kube_client, namespace) == done
+
+
+def _held(cluster, kube_client, namespace, operator_factory, wait_for):
+    """A Registry whose requested collection is resumed but cannot start its pod (quota); the operator that
+    started it is killed there. Returns the held Job."""
+    cluster.apply(f"apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: one-pod, namespace: {namespace}}}\n"
+                  "spec: {hard: {pods: '1'}}\n")
+    first = operator_factory()
+    cluster.apply(manifest("reg", namespace, SPEC))
+    wait_for(lambda: is_ready(kube_client, "reg", namespace), timeout=60, what="Registry Ready")
+    request(cluster, namespace, "kill-me")
+    held = wait_for(lambda: (j := job(kube_client, namespace)) and not j["spec"]["suspend"] and j, timeout=60,
+                    what="the GC Job resumed")
+    wait_for(lambda: gc_status(kube_client, namespace).get("phase") == "Collecting", what="phase Collecting")
+    first.process.kill()  # no clean shutdown
+    first.process.wait()
+    assert read_only(kube_client, namespace)
+    return held
+
+
+def test_operator_killed_mid_collection_resumes_and_records_the_success(
+        cluster, kube_client, namespace, operator_factory, wait_for):
+    _held(cluster, kube_client, namespace, operator_factory, wait_for)
+    cluster.kubectl("delete", "resourcequota", "one-pod", "-n", namespace)  # kwok now runs the Job's pod
+    wait_for(lambda: any(c["type"] == "Complete" for c in (job(kube_client, namespace) or {}).get(
+        "status", {}).get("conditions") or ()), timeout=60, what="the Job complete while no operator runs")
+    assert read_only(kube_client, namespace)
+
+    operator_factory()
+    wait_for(lambda: gc_status(kube_client, namespace).get("lastResult"), timeout=60, what="the result")
+    wait_for(lambda: job(kube_client, namespace) is None, timeout=30, what="the GC Job deleted")
+    assert gc_status(kube_client, namespace)["lastResult"] == "Succeeded"
+    assert gc_status(kube_client, namespace)["lastRequest"] == "kill-me" and not read_only(kube_client, namespace)
+    wait_for(lambda: is_ready(kube_client, "reg", namespace), timeout=60, what="Registry Ready again")
+
+
+def test_failed_collection_after_a_restart_returns_to_read_write_with_a_warning(
+        cluster, kube_client, namespace, operator_factory, wait_for):
+    held = _held(cluster, kube_client, namespace, operator_factory, wait_for)
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    failed = [{"type": t, "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than "
+               "specified deadline", "lastTransitionTime": now, "lastProbeTime": now}
+              for t in ("FailureTarget", "Failed")]
+    kube_client.patch(Job.Status, "reg-gc", {"status": {"conditions": failed, "startTime": now}},
+                      namespace=namespace, patch_type=PatchType.MERGE)
+    assert held["metadata"]["uid"] == job(kube_client, namespace)["metadata"]["uid"]
+
+    operator_factory()
+    wait_for(lambda: gc_status(kube_client, namespace).get("lastResult"), timeout=60, what="the result")
+    wait_for(lambda: job(kube_client, namespace) is None, timeout=30, what="the GC Job deleted")
+    status = gc_status(kube_client, namespace)
+    assert status["lastResult"] == "Failed" and "DeadlineExceeded" in status["lastMessage"]
+    assert not read_only(kube_client, namespace)
+    wait_for(lambda: "GarbageCollectionFailed" in reasons(kube_client, namespace), what="a Warning Event")
+    wait_for(lambda: is_ready(kube_client, "reg", namespace), timeout=60, what="Registry Ready again")
