@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import time
+from pathlib import Path
 
 import pytest
 from lightkube.resources.apps_v1 import Deployment
@@ -203,3 +204,10 @@ def test_invalid_registries_are_rejected_by_the_api_server(cluster, namespace, s
     result = cluster.kubectl("apply", "-f", "-", input=manifest("bad", namespace, spec), check=False)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (Path(__file__).parents[2] / "examples").glob("*.yaml")))
+def test_examples_are_accepted_by_the_api_server(cluster, namespace, example):
+    path = Path(__file__).parents[2] / "examples" / example
+    result = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(path), check=False)
+    assert result.returncode == 0, result.stderr
