@@ -322,7 +322,8 @@ class _Volume:
 
 
 class PodRunner:
-    """One container of a Deployment's pod template, run as a local process in its own mount namespace.
+    """One container of a Deployment's (or a Job's) pod template, run as a local process in its own mount
+    namespace.
 
     ``workdir`` holds the materialized volumes; PersistentVolumeClaims live in ``workdir/pvc/<claim>`` so a
     second runner on the same workdir (a rolled-out pod) sees the same data, as a real PVC would.
@@ -559,7 +560,28 @@ class PodRunner:
         """
         env = self._env()
         argv = self._argv(env)
-        local_argv = self._listen(argv, env)
+        self._spawn(argv, self._listen(argv, env), env)
+        self._wait_ready(ca_pem, server_hostname or f"{self.name}.{self.namespace}.svc", timeout)
+
+    def run(self, timeout: float = 120) -> int:
+        """Run a container that ends by itself (a Job's) to its end; its exit code.
+
+        Only the registry's `garbage-collect` is understood: it opens no listener, so nothing is moved."""
+        env = self._env()
+        argv = self._argv(env)
+        if self.program.kind != "registry" or argv[1:2] != ["garbage-collect"]:
+            raise Unfaithful(f"run-to-completion of {argv} not reproduced")
+        self._spawn(argv, [*self.program.executables[argv[0]], *argv[1:]], env)
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def _spawn(self, argv: list[str], local_argv: list[str], env: dict[str, str]) -> None:
+        """Start the process in its mount namespace, as the container's user, logging to ``log_path``."""
         uid = self._security("runAsUser")
         gid = self._security("runAsGroup")
         if self._security("runAsNonRoot") and not uid:
@@ -592,7 +614,6 @@ class PodRunner:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self._wait_ready(ca_pem, server_hostname or f"{self.name}.{self.namespace}.svc", timeout)
 
     def _wait_ready(self, ca_pem: bytes, server_hostname: str, timeout: float) -> None:
         ctx = tls_context(ca_pem)
