@@ -8,6 +8,7 @@ from builders import OWNER
 
 from registry_operator import material, names, render, spec
 from registry_operator.observe import candidates
+from registry_operator.render import garbage_collection
 
 AUTH = {
     "htpasswd": {"users": [{"name": "alice"}, {"name": "bob", "passwordSecretRef": {"name": "pw"}}]},
@@ -27,6 +28,8 @@ def test_every_rendered_child_is_observed(auth, tls, storage):
     mat = material.decide(s, {"pw": {"password": b"secret"}})
     for pod_monitor in (False, True):
         rendered = {(o["kind"], o["metadata"]["name"]) for o in render.desired(s, mat, OWNER, "img", pod_monitor)}
+        if s.storage.claim is not None:  # the GC Job, rendered by reconcile while a collection runs
+            rendered.add(_key(garbage_collection.job(s, OWNER, "r", None, suspend=True, node=None)))
         for token_was_on in (False, True):
             observed = {(kind, name) for _, kind, name in candidates(s, token_was_on, pod_monitor)}
             assert rendered <= observed, rendered - observed
@@ -38,7 +41,12 @@ def _children(name: str, token: bool = True) -> set[tuple[str, str]]:
     """Every (kind, name) a Registry called `name` can own: token mode (or htpasswd), SelfSigned, a claim, a
     generated password."""
     s = spec.parse(name, "ns", {"auth": AUTH["token" if token else "htpasswd"], "storage": STORAGE["claim"]})
-    return {(o["kind"], o["metadata"]["name"]) for o in render.desired(s, material.decide(s, {}), OWNER, "img")}
+    gc_job = garbage_collection.job(s, OWNER, "r", None, suspend=True, node=None)
+    return {_key(o) for o in [*render.desired(s, material.decide(s, {}), OWNER, "img"), gc_job]}
+
+
+def _key(obj: dict) -> tuple[str, str]:
+    return obj["kind"], obj["metadata"]["name"]
 
 
 @pytest.mark.parametrize("name", ["reg", "a" * 57])
