@@ -38,6 +38,8 @@ NEEDED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("", "services", ("get", "list", "watch", "create", "patch", "delete")),
     ("apps", "deployments", ("get", "list", "watch", "create", "patch", "delete")),
     ("networking.k8s.io", "networkpolicies", ("get", "list", "watch", "create", "patch", "delete")),
+    ("batch", "jobs", ("get", "list", "watch", "create", "patch", "delete")),  # garbage collection
+    ("", "pods", ("list",)),  # the node a GC Job must run on (a ReadWriteOnce claim)
     ("", "events", ("create",)),
 )
 # Needed cluster-wide when kopf scans (all namespaces, or namespace globs): it discovers resources from CRDs.
