@@ -57,7 +57,7 @@ def finished(job: Mapping[str, Any], now: dt.datetime) -> Outcome | None:
         if c.get("status") != "True" or c.get("type") not in ("Complete", "Failed"):
             continue
         end = status.get("completionTime") or c.get("lastTransitionTime")
-        start = status.get("startTime") or meta.get("creationTimestamp")
+        start = meta.get("creationTimestamp")  # when pushes started to be refused, not when the pod started
         if c["type"] == "Complete":
             return Outcome(SUCCEEDED, "garbage-collect finished", start, end)
         why = ": ".join(x for x in (c.get("reason"), c.get("message")) if x)

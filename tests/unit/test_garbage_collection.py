@@ -91,7 +91,7 @@ def test_completed_job_is_recorded_released_and_deleted():
     plan = gc.plan(reg(), body("r1"), job(condition=("Complete", "", "")), NOW)
     assert not plan.hold_read_only and plan.delete_job
     assert plan.status == {"phase": "Idle", "lastRequest": "r1", "lastResult": "Succeeded",
-                           "lastMessage": "garbage-collect finished", "lastStartTime": "2026-12-01T09:59:40Z",
+                           "lastMessage": "garbage-collect finished", "lastStartTime": "2026-12-01T09:59:30Z",
                            "lastEndTime": "2026-12-01T10:00:05Z"}
     effective = plan.effective(reg())
     assert not effective.read_only and effective.pod_annotations[names.GC_COLLECTED] == "2026-12-01T10:00:05Z"
