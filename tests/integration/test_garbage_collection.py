@@ -141,7 +141,7 @@ def test_failed_collection_after_a_restart_returns_to_read_write_with_a_warning(
     failed = [{"type": t, "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than "
                "specified deadline", "lastTransitionTime": now, "lastProbeTime": now}
               for t in ("FailureTarget", "Failed")]
-    kube_client.patch(Job.Status, "reg-gc", {"status": {"conditions": failed, "startTime": now}},
+    kube_client.patch(Job.Status, "reg-gc", {"status": {"conditions": failed}},
                       namespace=namespace, patch_type=PatchType.MERGE)
     assert held["metadata"]["uid"] == job(kube_client, namespace)["metadata"]["uid"]
 
