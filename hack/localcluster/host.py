@@ -1,7 +1,8 @@
 """What bringing up a real node changes on the host, recorded before it is changed, so that ``down`` undoes
-exactly that: iptables rules and chains that were not there before (ours, the kubelet's, kube-proxy's), sysctls
-(the CNI bridge plugin and the kubelet set some), bridges, routes, mounts, network namespaces, cgroups and the
-/var paths the kubelet, containerd and CNI create wherever they are told to keep their state.
+exactly that: iptables rules and chains that were not there before (ours, the kubelet's, kube-proxy's,
+kube-router's), the ipsets kube-router makes, sysctls (the CNI bridge plugin, the kubelet and netpol.py set
+some), bridges, routes, mounts, network namespaces, cgroups and the /var paths the kubelet, containerd and CNI
+create wherever they are told to keep their state.
 
 The record (``JOURNAL``) is machine-wide, in /run (gone at reboot, like the changes themselves): there is one real
 node per machine (fixed bridge names, node IP, kubelet port), and its changes must be undone even when the
@@ -23,8 +24,8 @@ from pathlib import Path
 
 from .errors import ClusterError
 
-SYSCTLS = ("net/ipv4/ip_forward", "vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops",
-           "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")  # fmt: skip
+SYSCTLS = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables", "vm/overcommit_memory", "kernel/panic",
+           "kernel/panic_on_oops", "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")  # fmt: skip
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 JOURNAL = Path("/run/registry-operator/real-node.json")
 HOST_PATHS = ("/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/var/lib/cni", "/run/containerd",
@@ -49,6 +50,7 @@ class HostChanges:
     routes: list[str] = field(default_factory=list)
     netns: list[str] = field(default_factory=list)  # network namespaces that existed before
     absent_cgroups: list[str] = field(default_factory=list)
+    ipsets: list[str] = field(default_factory=list)  # the sets that existed before (kube-router makes some)
 
     @classmethod
     def load(cls, path: Path) -> HostChanges | None:
@@ -72,6 +74,7 @@ class HostChanges:
         self.iptables = {f"{tool}:{table}": _iptables_rules(tool, table) for tool in IPTABLES for table in TABLES}
         self.netns = _netns()
         self.absent_cgroups = [str(d / "kubepods") for d in _cgroup_hierarchies() if not (d / "kubepods").exists()]
+        self.ipsets = _ipsets()
         self.save()
 
     def add_process(self, name: str, pid: int, starttime: int) -> None:
@@ -100,6 +103,8 @@ class HostChanges:
             run("ip", "route", "del", *spec.split(), check=False)
         for key, before in self.iptables.items():
             _iptables_restore_to(*key.split(":"), before)
+        for name in sorted(set(_ipsets()) - set(self.ipsets)):  # no rule refers to them any more
+            run("ipset", "destroy", name, check=False)
         for ns in sorted(set(_netns()) - set(self.netns)):
             run("ip", "netns", "delete", ns, check=False)
         for name in reversed(self.links):
@@ -115,7 +120,10 @@ class HostChanges:
             elif os.path.lexists(p):
                 os.unlink(p)
         self.path.unlink(missing_ok=True)
-        log("host restored: iptables rules and chains, routes, bridges, network namespaces, sysctls, cgroups, paths")
+        log(
+            "host restored: iptables rules and chains, ipsets, routes, bridges, network namespaces, sysctls, cgroups, "
+            "paths"
+        )
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -147,6 +155,13 @@ def _iptables_restore_to(tool: str, table: str, before: list[str]) -> None:
         run(tool, "-t", table, "-F", chain, check=False)
     for chain in new_chains:
         run(tool, "-t", table, "-X", chain, check=False)
+
+
+def _ipsets() -> list[str]:
+    """Every ipset of the machine (none when ipset is not installed)."""
+    if not shutil.which("ipset", path=SYSTEM_PATH):
+        return []
+    return sorted(run("ipset", "list", "-n", check=False).stdout.split())
 
 
 def _netns() -> list[str]:

@@ -11,6 +11,9 @@ This machine may only talk to itself, so the network is part of the node:
   ``resolvConf`` is a file of ours, never the host's;
 - images are imported from ``.cache/images`` (hack/images), so containerd never pulls from the internet.
 
+NetworkPolicies are enforced when ``hack/build netpol`` made kube-router (netpol.py); without it the node runs
+and ``RealNode.netpol_problem`` says why nothing enforces them.
+
 Everything ``up`` changes on the host is written to a journal (``host-changes.json``) before it is changed, and
 ``down`` undoes exactly that: iptables rules and chains that were not there before (the kubelet's and
 kube-proxy's too), sysctls (the kubelet sets some), bridges, routes, mounts, network namespaces, cgroups and the
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import netpol
 from .binaries import bin_dir, read_versions
 from .errors import ClusterError
 from .host import CGROUP_ROOT, IPTABLES, JOURNAL, SYSTEM_PATH, HostChanges, run, unmount_under
@@ -52,7 +56,7 @@ KWOK_LABEL = "type=kwok"
 # this annotation with NODE_LABEL.
 NODE_SELECTOR_ANNOTATION = "scheduler.alpha.kubernetes.io/node-selector"
 CNI_BIN = Path("/usr/lib/cni")
-NODE_COMPONENTS = ("containerd", "coredns", "kubelet", "kube-proxy")  # start order
+NODE_COMPONENTS = ("containerd", "coredns", "kubelet", "kube-proxy", netpol.NAME)  # start order
 Log = Callable[[str], None]
 
 
@@ -136,6 +140,7 @@ class RealNode:
         self.changes = HostChanges(JOURNAL, owner=str(cluster.workdir))
         self.ports: dict[str, int] = {}
         self.timings: dict[str, float] = {}
+        self.netpol_problem: str | None = "the node was not started by this process"
 
     # -- paths
 
@@ -204,6 +209,7 @@ class RealNode:
         self._start_kube_proxy()
         _wait(lambda: self._alive("kube-proxy") and self._kube_proxy_healthy(), 30, "kube-proxy /healthz")
         _wait(lambda: self._alive("coredns") and self._coredns_ready(), 30, "CoreDNS /ready")
+        self._start_netpol(log)
         self.timings["total"] = time.monotonic() - started
         log(f"real node {NODE_NAME} ({NODE_IP}) Ready: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
 
@@ -226,7 +232,8 @@ class RealNode:
             "roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: 'system:node'}\n"
             "subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: 'system:nodes'}]\n"
         )
-        for user in ("kubelet-client", "kube-proxy"):
+        write_leaf(pki, netpol.NAME, netpol.USER)
+        for user in ("kubelet-client", "kube-proxy", netpol.NAME):
             cfg = kubeconfig_dict(
                 self.cluster.server,
                 b64(pki / "ca.crt"),
@@ -359,6 +366,21 @@ class RealNode:
 
     def _start_kube_proxy(self) -> None:
         self._spawn("kube-proxy", [str(self.b.kube_proxy), f"--config={self.dir / 'kube-proxy.yaml'}", "--v=1"])
+
+    def _start_netpol(self, log: Log) -> None:
+        """kube-router, when built; a node without it still runs, and ``netpol_problem`` says why. Started
+        last: its first sync needs the node object (its IP) and the pods, which the kubelet reports."""
+        self.netpol_problem = netpol.unavailable()
+        if self.netpol_problem:
+            log(f"NetworkPolicies are not enforced: {self.netpol_problem}")
+            return
+        step = time.monotonic()
+        self.cluster.apply(netpol.RBAC)
+        netpol.prepare()
+        self._spawn(netpol.NAME, netpol.args(self.dir / f"{netpol.NAME}.kubeconfig", NODE_NAME))
+        _wait(lambda: self._alive(netpol.NAME) and netpol.synced(), 60, "kube-router's first NetworkPolicy sync")
+        self.netpol_problem = None
+        self.timings["kube-router→synced"] = time.monotonic() - step
 
     def _start_coredns(self) -> None:
         self._spawn("coredns", [str(self.b.coredns), "-conf", str(self.dir / "Corefile")])
