@@ -1,5 +1,6 @@
 """Registries as real pods on the real node (``--real-node``): the kubelet runs what the operator rendered, kube-proxy
-carries the Service, containerd pulls an image from a Registry the operator created.
+carries the Service, containerd pulls an image from a Registry the operator created, kube-router enforces the
+NetworkPolicies the operator rendered.
 
 The egress guard is asserted first: the whole module depends on ``guarded_node``, so no pod of it starts on a node
 whose traffic could leave this machine.
@@ -20,7 +21,9 @@ from typing import Any
 import pytest
 from lightkube import Client
 from lightkube.resources.core_v1 import Pod, Secret, Service
-from localcluster import namespace_manifest, wait_until
+from lightkube.resources.networking_v1 import NetworkPolicy
+from lightkube.types import PatchType
+from localcluster import namespace_manifest, netpol, wait_until
 from localcluster.images import BUSYBOX_IMAGE, IMAGE_DIR, IMAGES
 from localcluster.network import NODE_IP, egress_guard_problem
 from localcluster.node import NODE_LABEL, NODE_NAME, NODE_SELECTOR_ANNOTATION, RealNode
@@ -41,13 +44,19 @@ def guarded_node(real_node: RealNode) -> RealNode:
     return real_node
 
 
-@pytest.fixture(scope="module")
-def node_namespace(guarded_node: RealNode, cluster: Any, e2e_operator: Any) -> Iterator[str]:
-    """A namespace whose pods go to the real node (PodNodeSelector), watched by the session's operator."""
-    name = f"e2e-node-{secrets.token_hex(3)}"
+def make_node_namespace(cluster: Any, prefix: str) -> str:
+    """A fresh namespace (Pod Security restricted) whose pods go to the real node (PodNodeSelector)."""
+    name = f"{prefix}-{secrets.token_hex(3)}"
     cluster.apply(namespace_manifest(name, annotations={NODE_SELECTOR_ANNOTATION: NODE_LABEL}))
     wait_until(lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0, 30,
                f"ServiceAccount default in {name}")  # fmt: skip
+    return name
+
+
+@pytest.fixture(scope="module")
+def node_namespace(guarded_node: RealNode, cluster: Any, e2e_operator: Any) -> Iterator[str]:
+    """A namespace whose pods go to the real node, watched by the session's operator."""
+    name = make_node_namespace(cluster, "e2e-node")
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
@@ -154,3 +163,63 @@ def test_pods_resolve_services_through_cluster_dns(
     phase, log, _ = run_pod(kube_client, node_namespace, "dns", BUSYBOX_IMAGE, script)
     assert phase == "Succeeded", log
     assert cluster_ip in log and log.strip().endswith("open"), log
+
+
+@pytest.fixture
+def client_namespaces(guarded_node: RealNode, cluster: Any) -> Iterator[tuple[str, str]]:
+    """(allowed, denied): two namespaces of client pods on the real node."""
+    if guarded_node.netpol_problem:
+        pytest.skip(f"no NetworkPolicy engine on the real node: {guarded_node.netpol_problem}")
+    names = (make_node_namespace(cluster, "netpol-a"), make_node_namespace(cluster, "netpol-b"))
+    yield names
+    for name in names:
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_network_policy_admits_only_the_namespaces_it_names(
+    guarded_node: RealNode,
+    kube_client: Client,
+    node_namespace: str,
+    client_namespaces: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    """``spec.networkPolicy.from`` selecting namespace A: a pod of A connects to the registry port, a pod of B is
+    refused; with ``networkPolicy.enabled: false`` B connects too. Through the Service's ClusterIP (kube-proxy),
+    enforced by kube-router on the real node."""
+    allowed, denied = client_namespaces
+    name = "netpol"
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": allowed}}}]
+    kube_client.create(Registry(metadata={"name": name, "namespace": node_namespace},
+                                spec={"version": "3", "auth": {"users": [{"name": "alice"}]},
+                                      "networkPolicy": {"from": peers}}))  # fmt: skip
+    DeployedRegistry(kube_client, node_namespace, name, tmp_path).wait_ready(timeout=120)
+    labels = {"app.kubernetes.io/instance": name, "app.kubernetes.io/component": "registry"}
+    [pod] = kube_client.list(Pod, namespace=node_namespace, labels=labels)
+    [policy] = [p.metadata.name for p in kube_client.list(NetworkPolicy, namespace=node_namespace)
+                if p.metadata.name == name]  # fmt: skip
+    target = f"{kube_client.get(Service, name, namespace=node_namespace).spec.clusterIP} 5000"
+    started = time.monotonic()
+    wait_until(lambda: netpol.applies(policy, pod.status.podIP), 30, f"kube-router enforcing {policy}")
+    print(f"\nNetworkPolicy {policy} enforced {time.monotonic() - started:.2f}s after the Registry was Ready")
+
+    # Denied: three tries, each refused (kube-router REJECTs); none may connect.
+    tries = f"for i in 1 2 3; do nc -w 2 {target} </dev/null && echo open; sleep 0.5; done; echo done"
+    phase, log, took = run_pod(kube_client, denied, "denied", BUSYBOX_IMAGE, tries)
+    assert phase == "Succeeded" and "open" not in log and "done" in log, log
+    print(f"namespace B: {log.splitlines()[0]} (3 times), pod created -> done in {took:.2f}s")
+    # Allowed: kube-router adds a new pod's IP to the policy's source set at its next sync, moments after
+    # the pod starts, so the first tries may still be refused.
+    until_open = f"for i in $(seq 40); do nc -w 2 {target} </dev/null && echo open after $i && exit 0; sleep 0.25; done"
+    phase, log, took = run_pod(kube_client, allowed, "allowed", BUSYBOX_IMAGE, until_open)
+    assert phase == "Succeeded" and "open after" in log, log
+    print(f"namespace A: {log.strip()} tries, pod created -> connected in {took:.2f}s")
+
+    kube_client.patch(Registry, name, {"spec": {"networkPolicy": {"enabled": False}}}, namespace=node_namespace,
+                      patch_type=PatchType.MERGE)  # fmt: skip
+    started = time.monotonic()
+    wait_until(lambda: not netpol.applies(policy, pod.status.podIP), 30, f"kube-router dropping {policy}")
+    assert name not in {p.metadata.name for p in kube_client.list(NetworkPolicy, namespace=node_namespace)}
+    print(f"policy disabled: no longer enforced {time.monotonic() - started:.2f}s after the patch")
+    once = f"nc -w 2 {target} </dev/null && echo open"
+    phase, log, _ = run_pod(kube_client, denied, "denied-unrestricted", BUSYBOX_IMAGE, once)
+    assert (phase, log.strip()) == ("Succeeded", "open"), log
