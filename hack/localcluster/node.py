@@ -368,8 +368,8 @@ class RealNode:
         self._spawn("kube-proxy", [str(self.b.kube_proxy), f"--config={self.dir / 'kube-proxy.yaml'}", "--v=1"])
 
     def _start_netpol(self, log: Log) -> None:
-        """kube-router, when built; a node without it still runs, and ``netpol_problem`` says why. Started
-        last: its first sync needs the node object (its IP) and the pods, which the kubelet reports."""
+        """kube-router, when built and when it starts; a node without it still runs, and ``netpol_problem`` says
+        why. Started last: its first sync needs the node object (its IP) and the pods, which the kubelet reports."""
         self.netpol_problem = netpol.unavailable()
         if self.netpol_problem:
             log(f"NetworkPolicies are not enforced: {self.netpol_problem}")
@@ -378,7 +378,14 @@ class RealNode:
         self.cluster.apply(netpol.RBAC)
         netpol.prepare()
         self._spawn(netpol.NAME, netpol.args(self.dir / f"{netpol.NAME}.kubeconfig", NODE_NAME))
-        _wait(lambda: self._alive(netpol.NAME) and netpol.synced(), 60, "kube-router's first NetworkPolicy sync")
+        try:
+            _wait(lambda: self._alive(netpol.NAME) and netpol.synced(), 60, "kube-router's first NetworkPolicy sync")
+        except ClusterError as e:  # the node is still useful; what it left in iptables goes at down
+            proc = self.cluster.procs.pop(netpol.NAME)
+            terminate(proc.pid, proc.starttime, popen=proc.popen)
+            self.netpol_problem = f"kube-router did not start: {e}"
+            log(f"NetworkPolicies are not enforced: {self.netpol_problem}")
+            return
         self.netpol_problem = None
         self.timings["kube-router→synced"] = time.monotonic() - step
 
