@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from . import htpasswd, pki
-from .names import ChildNames, password_key
+from .names import ROBOT_USER, ChildNames, password_key
 from .spec import RegistrySpec
 
 # Observed Secrets: name -> decoded data (None when the Secret does not exist).
@@ -58,6 +58,7 @@ class Material:
     token_signing: pki.KeyPair | None = None
     token_trust_pem: bytes | None = None  # signing certificates the registry accepts: current and recent ones
     token_tls: pki.KeyPair | None = None
+    robot_password: str | None = None  # the pull Secrets' credential (spec.pullSecrets), user `ROBOT_USER`
     problems: tuple[Problem, ...] = field(default_factory=tuple)
     rotations: tuple[Rotation, ...] = field(default_factory=tuple)
 
@@ -178,17 +179,18 @@ def _passwords(
 def _htpasswd(
     spec: RegistrySpec, usable: Mapping[str, str], observed: Secrets, names: ChildNames, key: bytes
 ) -> tuple[str, dict[str, str]]:
-    """(htpasswd file, fingerprints) for the users of `spec`."""
+    """(htpasswd file, fingerprints) for the users of `spec`, and the robot when `usable` holds it."""
     stored = observed.get(names.htpasswd) or {}
     existing = htpasswd.parse((stored.get("htpasswd") or b"").decode())
     known = json.loads(stored.get("fingerprints") or b"{}")
     costs = {u.name: htpasswd.GENERATED_COST for u in spec.auth.users if u.password_ref is None}
+    costs[ROBOT_USER] = htpasswd.GENERATED_COST
     fresh, prints = htpasswd.reconcile(usable, existing, known, key, costs)
     hashes = dict(fresh)
     # A user whose password source is broken keeps their last good line: never lock someone out
     # because a Secret is briefly missing.
-    lines = [(u.name, hashes.get(u.name) or existing[u.name]) for u in spec.auth.users
-             if u.name in hashes or u.name in existing]
+    users = [u.name for u in spec.auth.users] + ([ROBOT_USER] if ROBOT_USER in usable else [])
+    lines = [(user, hashes.get(user) or existing[user]) for user in users if user in hashes or user in existing]
     kept = {user: known[user] for user, _ in lines if user not in prints and user in known}
     return htpasswd.render(lines), {**kept, **prints}
 
@@ -236,6 +238,12 @@ def decide(
     http_secret = kept["secret"].decode() if "secret" in kept else secrets.token_hex(32)
     fingerprint_key = kept.get("fingerprint-key") or secrets.token_bytes(32)
     usable, generated = _passwords(spec, observed, names, problems)
+    robot = None
+    if spec.pull_secrets is not None and spec.auth.mode != "none":
+        # Kept next to the HTTP secret, never in the published `-passwords` Secret: it is the operator's to
+        # hand out, only through the pull Secrets.
+        robot = kept["robot-password"].decode() if "robot-password" in kept else secrets.token_urlsafe(24)
+        usable = {**usable, ROBOT_USER: robot}
     htpasswd_text, fingerprints = (
         _htpasswd(spec, usable, observed, names, fingerprint_key) if spec.auth.mode != "none" else ("", {})
     )
@@ -293,6 +301,7 @@ def decide(
         token_signing=token_signing,
         token_trust_pem=token_trust,
         token_tls=token_tls,
+        robot_password=robot,
         problems=tuple(problems),
         rotations=tuple(rotations),
     )

@@ -40,6 +40,15 @@ LABEL_PART_OF = "app.kubernetes.io/part-of"
 # operator watches only Secrets carrying it, never every Secret in the cluster.
 LABEL_WATCH = f"{GROUP}/watch"
 
+# Image pull Secrets the operator keeps in other namespaces (see `pullsecrets`). Cross-namespace objects
+# cannot carry an owner reference: this label (the Registry's UID) is what makes them ours, the annotation
+# says which Registry that is for humans (namespace + name can exceed a label value's 63 characters).
+LABEL_PULL_SECRET_OF = f"{GROUP}/pull-secret-of"
+ANNOTATION_REGISTRY = f"{GROUP}/registry"
+PULL_SECRETS_FINALIZER = f"{GROUP}/pull-secrets"
+# The robot credential of pull Secrets. `$` is outside the user names the CRD allows, so no user can take it.
+ROBOT_USER = "robot$pull"
+
 MAX_NAME = 63  # the Registry's name is its Service's name and a label value
 TOKEN_SUFFIX = "-token"
 
@@ -77,6 +86,12 @@ class ChildNames:
         self.token_signing = f"{registry}-token-signing"
         self.pod_monitor = registry  # a kind of its own: the name cannot collide with another Registry's
         self.gc = f"{registry}-gc"  # the garbage-collection Job
+
+
+def pull_secret_name(registry: str, namespace: str) -> str:
+    """The pull Secret's name in every selected namespace: both parts are DNS labels, so the dot keeps
+    Registries of different namespaces (`a-b`/`c` and `a`/`b-c`) apart."""
+    return f"{registry}.{namespace}-pull"
 
 
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")

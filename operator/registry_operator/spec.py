@@ -109,6 +109,16 @@ class GarbageCollection:
 
 
 @dataclass(frozen=True)
+class PullSecrets:
+    """Where the operator keeps an image pull Secret for this Registry: namespaces named or selected by labels
+    (a Kubernetes LabelSelector, kept raw), and the ServiceAccounts there that get it in imagePullSecrets."""
+
+    namespaces: tuple[str, ...] = ()
+    selector: Mapping[str, Any] | None = None
+    service_accounts: tuple[str, ...] = ("default",)
+
+
+@dataclass(frozen=True)
 class RegistrySpec:
     name: str
     namespace: str
@@ -129,6 +139,7 @@ class RegistrySpec:
     pod_labels: Mapping[str, str] = field(default_factory=dict)
     network_policy: NetworkPolicy = field(default_factory=NetworkPolicy)
     garbage_collection: GarbageCollection = field(default_factory=GarbageCollection)
+    pull_secrets: PullSecrets | None = None
 
     @property
     def effective_replicas(self) -> int:
@@ -206,6 +217,17 @@ def _garbage_collection(raw: Mapping[str, Any], version: str, claim: bool) -> Ga
     return gc
 
 
+def _pull_secrets(raw: Mapping[str, Any] | None) -> PullSecrets | None:
+    if raw is None:
+        return None
+    selector = raw.get("namespaceSelector")
+    return PullSecrets(
+        namespaces=tuple(sorted(set(raw.get("namespaces") or ()))),
+        selector=dict(selector) if selector is not None else None,
+        service_accounts=tuple(sorted(set(raw.get("serviceAccounts") or ("default",)))),
+    )
+
+
 def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistrySpec:
     """Build the typed spec, applying the same defaults as the CRD schema."""
     raw = raw or {}
@@ -269,4 +291,5 @@ def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistryS
             peers=tuple((raw.get("networkPolicy") or {}).get("from") or ()),
         ),
         garbage_collection=_garbage_collection(raw.get("garbageCollection") or {}, version, claim_raw is not None),
+        pull_secrets=_pull_secrets(raw.get("pullSecrets")),
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import names
 from ..material import Material
-from ..names import COMPONENT_TOKEN, ChildNames
+from ..names import COMPONENT_TOKEN, ROBOT_USER, ChildNames
 from ..spec import RegistrySpec
 from ..token import config as token_config
 from . import monitoring
@@ -57,6 +57,10 @@ def service_config(spec: RegistrySpec) -> dict[str, Any]:
         }
         for r in spec.auth.access
     ]
+    if spec.pull_secrets is not None:
+        # First, so no rule of the user's (an anonymous one included) grants the robot more than pulls.
+        access.insert(0, {"users": [ROBOT_USER], "groups": [], "anonymous": False, "repositories": ["*"],
+                          "catalog": False, "actions": ["pull"]})
     return token_config.build_config(
         service_name(spec), access, groups=groups, ttl_seconds=spec.auth.token_ttl_seconds,
         algorithm=spec.auth.token_algorithm,  # type: ignore[arg-type]
