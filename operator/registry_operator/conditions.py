@@ -133,9 +133,11 @@ def compute(
     previous: Mapping[str, Any] | None,
     now: dt.datetime,
     retrying: bool = False,
+    pull_problems: Sequence[Problem] | None = None,
 ) -> Obj:
     """The Registry's status. `workloads`: Deployment name -> live object; `published`: endpoint, Secrets;
-    `retrying`: a write failed and will be tried again."""
+    `retrying`: a write failed and will be tried again; `pull_problems`: what keeps the pull Secrets from being
+    everywhere spec.pullSecrets asks (None: no pull Secrets asked for)."""
     problems = [*problems, *_config_problems(spec)]
     rollouts = {name: Rollout.of(obj) for name, obj in workloads.items()}
     progressing, rollout_reason, rollout_message = _rollout_state(rollouts)
@@ -166,6 +168,13 @@ def compute(
                else _condition("Warning", False, "None", "nothing weak in this spec", generation))
     conditions = [ready, _condition("Progressing", progressing, rollout_reason, rollout_message, generation), degraded,
                   warning]
+    if pull_problems is not None:
+        # Its own condition, not Degraded: the registry serves whatever happens in other namespaces.
+        count = (published.get("pullSecrets") or {}).get("count", 0)
+        conditions.append(
+            _condition("PullSecrets", False, pull_problems[0].reason,
+                       "; ".join(p.message for p in pull_problems), generation) if pull_problems
+            else _condition("PullSecrets", True, "Distributed", f"current in {count} namespace(s)", generation))
 
     stamped = _stamp(conditions, (previous or {}).get("conditions") or (), now)
     status: Obj = {
@@ -198,7 +207,8 @@ def transitions(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) 
         old = before.get(c["type"], {})
         if (old.get("status"), old.get("reason")) == (c["status"], c["reason"]):
             continue
-        if c["type"] in ("Degraded", "Warning") and c["status"] == "True":
+        if (c["type"] in ("Degraded", "Warning") and c["status"] == "True") or (
+                c["type"] == "PullSecrets" and c["status"] == "False"):
             events.append(("Warning", c["reason"], c["message"]))
         elif c["type"] == "Ready" and c["status"] == "True":
             events.append(("Normal", "Ready", c["message"]))

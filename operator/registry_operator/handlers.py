@@ -11,6 +11,10 @@
   every Registry that refers to it. Only Secrets with the watch label are watched (ours, and referenced
   ones users labelled); the others are polled by name (`references`).
 - A user asked for a garbage collection (a new gc-requested annotation value, which changes no generation).
+- A Namespace appeared, changed its labels or went away, or a ServiceAccount appeared: reconcile the
+  Registries whose spec.pullSecrets may select it (`pullsecrets.concerned`), so a new namespace gets its pull
+  Secret within seconds. A pull Secret of ours in another namespace changed: reconcile its Registry (named in
+  its annotation), which restores it.
 - Periodically: every Registry, so certificates get renewed without any event; and each Registry again when
   its reconcile says something falls due (a garbage-collection schedule tick or timeout).
 """
@@ -23,13 +27,13 @@ from typing import Any
 import kopf
 from lightkube import AsyncClient
 
-from . import garbage_collection, metrics, monitoring, names, resync
+from . import garbage_collection, metrics, monitoring, names, pullsecrets, resync
 from .coalesce import Coalescer
 from .config import Config
 from .observe import referenced_secrets
 from .reconcile import Context, reconcile
 from .references import References
-from .spec import parse
+from .spec import RegistrySpec, parse
 
 REGISTRY = (names.GROUP, names.VERSION, names.PLURAL)
 CHILDREN = ["deployments", "services", "configmaps", "persistentvolumeclaims", "networkpolicies", "jobs"]
@@ -70,6 +74,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.ctx = ctx
     memo.coalescer = Coalescer(run, config.retry_base_seconds, config.retry_max_seconds)
     memo.references = References(memo.coalescer.trigger)
+    memo.pull_targets = {}  # (namespace, name) -> spec.pullSecrets of the Registries that have one
     memo.tasks = [
         asyncio.create_task(resync.forever(
             ctx.client, list(config.namespaces) or None, config.resync_seconds, memo.coalescer.trigger)),
@@ -89,20 +94,40 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 async def registry_changed(
     namespace: str, name: str, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    memo.references.track(namespace, name, () if type == "DELETED" else _references(name, namespace, body))
+    spec = None if type == "DELETED" else _parse(name, namespace, body)
+    memo.references.track(namespace, name, referenced_secrets(spec) if spec else ())
+    if spec is not None and spec.pull_secrets is not None:
+        memo.pull_targets[(namespace, name)] = spec.pull_secrets
+    else:
+        memo.pull_targets.pop((namespace, name), None)
     generation = body.metadata.get("generation")
     observed = (body.get("status") or {}).get("observedGeneration")
-    if type in (None, "ADDED", "DELETED") or generation != observed:  # not our own status write
+    deleting = body.metadata.get("deletionTimestamp") is not None  # our finalizer waits for us
+    if type in (None, "ADDED", "DELETED") or generation != observed or deleting:  # not our own status write
         memo.coalescer.trigger((namespace, name), urgent=True)
     elif garbage_collection.pending_request(body.metadata.get("annotations"), body.get("status")):
         memo.coalescer.trigger((namespace, name), urgent=True)  # `kubectl annotate ... gc-requested=...`
 
 
-def _references(name: str, namespace: str, body: kopf.Body) -> set[str]:
+def _parse(name: str, namespace: str, body: kopf.Body) -> RegistrySpec | None:
     try:
-        return referenced_secrets(parse(name, namespace, dict(body.get("spec") or {})))
+        return parse(name, namespace, dict(body.get("spec") or {}))
     except (ValueError, KeyError, TypeError):
-        return set()
+        return None
+
+
+@kopf.on.event("", "v1", "namespaces")
+async def namespace_changed(name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if type is not None:  # None: kopf's initial listing, when every Registry is reconciled anyway
+        for key in pullsecrets.concerned(memo.pull_targets, name):
+            memo.coalescer.trigger(key)
+
+
+@kopf.on.event("", "v1", "serviceaccounts")
+async def service_account_changed(namespace: str, name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if type == "ADDED":  # one a pull Secret waits for (it appears just after its namespace)
+        for key in pullsecrets.concerned(memo.pull_targets, namespace, name):
+            memo.coalescer.trigger(key)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=OURS)
@@ -121,14 +146,18 @@ async def child_changed(
 
 @kopf.on.event("", "v1", "secrets")  # only those with the watch label (see startup)
 async def secret_changed(
-    namespace: str, name: str, labels: kopf.Labels, type: str | None, memo: kopf.Memo, **_: Any
+    namespace: str, name: str, labels: kopf.Labels, annotations: kopf.Annotations, type: str | None,
+    memo: kopf.Memo, **_: Any
 ) -> None:
     refs: References = memo.references
     refs.watched(namespace, name, labelled=type != "DELETED" and labels.get(names.LABEL_WATCH) == "true")
     if type is None:  # kopf's initial listing: every Registry is reconciled anyway
         return
-    targets = refs.registries(namespace, name)
+    targets = {(namespace, registry) for registry in refs.registries(namespace, name)}
     if labels.get(names.LABEL_MANAGED_BY) == names.MANAGED_BY and labels.get(names.LABEL_INSTANCE):
-        targets.add(labels[names.LABEL_INSTANCE])
-    for registry in targets:
-        memo.coalescer.trigger((namespace, registry))
+        targets.add((namespace, labels[names.LABEL_INSTANCE]))
+    owner = annotations.get(names.ANNOTATION_REGISTRY, "")
+    if labels.get(names.LABEL_PULL_SECRET_OF) and owner.count("/") == 1:  # a pull Secret of ours elsewhere
+        targets.add(tuple(owner.split("/")))
+    for key in targets:
+        memo.coalescer.trigger(key)

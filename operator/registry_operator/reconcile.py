@@ -26,12 +26,12 @@ from typing import Any
 from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
-from . import conditions, events, garbage_collection, material, metrics, pki, render
+from . import conditions, events, garbage_collection, material, metrics, pki, pullsecrets, render
 from .apply import Applied, Key, apply_all, conflicts, delete_all
 from .coalesce import Retry
 from .config import Config
 from .kinds import Registry
-from .names import ChildNames, invalid_name, password_key
+from .names import LABEL_PULL_SECRET_OF, PULL_SECRETS_FINALIZER, ChildNames, invalid_name, password_key
 from .observe import candidates, observe, registry_node
 from .render import garbage_collection as gc_render
 from .render import token as token_render
@@ -40,6 +40,10 @@ from .spec import RegistrySpec, parse
 log = logging.getLogger(__name__)
 
 Event = tuple[str, str, str]  # (type, reason, message)
+
+# A deleted Registry keeps trying to remove its pull Secrets from other namespaces this long, then lets go
+# (and says so in the log): a finalizer must never block a deletion forever.
+RELEASE_AFTER = dt.timedelta(minutes=5)
 
 
 @dataclass
@@ -134,6 +138,8 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     if body["metadata"].get("deletionTimestamp"):
         ctx.memories.pop(key, None)
         metrics.REGISTRIES.forget(namespace, name)
+        if PULL_SECRETS_FINALIZER in (body["metadata"].get("finalizers") or ()):
+            await _release(ctx, body)
         return outcome
     generation = body["metadata"].get("generation", 1)
     memory = ctx.memory(key, body["metadata"]["uid"])
@@ -181,12 +187,20 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         outcome.deleted = await delete_all(ctx.client, render.obsolete(spec), observed.children, body)
     if outcome.written or outcome.deleted:  # said before the status write, which readers may be waiting on
         log.info("Registry %s/%s: applied %s, deleted %s", namespace, name, outcome.written, outcome.deleted)
+    published = _published(spec, mat, observed.unwatched)
+    pull = await _pull_secrets(ctx, spec, body, mat) if not applied.problems else None
+    pull_problems = None
+    if pull is not None and spec.pull_secrets is not None:
+        published["pullSecrets"] = pullsecrets.status(spec, pull)
+        pull_problems = pull.problems
+    elif spec.pull_secrets is not None:
+        pull_problems = [material.Problem("RegistryNotApplied", "waiting until the Registry's own objects are stored")]
 
     workload_names = [names.deployment] + ([names.token] if spec.auth.mode == "token" else [])
     workloads = {n: applied.live.get(("Deployment", n)) for n in workload_names}
     status = conditions.compute(
-        spec, generation, [*mat.problems, *applied.problems], workloads, _published(spec, mat, observed.unwatched),
-        body.get("status"), now, retrying=bool(applied.retry),
+        spec, generation, [*mat.problems, *applied.problems], workloads, published,
+        body.get("status"), now, retrying=bool(applied.retry), pull_problems=pull_problems,
     )
     if gc.status is not None:
         status["garbageCollection"] = gc.status
@@ -202,6 +216,8 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
               len(outcome.written), len(outcome.deleted), "written" if outcome.status_written else "unchanged")
     if applied.retry:
         raise Retry("; ".join(applied.retry), next(p.reason for p in applied.problems if p.message in applied.retry))
+    if pull is not None and pull.retry:
+        raise Retry("; ".join(pull.retry), "PullSecretWriteFailed")
     return outcome
 
 
@@ -221,6 +237,61 @@ async def _gc_job(
     node = await registry_node(ctx.client, spec) if ready and not spec.storage.shared else None
     resume = ready and (spec.storage.shared or node is not None)
     return gc_render.job(spec, body, *run, suspend=not resume, node=node)
+
+
+async def _set_finalizer(ctx: Context, body: Mapping[str, Any], present: bool) -> None:
+    """Add or remove our finalizer, leaving others'. The resourceVersion makes it a read-modify-write: a
+    concurrent change fails the patch (and the coalescer retries) instead of dropping someone's finalizer."""
+    meta = body["metadata"]
+    others = [f for f in meta.get("finalizers") or () if f != PULL_SECRETS_FINALIZER]
+    patch = {"metadata": {"finalizers": others + ([PULL_SECRETS_FINALIZER] if present else []),
+                          "resourceVersion": meta["resourceVersion"]}}
+    await ctx.client.patch(Registry, meta["name"], patch, namespace=meta["namespace"], patch_type=PatchType.MERGE)
+
+
+async def _pull_secrets(
+    ctx: Context, spec: RegistrySpec, body: Mapping[str, Any], mat: material.Material
+) -> pullsecrets.Synced | None:
+    """Pull Secrets in other namespaces; None when the spec asks for none and none are left to remove.
+
+    The finalizer goes on before the first Secret is created elsewhere (owner references cannot reach there),
+    and comes off once a spec without pullSecrets has removed them all."""
+    meta = body["metadata"]
+    held = PULL_SECRETS_FINALIZER in (meta.get("finalizers") or ())
+    if spec.pull_secrets is None:
+        if not held:
+            return None
+        synced = await pullsecrets.remove_all(ctx.client, spec.name, spec.namespace, meta["uid"])
+        if not synced.retry:
+            await _set_finalizer(ctx, body, present=False)
+    else:
+        if not held:
+            await _set_finalizer(ctx, body, present=True)
+        synced = await pullsecrets.sync(ctx.client, spec, meta["uid"], mat, ctx.config.cluster_domain)
+    if synced.written:
+        log.info("Registry %s/%s: pull Secrets: %s", spec.namespace, spec.name, ", ".join(synced.written))
+    return synced
+
+
+async def _release(ctx: Context, body: Mapping[str, Any]) -> None:
+    """A deleted Registry: remove its pull Secrets and entries everywhere, then its finalizer. Failures retry
+    until `RELEASE_AFTER` has passed since the deletion; then the finalizer goes anyway, said in the log."""
+    meta = body["metadata"]
+    synced = await pullsecrets.remove_all(ctx.client, meta["name"], meta["namespace"], meta["uid"])
+    if synced.written:
+        log.info("Registry %s/%s: deleted, pull Secrets: %s", meta["namespace"], meta["name"],
+                 ", ".join(synced.written))
+    if synced.retry:
+        deleted = meta["deletionTimestamp"]
+        if isinstance(deleted, str):
+            deleted = dt.datetime.fromisoformat(deleted.replace("Z", "+00:00"))
+        since = dt.datetime.now(dt.UTC) - deleted
+        if since < RELEASE_AFTER:
+            raise Retry("; ".join(synced.retry), "PullSecretWriteFailed")
+        log.warning("Registry %s/%s: deleted %d s ago and its pull Secrets still cannot be removed (%s); "
+                    "letting go: remove Secrets labelled %s=%s by hand", meta["namespace"], meta["name"],
+                    int(since.total_seconds()), "; ".join(synced.retry), LABEL_PULL_SECRET_OF, meta["uid"])
+    await _set_finalizer(ctx, body, present=False)
 
 
 async def _finish(
