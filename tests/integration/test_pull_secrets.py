@@ -1,0 +1,144 @@
+"""spec.pullSecrets on a real API server: Secrets and imagePullSecrets entries in selected namespaces (by name,
+by label, created later), none in others, others' entries kept, cleanup on deselection and on deletion, and no
+writes at rest. The operator runs under its own RBAC (manifests/), so a missing permission fails here."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+
+from lightkube import ApiError
+from lightkube.resources.core_v1 import Secret, ServiceAccount
+from lightkube.types import PatchType
+from registries import condition, manifest, registry
+
+
+def make_namespace(cluster, name: str, labels: dict[str, str] | None = None) -> None:
+    label_yaml = "".join(f"\n    {k}: '{v}'" for k, v in (labels or {}).items())
+    cluster.apply(f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n"
+                  + (f"  labels:{label_yaml}\n" if labels else ""))
+
+
+def wait_default_sa(cluster, wait_for, name: str) -> None:
+    wait_for(lambda: cluster.kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+             timeout=30, what=f"ServiceAccount default in {name}")
+
+
+def pull_secret(client, namespace: str, name: str) -> dict | None:
+    try:
+        return client.get(Secret, name, namespace=namespace).to_dict()
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return None
+        raise
+
+
+def entries(client, namespace: str, account: str = "default") -> list[str]:
+    sa = client.get(ServiceAccount, account, namespace=namespace)
+    return [e.name for e in sa.imagePullSecrets or ()]
+
+
+def test_pull_secrets_follow_the_selection_and_leave_others_alone(
+    cluster, kube_client, namespace, operator_factory, operator_rbac_kubeconfig, wait_for
+):
+    tag = secrets.token_hex(3)
+    labelled, named, unselected, later = (f"t-pull-{kind}-{tag}" for kind in ("lab", "named", "none", "later"))
+    selector = {"pull-test": tag}
+    make_namespace(cluster, labelled, selector)
+    make_namespace(cluster, named)
+    make_namespace(cluster, unselected)
+    try:
+        for ns in (labelled, named, unselected):
+            wait_default_sa(cluster, wait_for, ns)
+        # Someone else's entry, which must survive everything below.
+        kube_client.patch(ServiceAccount, "default", {"imagePullSecrets": [{"name": "foreign"}]},
+                          namespace=labelled, patch_type=PatchType.MERGE)
+        op = operator_factory(kubeconfig=operator_rbac_kubeconfig)
+        name = f"reg.{namespace}-pull"
+        spec = {"auth": {"users": [{"name": "alice"}]},
+                "pullSecrets": {"namespaces": [named], "namespaceSelector": {"matchLabels": selector},
+                                "serviceAccounts": ["default", "builder"]}}
+        cluster.apply(manifest("reg", namespace, spec))
+
+        # builder exists nowhere yet: said once in the condition, no loop.
+        wait_for(lambda: (condition(kube_client, "reg", namespace, "PullSecrets") or {}).get("reason")
+                 == "ServiceAccountNotFound", timeout=60, what="PullSecrets waits for builder")
+        for ns in (labelled, named):
+            obj = pull_secret(kube_client, ns, name)
+            assert obj and obj["type"] == "kubernetes.io/dockerconfigjson" and set(obj["data"]) == {
+                ".dockerconfigjson", "ca.crt"}
+            auths = json.loads(base64.b64decode(obj["data"][".dockerconfigjson"]))["auths"]
+            assert f"reg.{namespace}.svc:5000" in auths and f"reg.{namespace}.svc.cluster.local:5000" in auths
+        assert entries(kube_client, labelled) == ["foreign", name] and entries(kube_client, named) == [name]
+        assert pull_secret(kube_client, unselected, name) is None and entries(kube_client, unselected) == []
+        status = registry(kube_client, "reg", namespace)["status"]
+        assert status["pullSecrets"] == {"secretName": name, "count": 2, "namespaces": sorted([labelled, named])}
+        finalizers = registry(kube_client, "reg", namespace)["metadata"]["finalizers"]
+        assert finalizers == ["registry.operator.dev/pull-secrets"]
+
+        # A ServiceAccount that appears gets the entry; then the condition is True.
+        for ns in (labelled, named):
+            cluster.apply(f"apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: builder\n  namespace: {ns}\n")
+        wait_for(lambda: (condition(kube_client, "reg", namespace, "PullSecrets") or {}).get("status") == "True",
+                 timeout=30, what="PullSecrets True once builder exists")
+        assert entries(kube_client, labelled, "builder") == [name]
+
+        # A namespace created later gets the Secret and the entry within seconds.
+        started = time.monotonic()
+        make_namespace(cluster, later, selector)
+        wait_for(lambda: name in entries(kube_client, later), timeout=30, what="entry in the later namespace")
+        took = time.monotonic() - started
+        print(f"namespace created -> pull Secret and imagePullSecrets entry: {took:.2f}s")
+        assert pull_secret(kube_client, later, name) is not None and took < 10
+
+        # At rest: a restart reconciles everything again and writes nothing anywhere.
+        wait_for(lambda: (registry(kube_client, "reg", namespace)["status"].get("pullSecrets") or {}).get("count")
+                 == 3, timeout=30, what="status counts 3 namespaces")
+        time.sleep(2)
+        versions = {ns: (pull_secret(kube_client, ns, name)["metadata"]["resourceVersion"],
+                         kube_client.get(ServiceAccount, "default", namespace=ns).metadata.resourceVersion)
+                    for ns in (labelled, named, later)}
+        registry_rv = registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"]
+        op.stop()
+        op = operator_factory(kubeconfig=operator_rbac_kubeconfig, args=["--all-namespaces", "--log-level", "DEBUG"])
+        op.wait_for_log(rf"Registry {namespace}/reg reconciled: 0 applied", timeout=30)
+        time.sleep(1)
+        assert versions == {ns: (pull_secret(kube_client, ns, name)["metadata"]["resourceVersion"],
+                                 kube_client.get(ServiceAccount, "default", namespace=ns).metadata.resourceVersion)
+                            for ns in (labelled, named, later)}
+        assert registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"] == registry_rv
+        assert "pull Secrets:" not in op.log()
+
+        # Deselected by label: our Secret and entries go, the foreign entry stays.
+        cluster.kubectl("label", "namespace", labelled, "pull-test-")
+        wait_for(lambda: pull_secret(kube_client, labelled, name) is None, timeout=30, what="Secret removed")
+        assert entries(kube_client, labelled) == ["foreign"] and entries(kube_client, labelled, "builder") == []
+
+        # Deleting the Registry removes what is left, then the finalizer lets it go.
+        password = json.loads(base64.b64decode(pull_secret(kube_client, named, name)["data"][".dockerconfigjson"]))
+        cluster.kubectl("delete", "registry", "reg", "-n", namespace, "--wait=false")
+        wait_for(lambda: cluster.kubectl("get", "registry", "reg", "-n", namespace, check=False).returncode != 0,
+                 timeout=30, what="Registry gone")
+        for ns in (named, later):
+            assert pull_secret(kube_client, ns, name) is None and entries(kube_client, ns) == []
+        assert entries(kube_client, labelled) == ["foreign"]
+        robot = next(iter(password["auths"].values()))["auth"]
+        assert base64.b64decode(robot).decode().split(":", 1)[1] not in op.log()
+    finally:
+        for ns in (labelled, named, unselected, later):
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
+
+
+def test_a_selector_matching_nothing_is_said_once(cluster, kube_client, namespace, operator, wait_for):
+    spec = {"auth": {"users": [{"name": "alice"}]},
+            "pullSecrets": {"namespaceSelector": {"matchLabels": {"nothing-has": secrets.token_hex(4)}}}}
+    cluster.apply(manifest("reg", namespace, spec))
+    wait_for(lambda: (condition(kube_client, "reg", namespace, "PullSecrets") or {}).get("reason")
+             == "NoNamespaceSelected", timeout=60, what="NoNamespaceSelected")
+    time.sleep(3)
+    rv = registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"]
+    time.sleep(3)
+    assert registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"] == rv
+    assert operator.log().count("NoNamespaceSelected") == 1
