@@ -1,0 +1,107 @@
+"""A pull Secret the operator copied into another namespace works with real clients, and only as documented.
+
+An admin (alice) pushes an image; crane and skopeo then pull it with nothing but the ``.dockerconfigjson`` and
+``ca.crt`` read from ``<registry>.<namespace>-pull`` in the workload namespace. The registry's Service port is
+a ``ServiceProxy`` on 127.0.0.1 (the certificate carries that address, the Secret lists ``127.0.0.1:<port>``),
+standing in for kube-proxy. With the same credential a push succeeds in htpasswd mode (htpasswd cannot limit
+actions) and is denied in token mode (the robot's rule grants pull only).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from lightkube.resources.core_v1 import Secret, ServiceAccount
+
+from tests.support import ociimage
+from tests.support.clients import ClientError, Crane, Skopeo
+from tests.support.deployed import DeployedRegistry, secret_data, wait_for
+from tests.support.token_clients import ServiceProxy, start_token_service
+
+pytestmark = pytest.mark.e2e
+
+
+def copied(reg: DeployedRegistry, namespace: str) -> dict[str, bytes]:
+    """The pull Secret in `namespace`, once the operator has put it there and into the default account."""
+    name = f"{reg.name}.{reg.namespace}-pull"
+
+    def ready() -> dict[str, bytes] | None:
+        account = reg.client.get(ServiceAccount, "default", namespace=namespace)
+        if name not in [e.name for e in account.imagePullSecrets or ()]:
+            return None
+        assert reg.client.get(Secret, name, namespace=namespace).type == "kubernetes.io/dockerconfigjson"
+        return secret_data(reg.client, namespace, name)
+
+    return wait_for(ready, f"pull Secret {namespace}/{name}", timeout=60)
+
+
+def crane_with(workdir: Path, data: dict[str, bytes]) -> Crane:
+    """crane whose DOCKER_CONFIG is exactly the copied ``.dockerconfigjson`` and which trusts only ``ca.crt``."""
+    crane = Crane(workdir, data["ca.crt"], "unused", None)
+    (crane.dir / "config.json").write_bytes(data[".dockerconfigjson"])
+    return crane
+
+
+@pytest.fixture(params=["htpasswd", "token"])
+def pulling(
+    request: pytest.FixtureRequest, deploy: Callable[..., DeployedRegistry], make_namespace: Callable[[str], str],
+    tmp_path: Path,
+) -> Iterator[tuple[str, DeployedRegistry, str, str]]:
+    """(mode, Registry, its address through the Service proxy, the workload namespace with the pull Secret)."""
+    workload = make_namespace("work")
+    service, realm = ServiceProxy(), ServiceProxy()
+    auth: dict = {"mode": request.param, "users": [{"name": "alice"}]}
+    tls: dict = {"ipAddresses": ["127.0.0.1"]}
+    if request.param == "token":
+        auth["tokenRealm"] = f"https://localhost:{realm.port}/token"
+        auth["access"] = [{"users": ["alice"], "repositories": ["*"], "actions": ["*"]}]
+        tls["dnsNames"] = ["localhost"]
+    token = None
+    try:
+        reg = deploy("3", pod=False, auth=auth, tls=tls, service={"port": service.port},
+                     pullSecrets={"namespaces": [workload]})
+        if request.param == "token":
+            (tmp_path / "token").mkdir()
+            token = start_token_service(reg, realm, tmp_path / "token")
+        service.target = ("127.0.0.1", reg.start_pod().port)
+        yield request.param, reg, f"127.0.0.1:{service.port}", workload
+    finally:
+        if token is not None:
+            token.stop()
+        service.close()
+        realm.close()
+
+
+def test_workloads_pull_with_exactly_the_copied_secret(pulling, tmp_path: Path) -> None:
+    mode, reg, address, workload = pulling
+    image = ociimage.build(tmp_path / "image", tag="v1", layers=2, size=256 * 1024)
+    admin = Crane(tmp_path / "admin", reg.ca_pem(), address, ("alice", reg.passwords()["alice"]))
+    admin.run("push", str(image.path), f"{address}/apps/web:v1")
+
+    data = copied(reg, workload)
+    assert address in json.loads(data[".dockerconfigjson"])["auths"]
+    robot = crane_with(tmp_path / "robot", data)
+    assert robot.run("digest", f"{address}/apps/web:v1").strip() == image.manifest_digest
+    robot.run("pull", "--format=oci", f"{address}/apps/web:v1", str(tmp_path / "pulled"))
+
+    skopeo = Skopeo(tmp_path / "skopeo-robot", data["ca.crt"])
+    authfile = skopeo.dir / "pull-secret.json"
+    authfile.write_bytes(data[".dockerconfigjson"])
+    raw = skopeo.run("inspect", "--raw", "--retry-times", "0", "--cert-dir", str(skopeo.certs),
+                     "--authfile", str(authfile), f"docker://{address}/apps/web:v1")
+    assert ociimage.sha256_digest(raw.encode()) == image.manifest_digest
+
+    push = ["push", str(image.path), f"{address}/robot/web:v1"]
+    if mode == "htpasswd":  # htpasswd has no per-action rules: the robot can push (as documented)
+        robot.run(*push)
+    else:
+        with pytest.raises(ClientError, match=r"401 Unauthorized|UNAUTHORIZED|DENIED|denied"):
+            robot.run(*push)
+    # Without the copied credential the same pull is refused: the Secret is what authenticates.
+    with pytest.raises(ClientError, match=r"(?i)unauthorized|authentication required"):
+        Crane(tmp_path / "anonymous", data["ca.crt"], address, None).run("digest", f"{address}/apps/web:v1")
+    assert base64.b64decode(json.loads(data[".dockerconfigjson"])["auths"][address]["auth"]).startswith(b"robot$pull:")
