@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx2
 from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
@@ -277,7 +278,10 @@ async def _release(ctx: Context, body: Mapping[str, Any]) -> None:
     """A deleted Registry: remove its pull Secrets and entries everywhere, then its finalizer. Failures retry
     until `RELEASE_AFTER` has passed since the deletion; then the finalizer goes anyway, said in the log."""
     meta = body["metadata"]
-    synced = await pullsecrets.remove_all(ctx.client, meta["name"], meta["namespace"], meta["uid"])
+    try:
+        synced = await pullsecrets.remove_all(ctx.client, meta["name"], meta["namespace"], meta["uid"])
+    except (ApiError, httpx2.HTTPError) as exc:  # even listing them fails: counts against the same bound
+        synced = pullsecrets.Synced(retry=[f"listing pull Secrets: {type(exc).__name__}"])
     if synced.written:
         log.info("Registry %s/%s: deleted, pull Secrets: %s", meta["namespace"], meta["name"],
                  ", ".join(synced.written))
