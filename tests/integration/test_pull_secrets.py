@@ -111,6 +111,10 @@ def test_pull_secrets_follow_the_selection_and_leave_others_alone(
         assert registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"] == registry_rv
         assert "pull Secrets:" not in op.log()
 
+        # A copy deleted by hand comes back (its watch label brings the event to its Registry).
+        kube_client.delete(Secret, name, namespace=named)
+        wait_for(lambda: pull_secret(kube_client, named, name) is not None, timeout=15, what="copy restored")
+
         # Deselected by label: our Secret and entries go, the foreign entry stays.
         cluster.kubectl("label", "namespace", labelled, "pull-test-")
         wait_for(lambda: pull_secret(kube_client, labelled, name) is None, timeout=30, what="Secret removed")
