@@ -75,6 +75,8 @@ def test_pull_secrets_follow_the_selection_and_leave_others_alone(
         assert pull_secret(kube_client, unselected, name) is None and entries(kube_client, unselected) == []
         status = registry(kube_client, "reg", namespace)["status"]
         assert status["pullSecrets"] == {"secretName": name, "count": 2, "namespaces": sorted([labelled, named])}
+        wide = cluster.kubectl("get", "registry", "reg", "-n", namespace, "-o", "wide").stdout.splitlines()
+        assert wide[1].split()[wide[0].split().index("PULL-SECRETS")] == "2"
         finalizers = registry(kube_client, "reg", namespace)["metadata"]["finalizers"]
         assert finalizers == ["registry.operator.dev/pull-secrets"]
 
