@@ -19,10 +19,11 @@ from lightkube.resources.core_v1 import Secret, ServiceAccount
 
 from tests.support import ociimage
 from tests.support.clients import ClientError, Crane, Skopeo
-from tests.support.deployed import DeployedRegistry, secret_data, wait_for
+from tests.support.deployed import DeployedRegistry, Registry, secret_data, wait_for
 from tests.support.token_clients import ServiceProxy, start_token_service
 
 pytestmark = pytest.mark.e2e
+PULL_SECRET_OF = "registry.operator.dev/pull-secret-of"
 
 
 def copied(reg: DeployedRegistry, namespace: str) -> dict[str, bytes]:
@@ -60,7 +61,7 @@ def pulling(
         auth["tokenRealm"] = f"https://localhost:{realm.port}/token"
         auth["access"] = [{"users": ["alice"], "repositories": ["*"], "actions": ["*"]}]
         tls["dnsNames"] = ["localhost"]
-    token = None
+    token = reg = None
     try:
         reg = deploy("3", pod=False, auth=auth, tls=tls, service={"port": service.port},
                      pullSecrets={"namespaces": [workload]})
@@ -74,6 +75,10 @@ def pulling(
             token.stop()
         service.close()
         realm.close()
+        if reg is not None:  # while the operator runs: its finalizer removes the copy, then lets the Registry go
+            reg.client.delete(Registry, reg.name, namespace=reg.namespace)
+            wait_for(lambda: not list(reg.client.list(Secret, namespace=workload, labels={PULL_SECRET_OF: None})),
+                     f"pull Secret removed from {workload}", timeout=30)
 
 
 def test_workloads_pull_with_exactly_the_copied_secret(pulling, tmp_path: Path) -> None:

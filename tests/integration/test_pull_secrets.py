@@ -132,7 +132,9 @@ def test_pull_secrets_follow_the_selection_and_leave_others_alone(
         assert entries(kube_client, labelled) == ["foreign"]
         robot = next(iter(password["auths"].values()))["auth"]
         assert base64.b64decode(robot).decode().split(":", 1)[1] not in op.log()
-    finally:
+    finally:  # the operator still runs: its finalizer lets the Registry go, so its namespace can go too
+        cluster.kubectl("delete", "registry", "reg", "-n", namespace, "--ignore-not-found", "--timeout=30s",
+                        check=False)
         for ns in (labelled, named, unselected, later):
             cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
 
@@ -148,3 +150,4 @@ def test_a_selector_matching_nothing_is_said_once(cluster, kube_client, namespac
     time.sleep(3)
     assert registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"] == rv
     assert operator.log().count("NoNamespaceSelected") == 1
+    cluster.kubectl("delete", "registry", "reg", "-n", namespace, "--timeout=30s")  # the finalizer lets go
