@@ -32,6 +32,9 @@ class Config:
     resync_seconds: float = 3600.0
     # Referenced Secrets without the watch label are read this often (how soon their changes are seen).
     reference_poll_seconds: float = 10.0
+    # A rotated pull-Secret robot credential is valid this long before copies get it: the kubelet's Secret
+    # volume sync must first bring it to the registry pods.
+    pull_rotation_seconds: float = 120.0
     # Retries of a failed reconcile: capped exponential backoff with jitter.
     retry_base_seconds: float = 0.5
     retry_max_seconds: float = 60.0
@@ -54,6 +57,8 @@ class Config:
             raise ConfigError("REGISTRY_OPERATOR_MAX_CONCURRENT must be at least 1")
         if self.resync_seconds <= 0:
             raise ConfigError("REGISTRY_OPERATOR_RESYNC_SECONDS must be positive")
+        if self.pull_rotation_seconds < 0:
+            raise ConfigError("REGISTRY_OPERATOR_PULL_ROTATION_SECONDS must not be negative")
         if self.reference_poll_seconds <= 0:
             raise ConfigError("REGISTRY_OPERATOR_REFERENCE_POLL_SECONDS must be positive")
         if not 0 < self.retry_base_seconds <= self.retry_max_seconds:
@@ -84,6 +89,7 @@ _ENV: Mapping[str, tuple[str, Callable[[str], object]]] = {
     "REGISTRY_OPERATOR_MAX_CONCURRENT": ("max_concurrent", int),
     "REGISTRY_OPERATOR_RESYNC_SECONDS": ("resync_seconds", float),
     "REGISTRY_OPERATOR_REFERENCE_POLL_SECONDS": ("reference_poll_seconds", float),
+    "REGISTRY_OPERATOR_PULL_ROTATION_SECONDS": ("pull_rotation_seconds", float),
     "REGISTRY_OPERATOR_RETRY_BASE_SECONDS": ("retry_base_seconds", float),
     "REGISTRY_OPERATOR_RETRY_MAX_SECONDS": ("retry_max_seconds", float),
     "REGISTRY_OPERATOR_LEADER_ELECTION": ("leader_election", bool),

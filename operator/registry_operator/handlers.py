@@ -1,7 +1,8 @@
 """kopf glue: which events lead to a reconcile of which Registry. No logic lives here.
 
 - A Registry appeared (also kopf's initial listing: a restart re-verifies every Registry) or its spec changed
-  (its generation is ahead of status.observedGeneration): reconcile it now, even if it was waiting to retry.
+  (its generation is ahead of status.observedGeneration), or its rotate-pull-credential annotation changed:
+  reconcile it now, even if it was waiting to retry.
   These are plain event handlers, not kopf's create/update handlers: those keep the whole spec in an
   annotation (a spec near the 256 KiB annotation limit then fails kopf's own patch) and write it back after
   each change; level-based reconciles need neither.
@@ -16,7 +17,8 @@
   Secret within seconds. A pull Secret of ours in another namespace changed: reconcile its Registry (named in
   its annotation), which restores it.
 - Periodically: every Registry, so certificates get renewed without any event; and each Registry again when
-  its reconcile says something falls due (a garbage-collection schedule tick or timeout).
+  its reconcile says something falls due (a garbage-collection schedule tick or timeout, the moment a rotated
+  pull credential may be handed out).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 import kopf
 from lightkube import AsyncClient
 
-from . import garbage_collection, metrics, monitoring, names, pullsecrets, resync
+from . import garbage_collection, metrics, monitoring, names, pullsecrets, resync, robot
 from .coalesce import Coalescer
 from .config import Config
 from .observe import referenced_secrets
@@ -75,6 +77,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.coalescer = Coalescer(run, config.retry_base_seconds, config.retry_max_seconds)
     memo.references = References(memo.coalescer.trigger)
     memo.pull_targets = {}  # (namespace, name) -> spec.pullSecrets of the Registries that have one
+    memo.rotations = {}  # (namespace, name) -> value of the rotate-pull-credential annotation last seen
     memo.tasks = [
         asyncio.create_task(resync.forever(
             ctx.client, list(config.namespaces) or None, config.resync_seconds, memo.coalescer.trigger)),
@@ -103,7 +106,13 @@ async def registry_changed(
     generation = body.metadata.get("generation")
     observed = (body.get("status") or {}).get("observedGeneration")
     deleting = body.metadata.get("deletionTimestamp") is not None  # our finalizer waits for us
-    if type in (None, "ADDED", "DELETED") or generation != observed or deleting:  # not our own status write
+    rotation = body.metadata.annotations.get(robot.ROTATE_ANNOTATION)
+    rotate = rotation != memo.rotations.get((namespace, name))
+    if rotation is None or type == "DELETED":
+        memo.rotations.pop((namespace, name), None)
+    else:
+        memo.rotations[(namespace, name)] = rotation
+    if type in (None, "ADDED", "DELETED") or generation != observed or deleting or rotate:  # not our status write
         memo.coalescer.trigger((namespace, name), urgent=True)
     elif garbage_collection.pending_request(body.metadata.get("annotations"), body.get("status")):
         memo.coalescer.trigger((namespace, name), urgent=True)  # `kubectl annotate ... gc-requested=...`

@@ -19,8 +19,8 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from . import htpasswd, pki
-from .names import ROBOT_USER, ChildNames, password_key
+from . import htpasswd, pki, robot
+from .names import ChildNames, password_key
 from .spec import RegistrySpec
 
 # Observed Secrets: name -> decoded data (None when the Secret does not exist).
@@ -58,7 +58,7 @@ class Material:
     token_signing: pki.KeyPair | None = None
     token_trust_pem: bytes | None = None  # signing certificates the registry accepts: current and recent ones
     token_tls: pki.KeyPair | None = None
-    robot_password: str | None = None  # the pull Secrets' credential (spec.pullSecrets), user `ROBOT_USER`
+    robot: robot.Robot | None = None  # the pull Secrets' credential (spec.pullSecrets), see `robot`
     problems: tuple[Problem, ...] = field(default_factory=tuple)
     rotations: tuple[Rotation, ...] = field(default_factory=tuple)
 
@@ -179,17 +179,17 @@ def _passwords(
 def _htpasswd(
     spec: RegistrySpec, usable: Mapping[str, str], observed: Secrets, names: ChildNames, key: bytes
 ) -> tuple[str, dict[str, str]]:
-    """(htpasswd file, fingerprints) for the users of `spec`, and the robot when `usable` holds it."""
+    """(htpasswd file, fingerprints) for the users of `spec`, and the robot users that `usable` holds."""
     stored = observed.get(names.htpasswd) or {}
     existing = htpasswd.parse((stored.get("htpasswd") or b"").decode())
     known = json.loads(stored.get("fingerprints") or b"{}")
     costs = {u.name: htpasswd.GENERATED_COST for u in spec.auth.users if u.password_ref is None}
-    costs[ROBOT_USER] = htpasswd.GENERATED_COST
+    costs.update(dict.fromkeys(robot.USERS, htpasswd.GENERATED_COST))
     fresh, prints = htpasswd.reconcile(usable, existing, known, key, costs)
     hashes = dict(fresh)
     # A user whose password source is broken keeps their last good line: never lock someone out
     # because a Secret is briefly missing.
-    users = [u.name for u in spec.auth.users] + ([ROBOT_USER] if ROBOT_USER in usable else [])
+    users = [u.name for u in spec.auth.users] + [user for user in robot.USERS if user in usable]
     lines = [(user, hashes.get(user) or existing[user]) for user in users if user in hashes or user in existing]
     kept = {user: known[user] for user, _ in lines if user not in prints and user in known}
     return htpasswd.render(lines), {**kept, **prints}
@@ -226,9 +226,13 @@ def _user_tls(
 
 
 def decide(
-    spec: RegistrySpec, observed: Secrets, cluster_domain: str = "cluster.local", now: dt.datetime | None = None
+    spec: RegistrySpec, observed: Secrets, cluster_domain: str = "cluster.local", now: dt.datetime | None = None,
+    rotation: str | None = None, propagation: dt.timedelta = dt.timedelta(seconds=120), retire: bool = False,
 ) -> Material:
-    """All material for `spec`, reusing everything in `observed` that is still valid."""
+    """All material for `spec`, reusing everything in `observed` that is still valid.
+
+    `rotation`: the Registry's rotate-pull-credential annotation; `propagation`: how long a new robot credential
+    is only valid before copies get it; `retire`: every copy carries the current one (see `robot`)."""
     now = now or pki.now()
     names = ChildNames(spec.name)
     problems: list[Problem] = []
@@ -238,12 +242,14 @@ def decide(
     http_secret = kept["secret"].decode() if "secret" in kept else secrets.token_hex(32)
     fingerprint_key = kept.get("fingerprint-key") or secrets.token_bytes(32)
     usable, generated = _passwords(spec, observed, names, problems)
-    robot = None
+    bot = None
     if spec.pull_secrets is not None and spec.auth.mode != "none":
         # Kept next to the HTTP secret, never in the published `-passwords` Secret: it is the operator's to
         # hand out, only through the pull Secrets.
-        robot = kept["robot-password"].decode() if "robot-password" in kept else secrets.token_urlsafe(24)
-        usable = {**usable, ROBOT_USER: robot}
+        bot = robot.decide(kept.get("robot"), rotation, now, propagation)
+        if retire:
+            bot = bot.retire()
+        usable = {**usable, **{c.user: c.password for c in bot.valid}}
     htpasswd_text, fingerprints = (
         _htpasswd(spec, usable, observed, names, fingerprint_key) if spec.auth.mode != "none" else ("", {})
     )
@@ -301,7 +307,7 @@ def decide(
         token_signing=token_signing,
         token_trust_pem=token_trust,
         token_tls=token_tls,
-        robot_password=robot,
+        robot=bot,
         problems=tuple(problems),
         rotations=tuple(rotations),
     )

@@ -46,8 +46,6 @@ LABEL_WATCH = f"{GROUP}/watch"
 LABEL_PULL_SECRET_OF = f"{GROUP}/pull-secret-of"
 ANNOTATION_REGISTRY = f"{GROUP}/registry"
 PULL_SECRETS_FINALIZER = f"{GROUP}/pull-secrets"
-# The robot credential of pull Secrets. `$` is outside the user names the CRD allows, so no user can take it.
-ROBOT_USER = "robot$pull"
 
 MAX_NAME = 63  # the Registry's name is its Service's name and a label value
 TOKEN_SUFFIX = "-token"

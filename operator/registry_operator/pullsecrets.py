@@ -7,8 +7,8 @@ namespaces exist, and ServiceAccounts belong to others: we only ever append or r
 rewrite the list. Ownership is the label `LABEL_PULL_SECRET_OF` holding the Registry's UID: an object without
 it is never written or deleted, whatever its name.
 
-The credential is the robot user (`names.ROBOT_USER`, password from `material`): in token mode a rule lets it
-pull every repository and nothing else; htpasswd has no per-action rules, so there it can push too.
+The credential is the robot's current one (`robot`, decided in `material`): in token mode a rule lets it pull
+every repository and nothing else; htpasswd has no per-action rules, so there it can push too.
 
 Everything that decides is pure (`endpoints`, `docker_config`, `matches`, `wanted`, `secret`, `*_ops`);
 `sync` and `remove_all` do the I/O, and a settled Registry costs them reads only.
@@ -35,10 +35,10 @@ from .names import (
     LABEL_PULL_SECRET_OF,
     LABEL_WATCH,
     MANAGED_BY,
-    ROBOT_USER,
     pull_secret_name,
 )
 from .render.common import b64
+from .robot import Credential
 from .spec import PullSecrets, RegistrySpec
 
 Obj = dict[str, Any]
@@ -58,9 +58,9 @@ def endpoints(spec: RegistrySpec, cluster_domain: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def docker_config(hosts: Iterable[str], password: str | None) -> bytes:
+def docker_config(hosts: Iterable[str], credential: Credential | None) -> bytes:
     """`.dockerconfigjson` for `hosts` with the robot's credential (none when the Registry has no auth)."""
-    entry = {"auth": b64(f"{ROBOT_USER}:{password}")} if password is not None else {}
+    entry = {"auth": b64(f"{credential.user}:{credential.password}")} if credential is not None else {}
     return json.dumps({"auths": {host: entry for host in hosts}}, sort_keys=True).encode()
 
 
@@ -111,7 +111,8 @@ def concerned(
 
 
 def secret(spec: RegistrySpec, uid: str, namespace: str, mat: Material, cluster_domain: str) -> Obj:
-    data = {".dockerconfigjson": docker_config(endpoints(spec, cluster_domain), mat.robot_password)}
+    credential = mat.robot.current if mat.robot else None
+    data = {".dockerconfigjson": docker_config(endpoints(spec, cluster_domain), credential)}
     if mat.client_ca_pem:
         data["ca.crt"] = mat.client_ca_pem
     return with_intent_hash({

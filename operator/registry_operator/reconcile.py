@@ -27,7 +27,7 @@ import httpx2
 from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
-from . import conditions, events, garbage_collection, material, metrics, pki, pullsecrets, render
+from . import conditions, events, garbage_collection, material, metrics, pki, pullsecrets, render, robot
 from .apply import Applied, Key, apply_all, conflicts, delete_all
 from .coalesce import Retry
 from .config import Config
@@ -173,7 +173,10 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         return await blocked(spec, taken)
     secrets = {**observed.secrets, **memory.pending}
     # Key generation and bcrypt are CPU work: keep them off the event loop that serves every Registry.
-    mat = await asyncio.to_thread(material.decide, spec, secrets, ctx.config.cluster_domain, now)
+    pull_rotation = (body["metadata"].get("annotations") or {}).get(robot.ROTATE_ANNOTATION)
+    propagation = dt.timedelta(seconds=ctx.config.pull_rotation_seconds)
+    mat = await asyncio.to_thread(material.decide, spec, secrets, ctx.config.cluster_domain, now, pull_rotation,
+                                  propagation)
     names = ChildNames(spec.name)
     gc = garbage_collection.plan(spec, body, observed.children.get(("Job", names.gc)), now)
     outcome.wake_after = gc.wake_after
@@ -190,6 +193,25 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         log.info("Registry %s/%s: applied %s, deleted %s", namespace, name, outcome.written, outcome.deleted)
     published = _published(spec, mat, observed.unwatched)
     pull = await _pull_secrets(ctx, spec, body, mat) if not applied.problems else None
+    if mat.robot and mat.robot.retiring and pull is not None and not pull.retry:
+        # Every copy carries the current robot credential: the old one may go. Decided on what was just stored.
+        just_stored = {o["metadata"]["name"]: {k: base64.b64decode(v) for k, v in o["data"].items()}
+                       for o in desired if o["kind"] == "Secret"}
+        mat = await asyncio.to_thread(material.decide, spec, {**secrets, **just_stored}, ctx.config.cluster_domain,
+                                      now, pull_rotation, propagation, True)
+        jobs = [o for o in desired if o["kind"] == "Job"]  # the GC Job does not depend on the robot
+        desired = render.desired(gc.effective(spec), mat, body, ctx.config.operator_image, ctx.pod_monitors) + jobs
+        retired = await apply_all(ctx.client, desired, applied.live, body, memory.refused)
+        _remember(memory, desired, retired)
+        applied.written += [k for k in retired.written if k not in applied.written]
+        applied.problems += retired.problems
+        applied.retry += retired.retry
+        log.info("Registry %s/%s: every pull Secret carries the new robot credential, the old one is retired",
+                 namespace, name)
+    switch = mat.robot.switch_at() if mat.robot else None
+    if switch is not None:  # the moment the new robot credential may be handed out
+        due = max(0.1, (switch + propagation - now).total_seconds())
+        outcome.wake_after = min(due, outcome.wake_after) if outcome.wake_after is not None else due
     pull_problems = None
     if pull is not None and spec.pull_secrets is not None:
         published["pullSecrets"] = pullsecrets.status(spec, pull)

@@ -151,3 +151,51 @@ def test_a_selector_matching_nothing_is_said_once(cluster, kube_client, namespac
     assert registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"] == rv
     assert operator.log().count("NoNamespaceSelected") == 1
     cluster.kubectl("delete", "registry", "reg", "-n", namespace, "--timeout=30s")  # the finalizer lets go
+
+
+def test_rotation_on_demand_keeps_every_copy_valid(cluster, kube_client, namespace, operator_factory, wait_for):
+    """The annotation starts a rotation: the new robot is in htpasswd for the propagation time before the copy
+    gets it, and the old one leaves htpasswd only after the copy changed. Sampled throughout: the copy's user is
+    always one htpasswd holds (htpasswd read first, so a sample can only be older there than the copy)."""
+    propagation = 3.0
+    operator_factory(env={"REGISTRY_OPERATOR_PULL_ROTATION_SECONDS": str(propagation)})
+    workload = f"t-pull-rot-{secrets.token_hex(3)}"
+    make_namespace(cluster, workload)
+    name = f"reg.{namespace}-pull"
+    try:
+        cluster.apply(manifest("reg", namespace, {"auth": {"users": [{"name": "alice"}]},
+                                                  "pullSecrets": {"namespaces": [workload]}}))
+
+        def sample() -> tuple[set[str], str, str]:
+            data = kube_client.get(Secret, "reg-htpasswd", namespace=namespace).data
+            users = {line.split(":")[0] for line in base64.b64decode(data["htpasswd"]).decode().splitlines()}
+            copy = pull_secret(kube_client, workload, name)
+            auths = json.loads(base64.b64decode(copy["data"][".dockerconfigjson"]))["auths"] if copy else {}
+            user, _, password = base64.b64decode(next(iter(auths.values()))["auth"]).decode().partition(":") \
+                if auths else ("", "", "")
+            return users, user, password
+
+        wait_for(lambda: sample()[1] == "robot$pull", timeout=60, what="first copy")
+        _, _, old_password = sample()
+        cluster.kubectl("annotate", "registry", "reg", "-n", namespace,
+                        "registry.operator.dev/rotate-pull-credential=1")
+        samples = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            users, user, password = sample()
+            samples.append((time.monotonic(), users, user))
+            assert user in users, f"copy carries {user}, htpasswd has {sorted(users)}"
+            if users == {"alice", "robot$pull2"} and user == "robot$pull2":
+                break
+            time.sleep(0.05)
+        assert samples[-1][1:] == ({"alice", "robot$pull2"}, "robot$pull2"), samples[-1]
+        both = [t for t, users, user in samples if user == "robot$pull" and "robot$pull2" in users]
+        switched = next(t for t, _, user in samples if user == "robot$pull2")
+        print(f"rotation: both valid for {switched - both[0]:.2f}s before the copy switched, "
+              f"old one gone {samples[-1][0] - switched:.2f}s after")
+        assert switched - both[0] >= propagation - 0.5
+        assert sample()[2] != old_password
+    finally:
+        cluster.kubectl("delete", "registry", "reg", "-n", namespace, "--ignore-not-found", "--timeout=30s",
+                        check=False)
+        cluster.kubectl("delete", "namespace", workload, "--wait=false", "--ignore-not-found", check=False)

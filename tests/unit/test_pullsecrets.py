@@ -5,11 +5,13 @@ import base64
 import datetime as dt
 import json
 
-from builders import Pipeline, decode_secrets
+from builders import OWNER, Pipeline, decode_secrets
 
-from registry_operator import conditions, htpasswd, material, pullsecrets, spec
-from registry_operator.names import ROBOT_USER
+from registry_operator import conditions, htpasswd, material, pullsecrets, render, robot, spec
 from registry_operator.render import token
+from registry_operator.robot import Credential
+
+ROBOT_USER = robot.USERS[0]
 
 PULL = {"pullSecrets": {"namespaces": ["apps"]}}
 USERS = {"auth": {"users": [{"name": "alice"}]}}
@@ -35,7 +37,7 @@ def test_endpoints_are_the_service_names_and_the_extra_names_on_both_ports():
 
 
 def test_docker_config_carries_the_robot_for_every_host():
-    config = json.loads(pullsecrets.docker_config(["a:1", "b:2"], "pw"))
+    config = json.loads(pullsecrets.docker_config(["a:1", "b:2"], Credential(ROBOT_USER, "pw")))
     assert set(config["auths"]) == {"a:1", "b:2"}
     assert base64.b64decode(config["auths"]["a:1"]["auth"]).decode() == f"{ROBOT_USER}:pw"
     assert json.loads(pullsecrets.docker_config(["a:1"], None)) == {"auths": {"a:1": {}}}
@@ -87,19 +89,21 @@ def test_namespace_and_service_account_events_concern_only_registries_that_may_s
 
 def test_robot_password_is_generated_once_kept_and_in_htpasswd_but_not_published():
     s, first, objects = Pipeline().run({**USERS, **PULL})
-    assert first.robot_password and ROBOT_USER not in first.passwords
+    assert first.robot and first.robot.current.user == ROBOT_USER and ROBOT_USER not in first.passwords
     assert ROBOT_USER in htpasswd.parse(first.htpasswd)
     _, again, _ = Pipeline().run({**USERS, **PULL}, decode_secrets(objects))
-    assert again.robot_password == first.robot_password and again.htpasswd == first.htpasswd
-    assert first.robot_password.encode() not in b"".join(decode_secrets(objects)["reg-passwords"].values())
+    assert again.robot == first.robot and again.htpasswd == first.htpasswd
+    password = first.robot.current.password.encode()
+    assert password not in b"".join(decode_secrets(objects)["reg-passwords"].values())
     _, without, _ = Pipeline().run(USERS)
-    assert without.robot_password is None and ROBOT_USER not in htpasswd.parse(without.htpasswd)
+    assert without.robot is None and ROBOT_USER not in htpasswd.parse(without.htpasswd)
 
 
 def test_token_mode_grants_the_robot_pull_on_everything_before_any_user_rule():
     raw = {"auth": {"mode": "token", "users": [{"name": "alice"}],
                     "access": [{"anonymous": True, "repositories": ["*"], "actions": ["*"]}]}, **PULL}
-    rules = token.service_config(spec.parse("reg", "ns", raw))["access"]
+    s, mat, _ = Pipeline().run(raw)
+    rules = token.service_config(s, mat)["access"]
     assert rules[0] == {"users": [ROBOT_USER], "groups": [], "anonymous": False, "repositories": ["*"],
                         "catalog": False, "actions": ["pull"]}
     assert len(rules) == 2
@@ -126,3 +130,37 @@ def test_pull_secrets_condition_says_why_and_an_event_when_it_goes_false():
     assert {c["type"]: c for c in good["conditions"]}["PullSecrets"]["message"] == "current in 2 namespace(s)"
     plain = conditions.compute(s, 1, [], {"reg": None}, {}, None, now)
     assert "PullSecrets" not in {c["type"] for c in plain["conditions"]}
+
+
+def test_rotation_adds_a_second_robot_hands_it_out_after_propagation_and_retires_the_first():
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    wait = dt.timedelta(seconds=120)
+    raw = {**USERS, **PULL}
+    s = spec.parse("reg", "ns", raw)
+
+    def step(observed, rotation, now, retire=False):
+        """(material, the Secrets as stored after applying what it renders)"""
+        mat = material.decide(s, observed, now=now, rotation=rotation, propagation=wait, retire=retire)
+        return mat, decode_secrets(render.desired(s, mat, OWNER, "registry-operator:test"))
+
+    first, stored = step({}, "r1", t0)  # the annotation on a new Registry is no request: nothing to rotate
+    old = first.robot.current
+    assert first.robot.next is None and first.robot.handled == "r1"
+    same, _ = step(stored, "r1", t0 + wait)
+    assert same.robot == first.robot
+
+    rotating, stored = step(stored, "r2", t0)
+    assert rotating.robot.current == old and rotating.robot.next.user == robot.USERS[1]
+    assert set(htpasswd.parse(rotating.htpasswd)) == {"alice", *robot.USERS}
+    assert rotating.robot.switch_at() == t0
+    still, _ = step(stored, "r2", t0 + wait / 2)
+    assert still.robot == rotating.robot  # copies keep the old one while pods may not know the new one
+
+    switched, stored = step(stored, "r2", t0 + wait)
+    assert switched.robot.current == rotating.robot.next and switched.robot.retiring == old
+    assert set(htpasswd.parse(switched.htpasswd)) == {"alice", *robot.USERS}
+    done, stored = step(stored, "r2", t0 + wait, retire=True)
+    assert done.robot.valid == [rotating.robot.next] and set(htpasswd.parse(done.htpasswd)) == {"alice", robot.USERS[1]}
+
+    again, _ = step(stored, "r3", t0 + 2 * wait)  # the next rotation goes back to the first user name
+    assert again.robot.next.user == robot.USERS[0] and again.robot.next.password != old.password

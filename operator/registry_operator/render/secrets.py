@@ -28,8 +28,8 @@ def render(spec: RegistrySpec, material: Material, owner: Mapping[str, Any]) -> 
     private = {"secret": material.http_secret, "fingerprint-key": material.fingerprint_key}
     if material.passwords:  # the operator's copy: see material._generated
         private["generated-passwords"] = json.dumps(dict(material.passwords), sort_keys=True)
-    if material.robot_password:
-        private["robot-password"] = material.robot_password
+    if material.robot:
+        private["robot"] = material.robot.dump()
     out = [opaque(names.http_secret, private)]
     if spec.auth.mode != "none":
         # Pods mount only the `htpasswd` key; the fingerprints are the operator's.

@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import names
 from ..material import Material
-from ..names import COMPONENT_TOKEN, ROBOT_USER, ChildNames
+from ..names import COMPONENT_TOKEN, ChildNames
 from ..spec import RegistrySpec
 from ..token import config as token_config
 from . import monitoring
@@ -40,8 +40,8 @@ def realm(spec: RegistrySpec) -> str:
     return f"{scheme}://{ChildNames(spec.name).token}.{spec.namespace}.svc:{PORT}{token_config.TOKEN_PATH}"
 
 
-def service_config(spec: RegistrySpec) -> dict[str, Any]:
-    """The token service's config file: no secrets, only where they are mounted.
+def service_config(spec: RegistrySpec, material: Material) -> dict[str, Any]:
+    """The token service's config file: no secrets, only where they are mounted (and the robot users' names).
 
     Rules naming an undefined group keep their other subjects; the Degraded condition reports the name.
     """
@@ -57,10 +57,10 @@ def service_config(spec: RegistrySpec) -> dict[str, Any]:
         }
         for r in spec.auth.access
     ]
-    if spec.pull_secrets is not None:
+    if material.robot is not None:
         # First, so no rule of the user's (an anonymous one included) grants the robot more than pulls.
-        access.insert(0, {"users": [ROBOT_USER], "groups": [], "anonymous": False, "repositories": ["*"],
-                          "catalog": False, "actions": ["pull"]})
+        access.insert(0, {"users": [c.user for c in material.robot.valid], "groups": [], "anonymous": False,
+                          "repositories": ["*"], "catalog": False, "actions": ["pull"]})
     return token_config.build_config(
         service_name(spec), access, groups=groups, ttl_seconds=spec.auth.token_ttl_seconds,
         algorithm=spec.auth.token_algorithm,  # type: ignore[arg-type]
@@ -70,7 +70,7 @@ def service_config(spec: RegistrySpec) -> dict[str, Any]:
 
 def render(spec: RegistrySpec, material: Material, owner: Mapping[str, Any], image: str) -> list[Obj]:
     names_ = ChildNames(spec.name)
-    config_text = json.dumps(service_config(spec), indent=2, sort_keys=True)
+    config_text = json.dumps(service_config(spec, material), indent=2, sort_keys=True)
     volumes: list[Obj] = [
         {"name": "config", "configMap": {"name": names_.token}},
         secret_volume("auth", names_.htpasswd, ["htpasswd"]),
