@@ -44,6 +44,8 @@ async def _run(config: config_.Config, liveness: str | None) -> int:
     exit 2 at once when RBAC does not let it watch what it must, or the metrics port is taken."""
     if not await permissions.check(config):
         return 2
+    if config.sees_all_namespaces:
+        handlers.watch_namespaces()
     stop = asyncio.Event()
     hold = None
     # Before the Lease: a standby replica is scraped too, and says it is one.

@@ -72,6 +72,11 @@ class Config:
     def clusterwide(self) -> bool:
         return not self.namespaces
 
+    @property
+    def sees_all_namespaces(self) -> bool:
+        """Whether the operator may list namespaces: all of them, or globs (an exact list needs no such right)."""
+        return self.clusterwide or any(set(ns) & set("*?[") for ns in self.namespaces)
+
 
 def _comma_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())

@@ -125,11 +125,16 @@ def _parse(name: str, namespace: str, body: kopf.Body) -> RegistrySpec | None:
         return None
 
 
-@kopf.on.event("", "v1", "namespaces")
 async def namespace_changed(name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     if type is not None:  # None: kopf's initial listing, when every Registry is reconciled anyway
         for key in pullsecrets.concerned(memo.pull_targets, name):
             memo.coalescer.trigger(key)
+
+
+def watch_namespaces() -> None:
+    """Watch Namespaces (for pull Secrets in new ones): registered only by an operator that may list them, as
+    an install scoped to named namespaces may not (a watch kopf keeps retrying on 403 would be all it does)."""
+    kopf.on.event("", "v1", "namespaces")(namespace_changed)
 
 
 @kopf.on.event("", "v1", "serviceaccounts")

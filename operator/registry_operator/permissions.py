@@ -30,9 +30,10 @@ log = logging.getLogger(__name__)
 
 # (API group, resource with optional /subresource, verbs) needed in every watched namespace.
 NEEDED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    (names.GROUP, names.PLURAL, ("get", "list", "watch")),
+    (names.GROUP, names.PLURAL, ("get", "list", "watch", "patch")),  # patch: the pull-secrets finalizer
     (names.GROUP, f"{names.PLURAL}/status", ("get", "patch")),
-    ("", "secrets", ("get", "list", "watch", "create", "patch")),
+    ("", "secrets", ("get", "list", "watch", "create", "patch", "delete")),  # delete: pull Secrets only
+    ("", "serviceaccounts", ("get", "list", "watch", "patch")),  # imagePullSecrets of spec.pullSecrets
     ("", "persistentvolumeclaims", ("get", "list", "watch", "create", "patch")),
     ("", "configmaps", ("get", "list", "watch", "create", "patch", "delete")),
     ("", "services", ("get", "list", "watch", "create", "patch", "delete")),
@@ -46,6 +47,8 @@ NEEDED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 SCANNING: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch")),
 )
+# Needed cluster-wide by globs (kopf finds the matching namespaces) and by an operator watching all namespaces
+# (spec.pullSecrets selects namespaces and notices new ones).
 GLOBS: tuple[tuple[str, str, tuple[str, ...]], ...] = (("", "namespaces", ("list", "watch")),)
 LEASES: tuple[tuple[str, str, tuple[str, ...]], ...] = (("coordination.k8s.io", "leases", ("get", "create", "update")),)
 
@@ -56,7 +59,7 @@ def wanted(config: Config) -> list[tuple[str, str, str, str]]:
     scopes: list[tuple[Iterable[tuple[str, str, tuple[str, ...]]], str]] = []
     if config.clusterwide or len(exact) < len(config.namespaces):
         scopes += [(NEEDED, ""), (SCANNING, "")]  # globs: any matching namespace, so all of them
-    if len(exact) < len(config.namespaces):
+    if config.sees_all_namespaces:
         scopes.append((GLOBS, ""))
     if not config.clusterwide:
         scopes += [(NEEDED, ns) for ns in exact]

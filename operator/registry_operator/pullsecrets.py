@@ -17,7 +17,7 @@ Everything that decides is pure (`endpoints`, `docker_config`, `matches`, `wante
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -223,15 +223,28 @@ async def _ours(client: AsyncClient, uid: str) -> dict[str, Obj]:
 
 
 async def sync(
-    client: AsyncClient, spec: RegistrySpec, uid: str, mat: Material, cluster_domain: str
+    client: AsyncClient, spec: RegistrySpec, uid: str, mat: Material, cluster_domain: str,
+    hold: Callable[[], Awaitable[None]],
 ) -> Synced:
-    """Make the pull Secrets and ServiceAccount entries what `spec.pullSecrets` asks, removing ours elsewhere."""
+    """Make the pull Secrets and ServiceAccount entries what `spec.pullSecrets` asks, removing ours elsewhere.
+
+    `hold` runs once the reads succeeded and before anything is written in another namespace (the finalizer)."""
     assert spec.pull_secrets is not None
     ps = spec.pull_secrets
     result = Synced()
-    namespaces = [ns.to_dict() async for ns in client.list(Namespace)]
+    try:
+        namespaces = [ns.to_dict() async for ns in client.list(Namespace)]
+    except ApiError as exc:
+        if exc.status.code != 403:
+            raise
+        # An install without cluster-wide rights (manifests/namespaced/): input to fix, not a failure to retry.
+        result.problems.append(Problem("PullSecretsForbidden", "the operator may not list namespaces: pull "
+                                                               "Secrets need the cluster-wide install"))
+        return result
     targets, result.problems = wanted(ps, namespaces)
     existing = await _ours(client, uid)
+    if targets or existing:
+        await hold()
     name = pull_secret_name(spec.name, spec.namespace)
     waiting: list[str] = []
     for namespace in targets:

@@ -288,9 +288,11 @@ async def _pull_secrets(
         if not synced.retry:
             await _set_finalizer(ctx, body, present=False)
     else:
-        if not held:
-            await _set_finalizer(ctx, body, present=True)
-        synced = await pullsecrets.sync(ctx.client, spec, meta["uid"], mat, ctx.config.cluster_domain)
+        async def hold() -> None:
+            if not held:
+                await _set_finalizer(ctx, body, present=True)
+
+        synced = await pullsecrets.sync(ctx.client, spec, meta["uid"], mat, ctx.config.cluster_domain, hold)
     if synced.written:
         log.info("Registry %s/%s: pull Secrets: %s", spec.namespace, spec.name, ", ".join(synced.written))
     return synced

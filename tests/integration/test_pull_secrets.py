@@ -199,3 +199,25 @@ def test_rotation_on_demand_keeps_every_copy_valid(cluster, kube_client, namespa
         cluster.kubectl("delete", "registry", "reg", "-n", namespace, "--ignore-not-found", "--timeout=30s",
                         check=False)
         cluster.kubectl("delete", "namespace", workload, "--wait=false", "--ignore-not-found", check=False)
+
+
+def test_the_namespaced_install_says_pull_secrets_need_the_cluster_wide_one(
+    cluster, kube_client, namespace, operator_factory, tmp_path, wait_for
+):
+    """Without the right to list namespaces: a condition, no finalizer, no retries, and no 403 from a watch."""
+    from test_namespaced import PERMISSION_WORDS, namespaced_install
+
+    sa_namespace, sa = cluster.apply_rbac(namespaced_install(tmp_path, namespace))
+    kubeconfig = cluster.token_kubeconfig(tmp_path / "kubeconfig", sa_namespace, sa)
+    op = operator_factory(kubeconfig=kubeconfig, args=["--namespace", namespace])
+    cluster.apply(manifest("reg", namespace, {"auth": {"users": [{"name": "alice"}]},
+                                              "pullSecrets": {"namespaces": ["default"]}}))
+    wait_for(lambda: (condition(kube_client, "reg", namespace, "PullSecrets") or {}).get("reason")
+             == "PullSecretsForbidden", timeout=60, what="PullSecretsForbidden")
+    time.sleep(3)
+    body = registry(kube_client, "reg", namespace)
+    assert not body["metadata"].get("finalizers")
+    assert condition(kube_client, "reg", namespace, "Ready")["status"] == "True"
+    said = [line for line in op.log().splitlines() if any(w in line for w in PERMISSION_WORDS)]
+    assert len(said) == 1 and "PullSecretsForbidden" in said[0], said  # the condition's one line, no 403s
+    assert "retrying" not in op.log()
