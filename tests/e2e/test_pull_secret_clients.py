@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from lightkube.resources.core_v1 import Secret, ServiceAccount
+from lightkube.types import PatchType
 
 from tests.support import ociimage
 from tests.support.clients import ClientError, Crane, Skopeo
@@ -110,3 +111,42 @@ def test_workloads_pull_with_exactly_the_copied_secret(pulling, tmp_path: Path) 
     with pytest.raises(ClientError, match=r"(?i)unauthorized|authentication required"):
         Crane(tmp_path / "anonymous", data["ca.crt"], address, None).run("digest", f"{address}/apps/web:v1")
     assert base64.b64decode(json.loads(data[".dockerconfigjson"])["auths"][address]["auth"]).startswith(b"robot$pull:")
+
+
+def robot_user(data: dict[str, bytes]) -> str:
+    auth = next(iter(json.loads(data[".dockerconfigjson"])["auths"].values()))["auth"]
+    return base64.b64decode(auth).decode().partition(":")[0]
+
+
+def htpasswd_users(reg: DeployedRegistry) -> set[str]:
+    text = secret_data(reg.client, reg.namespace, f"{reg.name}-htpasswd")["htpasswd"].decode()
+    return {line.split(":")[0] for line in text.splitlines()}
+
+
+@pytest.mark.parametrize("pulling", ["htpasswd"], indirect=True)
+def test_rotation_keeps_pulls_working_and_retires_the_old_credential(pulling, tmp_path: Path) -> None:
+    """The running registry accepts the new robot before any copy carries it, and the old one until the copy
+    changed; the pod runner syncs the htpasswd volume where the kubelet would."""
+    _, reg, address, workload = pulling
+    image = ociimage.build(tmp_path / "image", tag="v1", layers=1, size=64 * 1024)
+    Crane(tmp_path / "admin", reg.ca_pem(), address, ("alice", reg.passwords()["alice"])).run(
+        "push", str(image.path), f"{address}/apps/web:v1")
+    old = copied(reg, workload)
+    ref = f"{address}/apps/web:v1"
+    assert crane_with(tmp_path / "old", old).run("digest", ref).strip() == image.manifest_digest
+
+    reg.client.patch(Registry, reg.name, {"metadata": {"annotations": {
+        "registry.operator.dev/rotate-pull-credential": "1"}}}, namespace=reg.namespace, patch_type=PatchType.MERGE)
+    wait_for(lambda: htpasswd_users(reg) >= {"robot$pull", "robot$pull2"}, "both robots in htpasswd")
+    assert robot_user(copied(reg, workload)) == "robot$pull"  # not handed out before the pods can know it
+    assert reg.runner.update()  # the kubelet's sync: the registry now knows both
+    assert crane_with(tmp_path / "old-again", old).run("digest", ref).strip() == image.manifest_digest
+
+    new = wait_for(lambda: (d := copied(reg, workload)) and robot_user(d) == "robot$pull2" and d,
+                   "the copy carries the new robot", timeout=30)
+    assert crane_with(tmp_path / "new", new).run("digest", ref).strip() == image.manifest_digest
+    wait_for(lambda: "robot$pull" not in htpasswd_users(reg), "the old robot retired", timeout=30)
+    assert reg.runner.update()
+    assert crane_with(tmp_path / "new-again", new).run("digest", ref).strip() == image.manifest_digest
+    with pytest.raises(ClientError, match=r"(?i)unauthorized|authentication required"):
+        crane_with(tmp_path / "old-retired", old).run("digest", ref)
