@@ -26,6 +26,7 @@ from lightkube import ApiError, AsyncClient
 from lightkube.resources.core_v1 import Namespace, Secret, ServiceAccount
 from lightkube.types import PatchType
 
+from . import metrics
 from .apply import up_to_date, with_intent_hash
 from .material import Material, Problem
 from .names import (
@@ -187,6 +188,7 @@ async def _patch_accounts(
         if ops is None:
             continue
         try:
+            metrics.API_WRITES.labels("ServiceAccount", "patch").inc()
             await client.patch(ServiceAccount, sa, ops, namespace=namespace, patch_type=PatchType.JSON)
         except (ApiError, httpx2.HTTPError) as exc:
             if not (isinstance(exc, ApiError) and exc.status.code == 404):
@@ -205,6 +207,7 @@ async def _remove(client: AsyncClient, namespace: str, name: str, result: Synced
         await _patch_accounts(client, namespace, name, (), result)
         if len(result.retry) > failures:
             return
+        metrics.API_WRITES.labels("Secret", "delete").inc()
         await client.delete(Secret, name, namespace=namespace)
     except ApiError as exc:
         if exc.status.code != 404:
@@ -263,6 +266,7 @@ async def sync(
                                               "delete or rename it (the operator will not take it over)"))
                     continue
             if not up_to_date(desired, current):
+                metrics.API_WRITES.labels("Secret", "apply").inc()
                 await client.patch(Secret, name, desired, namespace=namespace, patch_type=PatchType.APPLY,
                                    field_manager=FIELD_MANAGER, force=True)
                 result.written.append(f"Secret {namespace}/{name}")

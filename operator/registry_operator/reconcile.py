@@ -269,6 +269,7 @@ async def _set_finalizer(ctx: Context, body: Mapping[str, Any], present: bool) -
     others = [f for f in meta.get("finalizers") or () if f != PULL_SECRETS_FINALIZER]
     patch = {"metadata": {"finalizers": others + ([PULL_SECRETS_FINALIZER] if present else []),
                           "resourceVersion": meta["resourceVersion"]}}
+    metrics.API_WRITES.labels("Registry", "patch").inc()
     await ctx.client.patch(Registry, meta["name"], patch, namespace=meta["namespace"], patch_type=PatchType.MERGE)
 
 
