@@ -46,11 +46,18 @@ class Config:
     identity: str = ""  # the Lease holder's name; default: the host name and process id
     # Who may create a Registry may run its `spec.image`: glob patterns the image must match (empty: any image).
     allowed_images: tuple[str, ...] = ()
+    # Who may create a Registry may put pull Secrets into namespaces (spec.pullSecrets): glob patterns those
+    # namespaces must match (empty: any namespace).
+    pull_secret_namespaces: tuple[str, ...] = ()
     # Prometheus metrics (/metrics) on this port, all addresses; 0 disables. Not 8080: the manifests' liveness.
     metrics_port: int = 8081
 
     def image_allowed(self, image: str) -> bool:
         return not self.allowed_images or any(fnmatch.fnmatchcase(image, p) for p in self.allowed_images)
+
+    def pull_secrets_allowed(self, namespace: str) -> bool:
+        return not self.pull_secret_namespaces or any(
+            fnmatch.fnmatchcase(namespace, p) for p in self.pull_secret_namespaces)
 
     def __post_init__(self) -> None:
         if self.max_concurrent < 1:
@@ -103,6 +110,7 @@ _ENV: Mapping[str, tuple[str, Callable[[str], object]]] = {
     "REGISTRY_OPERATOR_LEASE_SECONDS": ("lease_seconds", float),
     "POD_NAME": ("identity", str),
     "REGISTRY_OPERATOR_ALLOWED_IMAGES": ("allowed_images", _comma_list),
+    "REGISTRY_OPERATOR_PULL_SECRET_NAMESPACES": ("pull_secret_namespaces", _comma_list),
     "REGISTRY_OPERATOR_METRICS_PORT": ("metrics_port", port),
 }
 

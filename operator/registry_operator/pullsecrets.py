@@ -82,23 +82,30 @@ def matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     return True
 
 
-def wanted(ps: PullSecrets, namespaces: Sequence[Obj]) -> tuple[list[str], list[Problem]]:
-    """(namespaces that get the Secret, problems): named ones that exist plus those the selector selects;
-    namespaces being deleted are left alone (nothing can be created there)."""
+def wanted(
+    ps: PullSecrets, namespaces: Sequence[Obj], allowed: Callable[[str], bool] = lambda _: True
+) -> tuple[list[str], list[Problem]]:
+    """(namespaces that get the Secret, problems): named ones that exist plus those the selector selects, if
+    the operator's settings allow them; namespaces being deleted are left alone (nothing can be created there)."""
     live = {ns["metadata"]["name"]: ns for ns in namespaces}
     problems = []
     missing = [n for n in ps.namespaces if n not in live]
     if missing:
         problems.append(Problem("NamespaceNotFound", f"pullSecrets.namespaces names {', '.join(missing)}, "
                                                      "which do not exist (yet)"))
-    out = [
+    selected = [
         name for name, ns in sorted(live.items())
         if (name in ps.namespaces or (ps.selector is not None and matches(ps.selector, _labels(ns))))
         and (ns.get("status") or {}).get("phase") != "Terminating"
     ]
-    if not out and not missing:
+    refused = [name for name in selected if not allowed(name)]
+    if refused:
+        shown = ", ".join(refused[:NAMES_SHOWN]) + (" and more" if len(refused) > NAMES_SHOWN else "")
+        problems.append(Problem("NamespaceNotAllowed", f"pull Secrets may not go to {shown} "
+                                                       "(REGISTRY_OPERATOR_PULL_SECRET_NAMESPACES)"))
+    if not selected and not missing:
         problems.append(Problem("NoNamespaceSelected", "pullSecrets selects no namespace"))
-    return out, problems
+    return [name for name in selected if name not in refused], problems
 
 
 def concerned(
@@ -227,7 +234,7 @@ async def _ours(client: AsyncClient, uid: str) -> dict[str, Obj]:
 
 async def sync(
     client: AsyncClient, spec: RegistrySpec, uid: str, mat: Material, cluster_domain: str,
-    hold: Callable[[], Awaitable[None]],
+    hold: Callable[[], Awaitable[None]], allowed: Callable[[str], bool],
 ) -> Synced:
     """Make the pull Secrets and ServiceAccount entries what `spec.pullSecrets` asks, removing ours elsewhere.
 
@@ -244,7 +251,7 @@ async def sync(
         result.problems.append(Problem("PullSecretsForbidden", "the operator may not list namespaces: pull "
                                                                "Secrets need the cluster-wide install"))
         return result
-    targets, result.problems = wanted(ps, namespaces)
+    targets, result.problems = wanted(ps, namespaces, allowed)
     existing = await _ours(client, uid)
     if targets or existing:
         await hold()

@@ -293,7 +293,8 @@ async def _pull_secrets(
             if not held:
                 await _set_finalizer(ctx, body, present=True)
 
-        synced = await pullsecrets.sync(ctx.client, spec, meta["uid"], mat, ctx.config.cluster_domain, hold)
+        synced = await pullsecrets.sync(ctx.client, spec, meta["uid"], mat, ctx.config.cluster_domain, hold,
+                                        ctx.config.pull_secrets_allowed)
     if synced.written:
         log.info("Registry %s/%s: pull Secrets: %s", spec.namespace, spec.name, ", ".join(synced.written))
     return synced

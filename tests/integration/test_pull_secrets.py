@@ -221,3 +221,26 @@ def test_the_namespaced_install_says_pull_secrets_need_the_cluster_wide_one(
     said = [line for line in op.log().splitlines() if any(w in line for w in PERMISSION_WORDS)]
     assert len(said) == 1 and "PullSecretsForbidden" in said[0], said  # the condition's one line, no 403s
     assert "retrying" not in op.log()
+
+
+def test_namespaces_outside_the_operator_setting_get_nothing(cluster, kube_client, namespace, operator_factory,
+                                                             wait_for):
+    tag = secrets.token_hex(3)
+    allowed, refused = f"t-pull-ok-{tag}", f"t-pull-no-{tag}"
+    for ns in (allowed, refused):
+        make_namespace(cluster, ns)
+    try:
+        operator_factory(env={"REGISTRY_OPERATOR_PULL_SECRET_NAMESPACES": "t-pull-ok-*"})
+        cluster.apply(manifest("reg", namespace, {"auth": {"users": [{"name": "alice"}]},
+                                                  "pullSecrets": {"namespaces": [allowed, refused]}}))
+        wait_for(lambda: (condition(kube_client, "reg", namespace, "PullSecrets") or {}).get("reason")
+                 == "NamespaceNotAllowed", timeout=60, what="NamespaceNotAllowed")
+        name = f"reg.{namespace}-pull"
+        wait_for(lambda: pull_secret(kube_client, allowed, name), timeout=30, what="Secret in the allowed namespace")
+        assert pull_secret(kube_client, refused, name) is None
+        assert refused in condition(kube_client, "reg", namespace, "PullSecrets")["message"]
+    finally:
+        cluster.kubectl("delete", "registry", "reg", "-n", namespace, "--ignore-not-found", "--timeout=30s",
+                        check=False)
+        for ns in (allowed, refused):
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)

@@ -8,6 +8,7 @@ import json
 from builders import OWNER, Pipeline, decode_secrets
 
 from registry_operator import conditions, htpasswd, material, pullsecrets, render, robot, spec
+from registry_operator.config import Config, load
 from registry_operator.render import token
 from registry_operator.robot import Credential
 
@@ -63,6 +64,17 @@ def test_wanted_namespaces_by_name_and_label_skipping_terminating_ones_and_sayin
     assert [p.reason for p in problems] == ["NamespaceNotFound"] and "absent" in problems[0].message
     assert [p.reason for p in pullsecrets.wanted(spec.PullSecrets(selector={"matchLabels": {"x": "y"}}), live)[1]] \
         == ["NoNamespaceSelected"]
+
+
+def test_the_operator_setting_limits_where_pull_secrets_may_go():
+    allowed = Config(pull_secret_namespaces=("team-*",)).pull_secrets_allowed
+    ps = spec.PullSecrets(namespaces=("kube-system",), selector={})
+    targets, problems = pullsecrets.wanted(ps, [ns("kube-system"), ns("team-a"), ns("default")], allowed)
+    assert targets == ["team-a"]
+    assert [p.reason for p in problems] == ["NamespaceNotAllowed"]
+    assert "default, kube-system" in problems[0].message
+    assert Config().pull_secrets_allowed("kube-system")
+    assert load({"REGISTRY_OPERATOR_PULL_SECRET_NAMESPACES": "a-*, b"}).pull_secret_namespaces == ("a-*", "b")
 
 
 def test_service_account_patches_append_or_remove_only_our_entry_under_the_resource_version():
