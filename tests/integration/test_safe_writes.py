@@ -125,6 +125,9 @@ rules:
   - apiGroups: [apps]
     resources: [deployments]
     verbs: [get, list, watch, create, patch, delete]
+  - apiGroups: [networking.k8s.io]
+    resources: [networkpolicies]
+    verbs: [get, list, watch, create, patch, delete]
   - apiGroups: [registry.operator.dev]
     resources: [registries, registries/status]
     verbs: [get, list, watch, patch]
@@ -285,7 +288,8 @@ def test_token_to_htpasswd_removes_only_the_token_workload(cluster, kube_client,
     cluster.kubectl("patch", "registry", "reg", "-n", namespace, "--type=json", "-p",
                     f'[{{"op": "replace", "path": "/spec/auth", "value": {htpasswd}}}]')
     outcome = run(kubeconfig, lambda ctx: reconcile(ctx, namespace, "reg"))
-    assert set(outcome.deleted) == {("Deployment", "reg-token"), ("Service", "reg-token"), ("ConfigMap", "reg-token")}
+    assert set(outcome.deleted) == {("Deployment", "reg-token"), ("Service", "reg-token"), ("ConfigMap", "reg-token"),
+                                    ("NetworkPolicy", "reg-token")}
     assert get(kube_client, "Secret", "reg-token-signing", namespace) is not None  # keys are kept
 
 
