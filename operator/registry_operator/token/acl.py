@@ -8,6 +8,8 @@ Semantics (documented for users of the Registry resource):
   obtain an anonymous token anyway. Put specific rules before broad anonymous ones.
 - ``repositories`` are fnmatch globs matched against the full requested name, where ``*`` also
   matches ``/`` (``team-a/*`` covers ``team-a/x/y``) and a ``host:port/`` prefix is part of the name.
+- A rule with ``services`` applies only to tokens for those registries (an index serving several);
+  without, to every registry the service issues tokens for.
 - ``registry:catalog:*`` is granted when any rule matching the subject has ``catalog: true``.
 - The granted actions are the intersection of requested and allowed; ``*`` in a rule allows every
   action, and a requested ``*`` is granted only by such a rule. The token always carries the
@@ -35,7 +37,9 @@ class Subject:
         return not self.name
 
 
-def _applies(rule: AccessRule, subject: Subject, groups: Mapping[str, frozenset[str]]) -> bool:
+def _applies(rule: AccessRule, subject: Subject, groups: Mapping[str, frozenset[str]], service: str) -> bool:
+    if rule.services and service not in rule.services:
+        return False
     if rule.anonymous:
         return True
     if subject.anonymous:
@@ -66,9 +70,11 @@ def authorize(
     groups: Mapping[str, frozenset[str]],
     subject: Subject,
     requested: Iterable[Scope],
+    service: str = "",
 ) -> list[Scope]:
-    """Grant each requested scope what the rules allow; resources with nothing granted are dropped."""
-    applicable = [rule for rule in rules if _applies(rule, subject, groups)]
+    """Grant each requested scope what the rules allow for a token naming `service` as its audience;
+    resources with nothing granted are dropped."""
+    applicable = [rule for rule in rules if _applies(rule, subject, groups, service)]
     granted = []
     for scope in requested:
         actions = _grant(scope, applicable)

@@ -80,17 +80,21 @@ async def _authenticate(request: web.Request, user: str, password: str) -> Subje
 async def _issue(request: web.Request, subject: Subject, service: str | None, scopes: Iterable[str]) -> web.Response:
     runtime = request.app[RUNTIME]
     config = runtime.config()
-    if service is not None and service != config.service:
+    if service is None and len(config.services) == 1:
+        service = config.services[0]
+    if service is None:  # an index: the audience decides which rules apply, never guessed
+        return _registry_error(400, "DENIED", "the service parameter is required")
+    if service not in config.services:
         return _registry_error(400, "DENIED", f"unknown service {service!r}")
     try:
         requested = parse_scopes(scopes)
     except ScopeError as exc:
         return _registry_error(400, "DENIED", str(exc))
-    granted = authorize(config.access, config.groups, subject, requested)
+    granted = authorize(config.access, config.groups, subject, requested, service)
     token = issue_token(
         runtime.signer(),
         issuer=config.issuer,
-        service=config.service,
+        service=service,
         subject=subject.name,
         access=granted,
         ttl_seconds=config.ttl_seconds,

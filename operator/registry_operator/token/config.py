@@ -35,10 +35,10 @@ DEFAULT_TTL_SECONDS = 300
 MIN_TTL_SECONDS = 60  # docker clients treat shorter expires_in as 60 anyway
 MAX_TTL_SECONDS = 86400
 
-_RULE_KEYS = frozenset({"users", "groups", "anonymous", "repositories", "catalog", "actions"})
+_RULE_KEYS = frozenset({"users", "groups", "anonymous", "repositories", "catalog", "actions", "services"})
 _TOP_KEYS = frozenset(
     {
-        "listen", "issuer", "service", "ttlSeconds", "algorithm", "htpasswdPath", "signingKeyPath",
+        "listen", "issuer", "service", "services", "ttlSeconds", "algorithm", "htpasswdPath", "signingKeyPath",
         "signingCertPath", "tlsCertPath", "tlsKeyPath", "groups", "access", "metricsListen",
     }
 )  # fmt: skip
@@ -50,7 +50,8 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class AccessRule:
-    """One ordered ACL entry. ``repositories`` are globs where ``*`` also matches ``/``."""
+    """One ordered ACL entry. ``repositories`` are globs where ``*`` also matches ``/``; ``services``, when
+    not empty, limits the rule to tokens for those registries (an index serving several)."""
 
     users: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
@@ -58,13 +59,19 @@ class AccessRule:
     repositories: tuple[str, ...] = ()
     catalog: bool = False
     actions: frozenset[str] = frozenset()
+    services: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """Validated configuration. Paths and ``listen`` only take effect at start; the rest reloads."""
+    """Validated configuration. Paths and ``listen`` only take effect at start; the rest reloads.
 
-    service: str
+    ``services``: the registries (their ``auth.token.service``) tokens may be issued for, each token naming
+    one of them as its audience. One for a Registry's own token service; any number for a RegistryIndex,
+    whose joined registries change while it runs.
+    """
+
+    services: tuple[str, ...]
     issuer: str = DEFAULT_ISSUER
     listen: str = DEFAULT_LISTEN
     metrics_listen: str | None = None  # plain-HTTP /metrics (token.metrics); None: not served
@@ -126,6 +133,7 @@ def _parse_rule(raw: object, index: int, groups: Mapping[str, frozenset[str]]) -
         repositories=_str_list(data, "repositories", where),
         catalog=_bool(data, "catalog", where),
         actions=actions,
+        services=frozenset(_str_list(data, "services", where)),
     )
 
 
@@ -148,8 +156,11 @@ def parse_config(raw: object) -> ServiceConfig:
     raw_access = data.get("access", [])
     if not isinstance(raw_access, list):
         raise ConfigError("access: expected a list of rules")
+    if ("service" in data) == ("services" in data):
+        raise ConfigError("set exactly one of service (one registry) and services (an index)")
+    services = (_str(data, "service"),) if "service" in data else _str_list(data, "services", "")
     return ServiceConfig(
-        service=_str(data, "service"),
+        services=services,
         issuer=_str(data, "issuer", DEFAULT_ISSUER),
         listen=_str(data, "listen", DEFAULT_LISTEN),
         metrics_listen=_str(data, "metricsListen") if "metricsListen" in data else None,
@@ -175,7 +186,7 @@ def load_config(path: str | Path) -> ServiceConfig:
 
 
 def build_config(
-    service: str,
+    service: str | Sequence[str],
     access: Sequence[Mapping[str, Any]],
     *,
     groups: Mapping[str, Sequence[str]] | None = None,
@@ -189,12 +200,13 @@ def build_config(
     """Render the ConfigMap document for the standard mount layout (``MOUNT_ROOT``).
 
     ``service`` must equal the registry's ``auth.token.service`` and ``issuer`` its
-    ``auth.token.issuer``. Raises :class:`ConfigError` if the service would reject the result.
+    ``auth.token.issuer``; a list (an index) names every registry the service issues tokens for.
+    Raises :class:`ConfigError` if the service would reject the result.
     """
     doc: dict[str, Any] = {
         "listen": listen,
         "issuer": issuer,
-        "service": service,
+        **({"service": service} if isinstance(service, str) else {"services": list(service)}),
         "ttlSeconds": ttl_seconds,
         "algorithm": algorithm,
         "htpasswdPath": HTPASSWD_PATH,

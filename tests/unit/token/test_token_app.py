@@ -291,3 +291,32 @@ def test_failed_logins_log_no_unknown_user_name(mounted: Any, caplog: pytest.Log
     assert len(lines) == 3 and "Tr0ub4dor" not in caplog.text and "xxxx" not in caplog.text
     assert lines[0].startswith("authentication failed for unknown user #") and lines[0].endswith("from 127.0.0.1")
     assert "user 'alice'" in lines[1] and "over-long user name (5000 bytes)" in lines[2]
+
+
+def test_index_names_each_registry_as_the_audience_and_applies_its_rules(
+    mounted: Any, es256: Any, verify_jwt: Verify
+) -> None:
+    """One index, two registries: the token's `aud` is the registry asked for, a rule limited to `prod`
+    grants nothing for `dev`, an unknown registry is refused, and without `service` nothing is guessed."""
+    document = {k: v for k, v in mounted.document.items() if k != "service"}
+    prod_push = {"users": ["alice"], "repositories": ["team-a/*"], "actions": ["pull", "push"],
+                 "services": ["prod.ns.svc"]}
+    everywhere = {"users": ["alice"], "repositories": ["team-a/*"], "actions": ["pull"]}
+    mounted.document = {**document, "services": ["dev.ns.svc", "prod.ns.svc"], "access": [prod_push, everywhere]}
+    mounted.write_config()
+
+    async def claims_for(client: TestClient, service: str) -> dict:
+        response = await client.get("/token", params=[("service", service), SCOPES[0]],
+                                    headers=basic("alice", "alice-pw"))
+        assert response.status == 200, await response.text()
+        return verify_jwt((await response.json())["token"], es256.cert_pem)[1]
+
+    async def scenario(client: TestClient) -> None:
+        prod, dev = await claims_for(client, "prod.ns.svc"), await claims_for(client, "dev.ns.svc")
+        assert prod["aud"] == "prod.ns.svc" and access(prod) == {"team-a/app": ["pull", "push"]}
+        assert dev["aud"] == "dev.ns.svc" and access(dev) == {"team-a/app": ["pull"]}
+        for params in ([("service", "other.ns.svc")], []):
+            response = await client.get("/token", params=params, headers=basic("alice", "alice-pw"))
+            assert response.status == 400, params
+
+    run(mounted, scenario)

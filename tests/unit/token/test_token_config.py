@@ -81,3 +81,14 @@ def test_build_config_round_trips_and_is_json() -> None:
 def test_build_config_refuses_what_the_service_would_refuse() -> None:
     with pytest.raises(ConfigError):
         build_config("ns/reg", [{"users": ["a"], "actions": ["pull"], "groups": ["missing"]}])
+
+
+def test_an_index_lists_services_and_rules_may_name_them() -> None:
+    doc = build_config(["dev.ns.svc", "prod.ns.svc"],
+                       [{"users": ["ci"], "repositories": ["*"], "actions": ["push"], "services": ["prod.ns.svc"]}])
+    config = parse_config(json.loads(json.dumps(doc)))
+    assert config.services == ("dev.ns.svc", "prod.ns.svc") and "service" not in doc
+    assert config.access[0].services == {"prod.ns.svc"}
+    assert parse_config(minimal()).services == ("ns/reg",)
+    with pytest.raises(ConfigError, match="exactly one of service"):
+        parse_config({**minimal(), "services": ["a"]})
