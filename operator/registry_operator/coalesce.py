@@ -52,9 +52,11 @@ class _State:
 
 class Coalescer:
     def __init__(
-        self, run: Callable[[Hashable], Awaitable[object]], base: float = 0.5, cap: float = 60.0
+        self, run: Callable[[Hashable], Awaitable[object]], base: float = 0.5, cap: float = 60.0,
+        kind: str = "Registry",
     ) -> None:
         self._run = run
+        self._kind = kind  # what the keys name, for the log
         self._base, self._cap = base, cap
         self._tasks: dict[Hashable, asyncio.Task[None]] = {}
         self._states: dict[Hashable, _State] = {}
@@ -115,7 +117,7 @@ class Coalescer:
                     await self._wait_after_failure(key, state, exc)
                     continue
                 if state.last_error is not None:
-                    log.info("%s: reconciled after %d failed attempts", _name(key), state.failures)
+                    log.info("%s: reconciled after %d failed attempts", self._name(key), state.failures)
                 state.failures, state.last_error = 0, None
                 if not state.again.is_set():
                     return
@@ -123,26 +125,25 @@ class Coalescer:
             del self._tasks[key], self._states[key]
             metrics.QUEUE_DEPTH.dec()
 
+    def _name(self, key: Hashable) -> str:
+        return f"{self._kind} " + "/".join(key) if isinstance(key, tuple) else str(key)
+
     async def _wait_after_failure(self, key: Hashable, state: _State, exc: Exception) -> None:
         state.failures += 1
         error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, Retry) else str(exc)
         delay = backoff(state.failures, self._base, self._cap)
         if error != state.last_error:
             if isinstance(exc, Retry) or _is_api_trouble(exc):
-                log.warning("%s: %s; retrying with backoff", _name(key), error)
+                log.warning("%s: %s; retrying with backoff", self._name(key), error)
             else:
-                log.exception("%s: reconcile failed; retrying with backoff", _name(key))
+                log.exception("%s: reconcile failed; retrying with backoff", self._name(key))
             state.last_error = error
         else:
-            log.debug("%s: still failing (attempt %d), next try in %.1fs", _name(key), state.failures, delay)
+            log.debug("%s: still failing (attempt %d), next try in %.1fs", self._name(key), state.failures, delay)
         try:
             await asyncio.wait_for(state.urgent.wait(), delay)
         except TimeoutError:
             pass
-
-
-def _name(key: Hashable) -> str:
-    return "Registry " + "/".join(key) if isinstance(key, tuple) else str(key)
 
 
 def _is_api_trouble(exc: Exception) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 from .material import Problem
 from .names import ChildNames
-from .spec import RegistrySpec
+from .spec import Auth, IndexSpec, RegistrySpec
 
 Obj = dict[str, Any]
 
@@ -57,6 +57,7 @@ class Rollout:
 # Problems that stop the spec from being applied (the others degrade a Registry that is otherwise applied).
 WRITE_BLOCKERS = {
     "InvalidSpec", "InvalidName", "ImageNotAllowed", "NameConflict", "ApplyRefused", "ApplyFailed", "Forbidden",
+    "IndexNotFound", "IndexInOtherNamespace", "IndexNotReady",
 }
 
 
@@ -80,18 +81,23 @@ def _config_problems(spec: RegistrySpec) -> list[Problem]:
             f"{spec.replicas} replicas requested, running 1: pods cannot share {storage} "
             "(use a ReadWriteMany persistentVolumeClaim to scale out)",
         ))
-    users = {u.name for u in spec.auth.users}
-    unknown_users = {u for g in spec.auth.groups.values() for u in g} - users
-    unknown_users |= {u for r in spec.auth.access for u in r.users} - users
-    unknown_groups = {g for r in spec.auth.access for g in r.groups} - set(spec.auth.groups)
-    if unknown_users or unknown_groups:
-        # Checked here, not in the schema: CEL over nested lists exceeds the API server's cost budget.
-        named = [f"user {u!r}" for u in sorted(unknown_users)] + [f"group {g!r}" for g in sorted(unknown_groups)]
-        out.append(Problem(
-            "AccessRuleInvalid",
-            f"auth names {', '.join(named)} that auth.users / auth.groups do not define; they match nobody",
-        ))
-    return out
+    return out + access_problems(spec.auth)
+
+
+def access_problems(auth: Auth) -> list[Problem]:
+    """Rules and groups naming users or groups that do not exist (a Registry's auth or a RegistryIndex)."""
+    users = {u.name for u in auth.users}
+    unknown_users = {u for g in auth.groups.values() for u in g} - users
+    unknown_users |= {u for r in auth.access for u in r.users} - users
+    unknown_groups = {g for r in auth.access for g in r.groups} - set(auth.groups)
+    if not unknown_users and not unknown_groups:
+        return []
+    # Checked here, not in the schema: CEL over nested lists exceeds the API server's cost budget.
+    named = [f"user {u!r}" for u in sorted(unknown_users)] + [f"group {g!r}" for g in sorted(unknown_groups)]
+    return [Problem(
+        "AccessRuleInvalid",
+        f"auth names {', '.join(named)} that auth.users / auth.groups do not define; they match nobody",
+    )]
 
 
 def weaknesses(spec: RegistrySpec) -> list[Problem]:
@@ -185,6 +191,39 @@ def compute(
         **{k: v for k, v in published.items() if v is not None},
     }
     return status
+
+
+def compute_index(
+    spec: IndexSpec,
+    generation: int,
+    problems: Sequence[Problem],
+    deployment: Mapping[str, Any] | None,
+    published: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+    now: dt.datetime,
+    retrying: bool = False,
+) -> Obj:
+    """A RegistryIndex's status: Ready, Progressing and Degraded of its token service, by the same rules as a
+    Registry's; `published` lists its Registries and where clients find it."""
+    problems = [*problems, *access_problems(spec.auth)]
+    progressing, reason, message = _rollout_state({ChildNames(spec.name).token: Rollout.of(deployment)})
+    blocker = next((p for p in problems if p.reason in WRITE_BLOCKERS), None)
+    if blocker:
+        progressing, reason = retrying, "Retrying" if retrying else blocker.reason
+        message = f"{'a write failed, retrying with backoff' if retrying else 'not applied'}: {blocker.message}"
+    if problems:
+        degraded = _condition("Degraded", True, problems[0].reason, "; ".join(p.message for p in problems), generation)
+        ready = _condition("Ready", False, problems[0].reason, problems[0].message, generation)
+    else:
+        degraded = _condition("Degraded", False, "AsExpected", "the RegistryIndex is as its spec asks", generation)
+        ready = (_condition("Ready", False, reason, message, generation) if progressing else
+                 _condition("Ready", True, "Available", f"issuing tokens at {published.get('tokenRealm')}", generation))
+    conditions = [ready, _condition("Progressing", progressing, reason, message, generation), degraded]
+    return {
+        "observedGeneration": generation,
+        "conditions": _stamp(conditions, (previous or {}).get("conditions") or (), now),
+        **{k: v for k, v in published.items() if v is not None},
+    }
 
 
 def _stamp(conditions: list[Obj], previous: Sequence[Mapping[str, Any]], now: dt.datetime) -> list[Obj]:

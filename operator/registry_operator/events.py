@@ -29,7 +29,7 @@ async def post(client: AsyncClient, registry: Mapping[str, Any], type_: str, rea
     event = Event(
         metadata=ObjectMeta(generateName=f"{meta['name']}.", namespace=meta["namespace"]),
         involvedObject=ObjectReference(
-            apiVersion=names.API_VERSION, kind=names.KIND, name=meta["name"],
+            apiVersion=names.API_VERSION, kind=registry.get("kind") or names.KIND, name=meta["name"],
             namespace=meta["namespace"], uid=meta.get("uid"),
         ),
         type=type_,

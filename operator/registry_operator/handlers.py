@@ -16,9 +16,12 @@
   Registries whose spec.pullSecrets may select it (`pullsecrets.concerned`), so a new namespace gets its pull
   Secret within seconds. A pull Secret of ours in another namespace changed: reconcile its Registry (named in
   its annotation), which restores it.
-- Periodically: every Registry, so certificates get renewed without any event; and each Registry again when
-  its reconcile says something falls due (a garbage-collection schedule tick or timeout, the moment a rotated
-  pull credential may be handed out).
+- A RegistryIndex changed, or one of its children or Secrets did: reconcile it (its own coalescer), and
+  every Registry that joined it (`joins`), so a new realm or a rotated signing key reaches them and a deleted
+  index turns them Degraded. A Registry joining or leaving an index triggers that index.
+- Periodically: every Registry and RegistryIndex, so certificates get renewed without any event; and each
+  Registry again when its reconcile says something falls due (a garbage-collection schedule tick or timeout,
+  the moment a rotated pull credential may be handed out).
 """
 
 from __future__ import annotations
@@ -32,12 +35,15 @@ from lightkube import AsyncClient
 from . import garbage_collection, metrics, monitoring, names, pullsecrets, resync, robot
 from .coalesce import Coalescer
 from .config import Config
+from .joins import Joins
+from .kinds import RegistryIndex
 from .observe import referenced_secrets
-from .reconcile import Context, reconcile
+from .reconcile import Context, reconcile, reconcile_index
 from .references import References
-from .spec import RegistrySpec, parse
+from .spec import RegistrySpec, parse, parse_index
 
 REGISTRY = (names.GROUP, names.VERSION, names.PLURAL)
+INDEX = (names.GROUP, names.VERSION, names.INDEX_PLURAL)
 CHILDREN = ["deployments", "services", "configmaps", "persistentvolumeclaims", "networkpolicies", "jobs"]
 OURS = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 OURS_SELECTOR = f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY}"
@@ -73,15 +79,25 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         if outcome.wake_after is not None:
             memo.coalescer.trigger_later(key, outcome.wake_after)
 
+    async def run_index(key: Any) -> None:
+        async with limit:
+            await reconcile_index(ctx, *key)
+
     memo.ctx = ctx
     memo.coalescer = Coalescer(run, config.retry_base_seconds, config.retry_max_seconds)
+    memo.indexes = Coalescer(run_index, config.retry_base_seconds, config.retry_max_seconds, kind=names.INDEX_KIND)
     memo.references = References(memo.coalescer.trigger)
     memo.pull_targets = {}  # (namespace, name) -> spec.pullSecrets of the Registries that have one
     memo.rotations = {}  # (namespace, name) -> value of the rotate-pull-credential annotation last seen
+    memo.index_references = References(memo.indexes.trigger)  # password Secrets an index's users refer to
+    memo.joins = Joins()
+    namespaces = list(config.namespaces) or None
     memo.tasks = [
+        asyncio.create_task(resync.forever(ctx.client, namespaces, config.resync_seconds, memo.coalescer.trigger)),
         asyncio.create_task(resync.forever(
-            ctx.client, list(config.namespaces) or None, config.resync_seconds, memo.coalescer.trigger)),
+            ctx.client, namespaces, config.resync_seconds, memo.indexes.trigger, RegistryIndex)),
         asyncio.create_task(memo.references.forever(ctx.client, config.reference_poll_seconds)),
+        asyncio.create_task(memo.index_references.forever(ctx.client, config.reference_poll_seconds)),
     ]
 
 
@@ -90,6 +106,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     for task in memo.tasks:
         task.cancel()
     await memo.coalescer.close()
+    await memo.indexes.close()
     await memo.ctx.client.close()
 
 
@@ -103,6 +120,7 @@ async def registry_changed(
         memo.pull_targets[(namespace, name)] = spec.pull_secrets
     else:
         memo.pull_targets.pop((namespace, name), None)
+    indexes = memo.joins.track(namespace, name, spec.auth.index if spec and spec.auth.mode == "token" else None)
     generation = body.metadata.get("generation")
     observed = (body.get("status") or {}).get("observedGeneration")
     deleting = body.metadata.get("deletionTimestamp") is not None  # our finalizer waits for us
@@ -114,6 +132,8 @@ async def registry_changed(
         memo.rotations[(namespace, name)] = rotation
     if type in (None, "ADDED", "DELETED") or generation != observed or deleting or rotate:  # not our status write
         memo.coalescer.trigger((namespace, name), urgent=True)
+        for index in indexes:
+            memo.indexes.trigger((namespace, index))
     elif garbage_collection.pending_request(body.metadata.get("annotations"), body.get("status")):
         memo.coalescer.trigger((namespace, name), urgent=True)  # `kubectl annotate ... gc-requested=...`
 
@@ -123,6 +143,26 @@ def _parse(name: str, namespace: str, body: kopf.Body) -> RegistrySpec | None:
         return parse(name, namespace, dict(body.get("spec") or {}))
     except (ValueError, KeyError, TypeError):
         return None
+
+
+@kopf.on.event(*INDEX)
+async def index_changed(
+    namespace: str, name: str, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    memo.index_references.track(namespace, name, () if type == "DELETED" else _index_references(name, namespace, body))
+    generation = body.metadata.get("generation")
+    observed = (body.get("status") or {}).get("observedGeneration")
+    if type in (None, "ADDED", "DELETED") or generation != observed:  # not our own status write
+        memo.indexes.trigger((namespace, name), urgent=True)
+        if type is not None:  # kopf's initial listing: every Registry is reconciled anyway
+            _trigger_joined(memo, namespace, name)
+
+
+def _index_references(name: str, namespace: str, body: kopf.Body) -> set[str]:
+    try:
+        return referenced_secrets(parse_index(name, namespace, dict(body.get("spec") or {})))
+    except (ValueError, KeyError, TypeError):
+        return set()
 
 
 async def namespace_changed(name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
@@ -144,6 +184,19 @@ async def service_account_changed(namespace: str, name: str, type: str | None, m
             memo.coalescer.trigger(key)
 
 
+def _trigger_joined(memo: kopf.Memo, namespace: str, index: str) -> None:
+    for registry in memo.joins.registries(namespace, index):
+        memo.coalescer.trigger((namespace, registry))
+
+
+def _index_owner(body: kopf.Body) -> str | None:
+    """The RegistryIndex controlling this child, if one does (else it is a Registry's)."""
+    for ref in body.metadata.get("ownerReferences") or ():
+        if ref.get("controller") and ref.get("kind") == names.INDEX_KIND:
+            return str(ref.get("name"))
+    return None
+
+
 @kopf.on.event("apps", "v1", "deployments", labels=OURS)
 @kopf.on.event("", "v1", "services", labels=OURS)
 @kopf.on.event("", "v1", "configmaps", labels=OURS)
@@ -151,24 +204,37 @@ async def service_account_changed(namespace: str, name: str, type: str | None, m
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=OURS)
 @kopf.on.event("batch", "v1", "jobs", labels=OURS)
 async def child_changed(
-    namespace: str, labels: kopf.Labels, type: str | None, memo: kopf.Memo, **_: Any
+    namespace: str, labels: kopf.Labels, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
     registry = labels.get(names.LABEL_INSTANCE)
-    if registry and type is not None:  # None: kopf's initial listing, when every Registry is reconciled anyway
+    if not registry or type is None:  # None: kopf's initial listing, when everything is reconciled anyway
+        return
+    index = _index_owner(body)
+    if index is None:
         memo.coalescer.trigger((namespace, registry))
+    else:
+        memo.indexes.trigger((namespace, index))
 
 
 @kopf.on.event("", "v1", "secrets")  # only those with the watch label (see startup)
 async def secret_changed(
     namespace: str, name: str, labels: kopf.Labels, annotations: kopf.Annotations, type: str | None,
-    memo: kopf.Memo, **_: Any
+    body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
     refs: References = memo.references
-    refs.watched(namespace, name, labelled=type != "DELETED" and labels.get(names.LABEL_WATCH) == "true")
+    labelled = type != "DELETED" and labels.get(names.LABEL_WATCH) == "true"
+    refs.watched(namespace, name, labelled)
+    memo.index_references.watched(namespace, name, labelled)
     if type is None:  # kopf's initial listing: every Registry is reconciled anyway
         return
+    for referring in memo.index_references.registries(namespace, name):
+        memo.indexes.trigger((namespace, referring))
     targets = {(namespace, registry) for registry in refs.registries(namespace, name)}
-    if labels.get(names.LABEL_MANAGED_BY) == names.MANAGED_BY and labels.get(names.LABEL_INSTANCE):
+    index = _index_owner(body)
+    if index is not None:  # its signing key or CA: the Registries that joined it trust them
+        memo.indexes.trigger((namespace, index))
+        targets |= {(namespace, registry) for registry in memo.joins.registries(namespace, index)}
+    elif labels.get(names.LABEL_MANAGED_BY) == names.MANAGED_BY and labels.get(names.LABEL_INSTANCE):
         targets.add((namespace, labels[names.LABEL_INSTANCE]))
     owner = annotations.get(names.ANNOTATION_REGISTRY, "")
     if labels.get(names.LABEL_PULL_SECRET_OF) and owner.count("/") == 1:  # a pull Secret of ours elsewhere

@@ -12,6 +12,7 @@ from . import names
 
 Registry = create_namespaced_resource(names.GROUP, names.VERSION, names.KIND, names.PLURAL)
 PodMonitor = create_namespaced_resource("monitoring.coreos.com", "v1", "PodMonitor", "podmonitors")
+RegistryIndex = create_namespaced_resource(names.GROUP, names.VERSION, names.INDEX_KIND, names.INDEX_PLURAL)
 
 CHILD_KINDS = {
     ("v1", "Secret"): Secret,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from . import htpasswd, pki, robot
 from .names import ChildNames, password_key
-from .spec import RegistrySpec
+from .spec import Auth, IndexSpec, RegistrySpec
 
 # Observed Secrets: name -> decoded data (None when the Secret does not exist).
 Secrets = Mapping[str, Mapping[str, bytes] | None]
@@ -72,7 +72,17 @@ class Material:
 OVERLAP = dt.timedelta(days=7)
 
 
-def service_names(spec: RegistrySpec, service: str, cluster_domain: str) -> list[str]:
+@dataclass(frozen=True)
+class Joined:
+    """What a Registry joined to a RegistryIndex takes from it: where tokens come from and whom to trust."""
+
+    index: str
+    realm: str
+    trust_pem: bytes  # the index's token-signing certificates (current and recent): the registry's rootcertbundle
+    ca_pem: bytes  # the CA of the index's token endpoint, which clients must trust next to the registry's
+
+
+def service_names(spec: RegistrySpec | IndexSpec, service: str, cluster_domain: str) -> list[str]:
     """Every name a client may use for `service`, plus the extra names from the spec."""
     ns = spec.namespace
     base = [service, f"{service}.{ns}", f"{service}.{ns}.svc", f"{service}.{ns}.svc.{cluster_domain}"]
@@ -114,7 +124,7 @@ def _server(
     return pki.issue_server(ca, names)
 
 
-def _generated(spec: RegistrySpec, observed: Secrets, names: ChildNames) -> dict[str, str]:
+def _generated(auth: Auth, observed: Secrets, names: ChildNames) -> dict[str, str]:
     """Generated passwords as stored: user -> password.
 
     The published `-passwords` Secret is what users read, and may be deleted by mistake; the operator keeps a
@@ -124,7 +134,7 @@ def _generated(spec: RegistrySpec, observed: Secrets, names: ChildNames) -> dict
     kept = json.loads((observed.get(names.http_secret) or {}).get("generated-passwords") or b"{}")
     published = observed.get(names.passwords) or {}
     out = {}
-    for user in spec.auth.users:
+    for user in auth.users:
         try:
             password = (published.get(password_key(user.name)) or b"").decode() or kept.get(user.name)
         except UnicodeDecodeError:  # edited by hand into something no client could send: ours is kept
@@ -135,13 +145,13 @@ def _generated(spec: RegistrySpec, observed: Secrets, names: ChildNames) -> dict
 
 
 def _passwords(
-    spec: RegistrySpec, observed: Secrets, names: ChildNames, problems: list[Problem]
+    auth: Auth, observed: Secrets, names: ChildNames, problems: list[Problem]
 ) -> tuple[dict[str, str], dict[str, str]]:
     """(all usable passwords, generated ones); users whose referenced password is unusable are left out."""
-    stored = _generated(spec, observed, names)
+    stored = _generated(auth, observed, names)
     usable: dict[str, str] = {}
     generated: dict[str, str] = {}
-    for user in spec.auth.users:
+    for user in auth.users:
         try:
             htpasswd.validate_user(user.name)
         except htpasswd.PasswordError as exc:
@@ -177,19 +187,19 @@ def _passwords(
 
 
 def _htpasswd(
-    spec: RegistrySpec, usable: Mapping[str, str], observed: Secrets, names: ChildNames, key: bytes
+    auth: Auth, usable: Mapping[str, str], observed: Secrets, names: ChildNames, key: bytes
 ) -> tuple[str, dict[str, str]]:
-    """(htpasswd file, fingerprints) for the users of `spec`, and the robot users that `usable` holds."""
+    """(htpasswd file, fingerprints) for the users of `auth`, and the robot users that `usable` holds."""
     stored = observed.get(names.htpasswd) or {}
     existing = htpasswd.parse((stored.get("htpasswd") or b"").decode())
     known = json.loads(stored.get("fingerprints") or b"{}")
-    costs = {u.name: htpasswd.GENERATED_COST for u in spec.auth.users if u.password_ref is None}
+    costs = {u.name: htpasswd.GENERATED_COST for u in auth.users if u.password_ref is None}
     costs.update(dict.fromkeys(robot.USERS, htpasswd.GENERATED_COST))
     fresh, prints = htpasswd.reconcile(usable, existing, known, key, costs)
     hashes = dict(fresh)
     # A user whose password source is broken keeps their last good line: never lock someone out
     # because a Secret is briefly missing.
-    users = [u.name for u in spec.auth.users] + [user for user in robot.USERS if user in usable]
+    users = [u.name for u in auth.users] + [user for user in robot.USERS if user in usable]
     lines = [(user, hashes.get(user) or existing[user]) for user in users if user in hashes or user in existing]
     kept = {user: known[user] for user, _ in lines if user not in prints and user in known}
     return htpasswd.render(lines), {**kept, **prints}
@@ -225,23 +235,83 @@ def _user_tls(
     return good, (last or {}).get("ca.crt")
 
 
+@dataclass(frozen=True)
+class _Accounts:
+    http_secret: str
+    fingerprint_key: bytes
+    passwords: Mapping[str, str]
+    htpasswd: str
+    fingerprints: Mapping[str, str]
+
+
+def _accounts(
+    auth: Auth, observed: Secrets, names: ChildNames, problems: list[Problem], robots: Mapping[str, str] | None = None
+) -> _Accounts:
+    """The private secret, generated passwords and the htpasswd file of `auth`'s users and of the valid robot
+    credentials `robots` (user -> password); no file when auth is none."""
+    kept = observed.get(names.http_secret) or {}
+    http_secret = kept["secret"].decode() if "secret" in kept else secrets.token_hex(32)
+    fingerprint_key = kept.get("fingerprint-key") or secrets.token_bytes(32)
+    usable, generated = _passwords(auth, observed, names, problems)
+    usable = {**usable, **(robots or {})}
+    htpasswd_text, fingerprints = (
+        _htpasswd(auth, usable, observed, names, fingerprint_key) if auth.mode != "none" else ("", {})
+    )
+    return _Accounts(http_secret, fingerprint_key, generated, htpasswd_text, fingerprints)
+
+
+def _ca(
+    spec: RegistrySpec | IndexSpec, observed: Secrets, names: ChildNames, now: dt.datetime, rotations: list[Rotation]
+) -> tuple[pki.KeyPair, bytes]:
+    """(the CA, the bundle clients trust: it and its predecessors within the overlap)."""
+    ca = _pair(observed.get(names.ca_key))
+    reason = pki.ca_renewal_reason(ca, now)
+    if reason is not None:
+        if ca is not None or observed.get(names.ca) is not None:
+            rotations.append(Rotation(names.ca_key, "CARotated", f"issued a new CA: {reason}; the old one stays "
+                                      f"in Secret {names.ca!r} for {OVERLAP.days} days"))
+        ca = pki.issue_ca(f"{spec.name}.{spec.namespace} {'index' if isinstance(spec, IndexSpec) else 'registry'} CA")
+    return ca, _trust(ca.cert_pem, (observed.get(names.ca) or {}).get("ca.crt"), now)
+
+
+def _token(
+    spec: RegistrySpec | IndexSpec, observed: Secrets, names: ChildNames, cluster_domain: str, now: dt.datetime,
+    ca: tuple[pki.KeyPair, bytes] | None, rotations: list[Rotation],
+) -> tuple[pki.KeyPair, bytes, pki.KeyPair | None]:
+    """(signing pair, the signing certificates registries trust, the token endpoint's TLS pair) of a token
+    service: a Registry's own or a RegistryIndex's. A rotated key stays trusted for `OVERLAP` next to the new."""
+    stored = observed.get(names.token_signing)
+    signing = _pair(stored)
+    reason = pki.signing_renewal_reason(signing, spec.auth.token_algorithm, now)
+    if reason is not None:
+        if signing is not None:
+            rotations.append(Rotation(names.token_signing, "SigningKeyRotated",
+                                      f"issued a new token-signing key: {reason}"))
+        signing = pki.issue_signing(spec.auth.token_algorithm)
+    trust = _trust(signing.cert_pem, (stored or {}).get("ca.crt") or (stored or {}).get("tls.crt"), now)
+    tls = None
+    if ca is not None:
+        tls = _server(_pair(observed.get(names.token_tls)), ca[0], ca[1],
+                      service_names(spec, names.token, cluster_domain), names.token_tls, now, rotations)
+    return signing, trust, tls
+
+
 def decide(
     spec: RegistrySpec, observed: Secrets, cluster_domain: str = "cluster.local", now: dt.datetime | None = None,
     rotation: str | None = None, propagation: dt.timedelta = dt.timedelta(seconds=120), retire: bool = False,
+    joined: Joined | None = None,
 ) -> Material:
     """All material for `spec`, reusing everything in `observed` that is still valid.
 
     `rotation`: the Registry's rotate-pull-credential annotation; `propagation`: how long a new robot credential
-    is only valid before copies get it; `retire`: every copy carries the current one (see `robot`)."""
+    is only valid before copies get it; `retire`: every copy carries the current one (see `robot`). `joined`: the
+    index of a Registry joined to one, whose signing certificates it trusts instead of having its own."""
     now = now or pki.now()
     names = ChildNames(spec.name)
     problems: list[Problem] = []
     rotations: list[Rotation] = []
 
     kept = observed.get(names.http_secret) or {}
-    http_secret = kept["secret"].decode() if "secret" in kept else secrets.token_hex(32)
-    fingerprint_key = kept.get("fingerprint-key") or secrets.token_bytes(32)
-    usable, generated = _passwords(spec, observed, names, problems)
     bot = None
     if spec.pull_secrets is not None and spec.auth.mode != "none":
         # Kept next to the HTTP secret, never in the published `-passwords` Secret: it is the operator's to
@@ -249,58 +319,39 @@ def decide(
         bot = robot.decide(kept.get("robot"), rotation, now, propagation)
         if retire:
             bot = bot.retire()
-        usable = {**usable, **{c.user: c.password for c in bot.valid}}
-    htpasswd_text, fingerprints = (
-        _htpasswd(spec, usable, observed, names, fingerprint_key) if spec.auth.mode != "none" else ("", {})
-    )
+    accounts = _accounts(spec.auth, observed, names, problems, {c.user: c.password for c in bot.valid} if bot else {})
 
-    token = spec.auth.mode == "token"
+    token = spec.auth.own_token_service
     needs_ca = spec.tls.mode == "SelfSigned" or (token and spec.tls_enabled)
-    ca = trusted = None
-    if needs_ca:
-        ca = _pair(observed.get(names.ca_key))
-        reason = pki.ca_renewal_reason(ca, now)
-        if reason is not None:
-            if ca is not None or observed.get(names.ca) is not None:
-                rotations.append(Rotation(names.ca_key, "CARotated", f"issued a new CA: {reason}; the old one stays "
-                                          f"in Secret {names.ca!r} for {OVERLAP.days} days"))
-            ca = pki.issue_ca(f"{spec.name}.{spec.namespace} registry CA")
-        trusted = _trust(ca.cert_pem, (observed.get(names.ca) or {}).get("ca.crt"), now)
+    ca = _ca(spec, observed, names, now, rotations) if needs_ca else None
 
     server = server_ca = client_ca = None
     if spec.tls.mode == "SelfSigned":
-        assert ca is not None and trusted is not None
+        assert ca is not None
         hosts = service_names(spec, names.service, cluster_domain)
-        server = _server(_pair(observed.get(names.tls)), ca, trusted, hosts, names.tls, now, rotations)
-        server_ca = client_ca = trusted
+        server = _server(_pair(observed.get(names.tls)), ca[0], ca[1], hosts, names.tls, now, rotations)
+        server_ca = client_ca = ca[1]
     elif spec.tls.mode == "Secret":
         server, server_ca = _user_tls(spec, observed, names, now, problems)
         client_ca = server_ca
 
     token_signing = token_trust = token_tls = None
     if token:
-        stored = observed.get(names.token_signing)
-        token_signing = _pair(stored)
-        reason = pki.signing_renewal_reason(token_signing, spec.auth.token_algorithm, now)
-        if reason is not None:
-            if token_signing is not None:
-                rotations.append(Rotation(names.token_signing, "SigningKeyRotated",
-                                          f"issued a new token-signing key: {reason}"))
-            token_signing = pki.issue_signing(spec.auth.token_algorithm)
-        token_trust = _trust(token_signing.cert_pem, (stored or {}).get("ca.crt") or (stored or {}).get("tls.crt"), now)
-        if ca is not None and trusted is not None:
-            token_tls = _server(_pair(observed.get(names.token_tls)), ca, trusted,
-                                service_names(spec, names.token, cluster_domain), names.token_tls, now, rotations)
-            if spec.tls.mode == "Secret":  # clients must trust both the user's CA and ours
-                client_ca = (client_ca or b"") + trusted
+        token_signing, token_trust, token_tls = _token(spec, observed, names, cluster_domain, now, ca, rotations)
+        if ca is not None and spec.tls.mode == "Secret":  # clients must trust both the user's CA and ours
+            client_ca = (client_ca or b"") + ca[1]
+    elif joined is not None:
+        token_trust = joined.trust_pem
+        if client_ca is not None:  # clients reach the index's token endpoint too: one bundle trusts both
+            client_ca += joined.ca_pem
 
     return Material(
-        http_secret=http_secret,
-        fingerprint_key=fingerprint_key,
-        passwords=generated,
-        htpasswd=htpasswd_text,
-        fingerprints=fingerprints,
-        ca=ca,
+        http_secret=accounts.http_secret,
+        fingerprint_key=accounts.fingerprint_key,
+        passwords=accounts.passwords,
+        htpasswd=accounts.htpasswd,
+        fingerprints=accounts.fingerprints,
+        ca=ca[0] if ca else None,
         server=server,
         server_ca_pem=server_ca,
         client_ca_pem=client_ca,
@@ -308,6 +359,34 @@ def decide(
         token_trust_pem=token_trust,
         token_tls=token_tls,
         robot=bot,
+        problems=tuple(problems),
+        rotations=tuple(rotations),
+    )
+
+
+def decide_index(
+    spec: IndexSpec, observed: Secrets, cluster_domain: str = "cluster.local", now: dt.datetime | None = None
+) -> Material:
+    """All material of a RegistryIndex's token service, by the same rules as a Registry's own: users'
+    passwords and htpasswd, a CA for its TLS certificate, and the signing key its Registries trust."""
+    now = now or pki.now()
+    names = ChildNames(spec.name)
+    problems: list[Problem] = []
+    rotations: list[Rotation] = []
+    accounts = _accounts(spec.auth, observed, names, problems)
+    ca = _ca(spec, observed, names, now, rotations)
+    signing, trust, tls = _token(spec, observed, names, cluster_domain, now, ca, rotations)
+    return Material(
+        http_secret=accounts.http_secret,
+        fingerprint_key=accounts.fingerprint_key,
+        passwords=accounts.passwords,
+        htpasswd=accounts.htpasswd,
+        fingerprints=accounts.fingerprints,
+        ca=ca[0],
+        client_ca_pem=ca[1],
+        token_signing=signing,
+        token_trust_pem=trust,
+        token_tls=tls,
         problems=tuple(problems),
         rotations=tuple(rotations),
     )

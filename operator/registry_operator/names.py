@@ -13,6 +13,8 @@ GROUP = "registry.operator.dev"
 VERSION = "v1alpha1"
 PLURAL = "registries"
 KIND = "Registry"
+INDEX_PLURAL = "registryindexes"
+INDEX_KIND = "RegistryIndex"
 API_VERSION = f"{GROUP}/{VERSION}"
 
 FIELD_MANAGER = "registry-operator"

@@ -15,10 +15,10 @@ from typing import Any
 from lightkube import ApiError, AsyncClient
 from lightkube.resources.core_v1 import Pod
 
-from .kinds import resource
+from .kinds import RegistryIndex, resource
 from .material import Secrets
 from .names import COMPONENT_REGISTRY, LABEL_WATCH, ChildNames, selector
-from .spec import RegistrySpec
+from .spec import IndexSpec, RegistrySpec
 
 Obj = dict[str, Any]
 Key = tuple[str, str]
@@ -31,7 +31,7 @@ class Observed:
     unwatched: tuple[str, ...] = ()  # referenced Secrets without the watch label: noticed by polling only
 
 
-def referenced_secrets(spec: RegistrySpec) -> set[str]:
+def referenced_secrets(spec: RegistrySpec | IndexSpec) -> set[str]:
     """Secrets the user's spec names (not ours): password Secrets and a user-supplied TLS Secret."""
     refs = {u.password_ref.name for u in spec.auth.users if u.password_ref}
     if spec.tls.mode == "Secret" and spec.tls.secret_name:
@@ -44,7 +44,7 @@ def candidates(spec: RegistrySpec, token_was_on: bool, pod_monitor: bool = False
     token service's workload while it may still exist (to delete it). Tests check that every rendered child
     is among these. `pod_monitor`: the cluster serves PodMonitors (see render.desired)."""
     n = ChildNames(spec.name)
-    token = spec.auth.mode == "token"
+    token = spec.auth.own_token_service
     secrets = {n.http_secret}
     if spec.auth.mode != "none":
         secrets.add(n.htpasswd)
@@ -70,6 +70,17 @@ def candidates(spec: RegistrySpec, token_was_on: bool, pod_monitor: bool = False
     if pod_monitor:
         out.append(("monitoring.coreos.com/v1", "PodMonitor", n.pod_monitor))
     return out
+
+
+def index_candidates(spec: IndexSpec) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of every child a RegistryIndex can render (see `candidates`)."""
+    n = ChildNames(spec.name)
+    secrets = {n.http_secret, n.htpasswd, n.ca, n.ca_key, n.token_signing, n.token_tls}
+    if any(u.password_ref is None for u in spec.auth.users):
+        secrets.add(n.passwords)
+    out = [("v1", "Secret", name) for name in sorted(secrets)]
+    return out + [("v1", "ConfigMap", n.ca), ("v1", "ConfigMap", n.token), ("apps/v1", "Deployment", n.token),
+                  ("v1", "Service", n.token), ("networking.k8s.io/v1", "NetworkPolicy", n.token)]
 
 
 async def _get(client: AsyncClient, api_version: str, kind: str, name: str, namespace: str) -> Obj | None:
@@ -102,7 +113,36 @@ def decode(secret: Obj) -> dict[str, bytes]:
 
 async def observe(client: AsyncClient, spec: RegistrySpec, token_was_on: bool, pod_monitor: bool = False) -> Observed:
     """Everything this reconcile reads; `token_was_on`: the last status published a token realm."""
-    wanted = candidates(spec, token_was_on, pod_monitor)
+    return await _observe(client, spec, candidates(spec, token_was_on, pod_monitor))
+
+
+async def observe_index(client: AsyncClient, spec: IndexSpec) -> Observed:
+    """Everything a RegistryIndex's reconcile reads about its own children and password Secrets."""
+    return await _observe(client, spec, index_candidates(spec))
+
+
+async def joined_index(client: AsyncClient, spec: RegistrySpec) -> tuple[Obj | None, Secrets]:
+    """The RegistryIndex a Registry joined (None: missing) and its Secrets the Registry needs (see `index`)."""
+    assert spec.auth.index is not None
+    n = ChildNames(spec.auth.index)
+    if spec.auth.index_namespace not in (None, spec.namespace):
+        return None, {}  # never read across namespaces: `index.join` says why
+    index, *found = await asyncio.gather(
+        _get_index(client, spec.auth.index, spec.namespace),
+        *(_get(client, "v1", "Secret", name, spec.namespace) for name in (n.token_signing, n.ca)))
+    return index, {name: decode(obj) if obj else None for name, obj in zip((n.token_signing, n.ca), found, strict=True)}
+
+
+async def _get_index(client: AsyncClient, name: str, namespace: str) -> Obj | None:
+    try:
+        return (await client.get(RegistryIndex, name, namespace=namespace)).to_dict()
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return None
+        raise
+
+
+async def _observe(client: AsyncClient, spec: RegistrySpec | IndexSpec, wanted: list[tuple[str, str, str]]) -> Observed:
     refs = sorted(referenced_secrets(spec) - {name for _, kind, name in wanted if kind == "Secret"})
     wanted_refs = [("v1", "Secret", name) for name in refs]
     found = await asyncio.gather(

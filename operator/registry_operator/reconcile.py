@@ -27,16 +27,16 @@ import httpx2
 from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
-from . import conditions, events, garbage_collection, material, metrics, pki, pullsecrets, render, robot
+from . import conditions, events, garbage_collection, index, material, metrics, pki, pullsecrets, render, robot
 from .apply import Applied, Key, apply_all, conflicts, delete_all
 from .coalesce import Retry
 from .config import Config
-from .kinds import Registry
-from .names import LABEL_PULL_SECRET_OF, PULL_SECRETS_FINALIZER, ChildNames, invalid_name, password_key
-from .observe import candidates, observe, registry_node
+from .kinds import Registry, RegistryIndex
+from .names import INDEX_KIND, LABEL_PULL_SECRET_OF, PULL_SECRETS_FINALIZER, ChildNames, invalid_name, password_key
+from .observe import candidates, index_candidates, joined_index, observe, observe_index, registry_node
 from .render import garbage_collection as gc_render
 from .render import token as token_render
-from .spec import RegistrySpec, parse
+from .spec import RegistrySpec, parse, parse_index
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,10 @@ class Context:
 
     client: AsyncClient
     config: Config = field(default_factory=Config)
-    memories: dict[tuple[str, str], Memory] = field(default_factory=dict)
+    memories: dict[tuple[str, ...], Memory] = field(default_factory=dict)  # (namespace, name[, INDEX_KIND])
     pod_monitors: bool = False  # the cluster serves PodMonitor (monitoring.pod_monitors, asked at startup)
 
-    def memory(self, key: tuple[str, str], uid: str) -> Memory:
+    def memory(self, key: tuple[str, ...], uid: str) -> Memory:
         memory = self.memories.get(key)
         if memory is None or memory.uid != uid:  # a new Registry with an old name starts afresh
             memory = self.memories[key] = Memory(uid)
@@ -81,7 +81,9 @@ class Outcome:
     wake_after: float | None = None  # reconcile again after this many seconds even without an event
 
 
-def _published(spec: RegistrySpec, mat: material.Material, unwatched: Sequence[str]) -> dict[str, Any]:
+def _published(
+    spec: RegistrySpec, mat: material.Material, unwatched: Sequence[str], joined: material.Joined | None
+) -> dict[str, Any]:
     """What clients need to find and trust the registry, and referenced Secrets that lack the watch label."""
     names = ChildNames(spec.name)
     keys = {user: password_key(user) for user in mat.passwords if password_key(user) != user}
@@ -94,7 +96,8 @@ def _published(spec: RegistrySpec, mat: material.Material, unwatched: Sequence[s
         "certificateNotAfter": (
             pki.not_after(mat.serving_cert_pem).strftime("%Y-%m-%dT%H:%M:%SZ") if mat.serving_cert_pem else None
         ),
-        "tokenRealm": token_render.realm(spec) if spec.auth.mode == "token" else None,
+        "tokenRealm": joined.realm if joined else token_render.realm(spec) if spec.auth.mode == "token" else None,
+        "index": joined.index if joined else None,
         "unwatchedSecrets": list(unwatched) or None,
     }
 
@@ -106,9 +109,11 @@ async def _write_status(ctx: Context, body: Mapping[str, Any], status: dict[str,
     # A merge patch: keys we no longer publish are nulled explicitly.
     patch = {"status": {**{k: None for k in old if k not in status}, **status}}
     meta = body["metadata"]
-    metrics.API_WRITES.labels("Registry", "status").inc()
+    index_ = body.get("kind") == INDEX_KIND
+    metrics.API_WRITES.labels(INDEX_KIND if index_ else "Registry", "status").inc()
     await ctx.client.patch(
-        Registry.Status, meta["name"], patch, namespace=meta["namespace"], patch_type=PatchType.MERGE
+        (RegistryIndex if index_ else Registry).Status, meta["name"], patch, namespace=meta["namespace"],
+        patch_type=PatchType.MERGE,
     )
     return True
 
@@ -157,7 +162,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     except (ValueError, KeyError, TypeError) as exc:
         problem = material.Problem("InvalidSpec", f"the spec cannot be used: {exc}")
         return await blocked(parse(name, namespace, {}), [problem])
-    bad_name = invalid_name(name, spec.auth.mode == "token")
+    bad_name = invalid_name(name, spec.auth.own_token_service)
     if bad_name:
         return await blocked(spec, [material.Problem("InvalidName", f"{bad_name}; nothing is created")])
     if not ctx.config.image_allowed(spec.image):
@@ -165,6 +170,12 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
             "ImageNotAllowed", f"image {spec.image!r} matches none of the operator's allowed images "
             f"({', '.join(ctx.config.allowed_images)}); nothing is created or changed")])
 
+    joined = None
+    if spec.auth.index is not None:
+        found = index.join(spec, *await joined_index(ctx.client, spec))
+        if isinstance(found, material.Problem):  # nothing written: the registry keeps its last configuration
+            return await blocked(spec, [found])
+        joined = found
     token_was_on = "tokenRealm" in (body.get("status") or {})
     observed = await observe(ctx.client, spec, token_was_on, ctx.pod_monitors)
     taken = conflicts([(kind, child) for _, kind, child in candidates(spec, False, ctx.pod_monitors)],
@@ -176,11 +187,11 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     pull_rotation = (body["metadata"].get("annotations") or {}).get(robot.ROTATE_ANNOTATION)
     propagation = dt.timedelta(seconds=ctx.config.pull_rotation_seconds)
     mat = await asyncio.to_thread(material.decide, spec, secrets, ctx.config.cluster_domain, now, pull_rotation,
-                                  propagation)
+                                  propagation, False, joined)
     names = ChildNames(spec.name)
     gc = garbage_collection.plan(spec, body, observed.children.get(("Job", names.gc)), now)
     outcome.wake_after = gc.wake_after
-    desired = render.desired(gc.effective(spec), mat, body, ctx.config.operator_image, ctx.pod_monitors)
+    desired = render.desired(gc.effective(spec), mat, body, ctx.config.operator_image, ctx.pod_monitors, joined)
     if gc.job is not None:
         desired.append(await _gc_job(ctx, spec, body, gc.job, desired, observed.children))
     applied = await apply_all(ctx.client, desired, observed.children, body, memory.refused)
@@ -191,16 +202,17 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         outcome.deleted = await delete_all(ctx.client, render.obsolete(spec), observed.children, body)
     if outcome.written or outcome.deleted:  # said before the status write, which readers may be waiting on
         log.info("Registry %s/%s: applied %s, deleted %s", namespace, name, outcome.written, outcome.deleted)
-    published = _published(spec, mat, observed.unwatched)
+    published = _published(spec, mat, observed.unwatched, joined)
     pull = await _pull_secrets(ctx, spec, body, mat) if not applied.problems else None
     if mat.robot and mat.robot.retiring and pull is not None and not pull.retry:
         # Every copy carries the current robot credential: the old one may go. Decided on what was just stored.
         just_stored = {o["metadata"]["name"]: {k: base64.b64decode(v) for k, v in o["data"].items()}
                        for o in desired if o["kind"] == "Secret"}
         mat = await asyncio.to_thread(material.decide, spec, {**secrets, **just_stored}, ctx.config.cluster_domain,
-                                      now, pull_rotation, propagation, True)
+                                      now, pull_rotation, propagation, True, joined)
         jobs = [o for o in desired if o["kind"] == "Job"]  # the GC Job does not depend on the robot
-        desired = render.desired(gc.effective(spec), mat, body, ctx.config.operator_image, ctx.pod_monitors) + jobs
+        desired = render.desired(
+            gc.effective(spec), mat, body, ctx.config.operator_image, ctx.pod_monitors, joined) + jobs
         retired = await apply_all(ctx.client, desired, applied.live, body, memory.refused)
         _remember(memory, desired, retired)
         applied.written += [k for k in retired.written if k not in applied.written]
@@ -219,7 +231,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     elif spec.pull_secrets is not None:
         pull_problems = [material.Problem("RegistryNotApplied", "waiting until the Registry's own objects are stored")]
 
-    workload_names = [names.deployment] + ([names.token] if spec.auth.mode == "token" else [])
+    workload_names = [names.deployment] + ([names.token] if spec.auth.own_token_service else [])
     workloads = {n: applied.live.get(("Deployment", n)) for n in workload_names}
     status = conditions.compute(
         spec, generation, [*mat.problems, *applied.problems], workloads, published,
@@ -324,16 +336,73 @@ async def _release(ctx: Context, body: Mapping[str, Any]) -> None:
     await _set_finalizer(ctx, body, present=False)
 
 
+async def reconcile_index(ctx: Context, namespace: str, name: str) -> Outcome:
+    """The same pipeline for a RegistryIndex: its token service, for the Registries of its namespace that
+    joined it (listed here, so the set is never stale), rendered by the Registry's own token-service code."""
+    outcome = Outcome()
+    key = (namespace, name, INDEX_KIND)
+    try:
+        body = (await ctx.client.get(RegistryIndex, name, namespace=namespace)).to_dict()
+    except ApiError as exc:
+        if exc.status.code == 404:
+            ctx.memories.pop(key, None)
+            return outcome
+        raise
+    if body["metadata"].get("deletionTimestamp"):
+        ctx.memories.pop(key, None)
+        return outcome
+    generation = body["metadata"].get("generation", 1)
+    memory = ctx.memory(key, body["metadata"]["uid"])
+    now = dt.datetime.now(dt.UTC)
+    try:
+        spec = parse_index(name, namespace, body.get("spec"))
+    except (ValueError, KeyError, TypeError) as exc:
+        problem = material.Problem("InvalidSpec", f"the spec cannot be used: {exc}")
+        status = conditions.compute_index(
+            parse_index(name, namespace, {}), generation, [problem], None, {}, body.get("status"), now)
+        outcome.status_written = await _finish(ctx, memory, body, status)
+        return outcome
+    registries = [r.to_dict() async for r in ctx.client.list(Registry, namespace=namespace)]
+    joined = index.members(name, namespace, registries)
+    observed = await observe_index(ctx.client, spec)
+    taken = conflicts([(kind, child) for _, kind, child in index_candidates(spec)], observed.children, body)
+    if taken:
+        status = conditions.compute_index(spec, generation, taken, None, {}, body.get("status"), now)
+        outcome.status_written = await _finish(ctx, memory, body, status)
+        return outcome
+    secrets = {**observed.secrets, **memory.pending}
+    mat = await asyncio.to_thread(material.decide_index, spec, secrets, ctx.config.cluster_domain, now)
+    desired = render.index_desired(spec, mat, body, ctx.config.operator_image, sorted(joined))
+    applied = await apply_all(ctx.client, desired, observed.children, body, memory.refused)
+    memory.refused = applied.refused
+    _remember(memory, desired, applied)
+    outcome.written = applied.written
+    if outcome.written:
+        log.info("RegistryIndex %s/%s: applied %s", namespace, name, outcome.written)
+    status = conditions.compute_index(
+        spec, generation, [*mat.problems, *applied.problems], applied.live.get(("Deployment", ChildNames(name).token)),
+        index.published(spec, mat.passwords, joined), body.get("status"), now, retrying=bool(applied.retry))
+    stored = [r for r in mat.rotations if ("Secret", r.secret) in applied.written]
+    for rotation in stored:
+        log.info("RegistryIndex %s/%s: %s", namespace, name, rotation.message)
+    outcome.status_written = await _finish(
+        ctx, memory, body, status, [("Normal", r.reason, r.message) for r in stored])
+    if applied.retry:
+        raise Retry("; ".join(applied.retry))
+    return outcome
+
+
 async def _finish(
     ctx: Context, memory: Memory, body: Mapping[str, Any], status: dict[str, Any], extra: Sequence[Event] = ()
 ) -> bool:
     """Write status if it changed, then post the Events of its transitions (and any not posted before)."""
     meta = body["metadata"]
-    metrics.REGISTRIES.record(meta["namespace"], meta["name"], status)  # what is true now, stored or not
+    if body.get("kind") != INDEX_KIND:  # the per-Registry metrics describe Registries only
+        metrics.REGISTRIES.record(meta["namespace"], meta["name"], status)  # what is true now, stored or not
     written = await _write_status(ctx, body, status)
     for type_, reason, message in conditions.transitions(body.get("status"), status):
         log.log(logging.WARNING if type_ == "Warning" else logging.INFO,
-                "Registry %s/%s: %s: %s", meta["namespace"], meta["name"], reason, message)
+                "%s %s/%s: %s: %s", body.get("kind") or "Registry", meta["namespace"], meta["name"], reason, message)
         memory.unsent.append((type_, reason, message))
     memory.unsent.extend(extra)
     unsent, memory.unsent = memory.unsent, []

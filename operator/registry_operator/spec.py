@@ -46,6 +46,7 @@ class AccessRule:
     repositories: tuple[str, ...] = ()
     catalog: bool = False
     actions: tuple[str, ...] = ()
+    registries: tuple[str, ...] = ()  # a RegistryIndex's rule: only for these joined Registries (empty: all)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,13 @@ class Auth:
     token_ttl_seconds: int = 300
     token_algorithm: str = "ES256"
     token_realm: str | None = None
+    index: str | None = None  # auth.indexRef.name: users and rules live in that RegistryIndex
+    index_namespace: str | None = None  # auth.indexRef.namespace, if given: must be the Registry's own
+
+    @property
+    def own_token_service(self) -> bool:
+        """Token mode with this Registry's own token service (not joined to a RegistryIndex)."""
+        return self.mode == "token" and self.index is None
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,26 @@ class RegistrySpec:
         return self.tls.mode != "Disabled"
 
 
+@dataclass(frozen=True)
+class IndexSpec:
+    """A RegistryIndex: one token service (users, groups, rules) shared by the Registries that join it.
+
+    `auth` is parsed by the same code as a Registry's `spec.auth` (the CRD reuses the same schema), so both
+    speak one vocabulary. The token service always serves TLS from the index's own CA; `tls` only adds names
+    to its certificate. The scheduling fields exist because the token service's pod shares its renderer with
+    a Registry's; an index leaves them empty.
+    """
+
+    name: str
+    namespace: str
+    auth: Auth = field(default_factory=lambda: Auth(mode="token"))
+    tls: TLS = field(default_factory=TLS)
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    affinity: Mapping[str, Any] = field(default_factory=dict)
+    tls_enabled: bool = True
+
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
 
 
@@ -197,6 +225,36 @@ def _rule(raw: Mapping[str, Any]) -> AccessRule:
         repositories=tuple(raw.get("repositories") or ()),
         catalog=bool(raw.get("catalog", False)),
         actions=tuple(raw.get("actions") or ()),
+        registries=tuple(raw.get("registries") or ()),
+    )
+
+
+def parse_auth(raw: Mapping[str, Any] | None, mode: str | None = None) -> Auth:
+    """`spec.auth` of a Registry, or the same fields of a RegistryIndex (`mode` given: always token)."""
+    raw = raw or {}
+    ref = raw.get("indexRef") or {}
+    return Auth(
+        mode=mode or raw.get("mode") or "htpasswd",
+        users=tuple(_user(u) for u in raw.get("users") or ()),
+        groups={g["name"]: tuple(g.get("users") or ()) for g in raw.get("groups") or ()},
+        access=tuple(_rule(r) for r in raw.get("access") or ()),
+        token_ttl_seconds=max(MIN_TOKEN_TTL_SECONDS, parse_duration(raw.get("tokenTTL") or DEFAULT_TOKEN_TTL)),
+        token_algorithm=raw.get("tokenAlgorithm") or "ES256",
+        token_realm=raw.get("tokenRealm"),
+        index=object_name(ref["name"], "auth.indexRef.name") if ref.get("name") else None,
+        index_namespace=ref.get("namespace") or None,
+    )
+
+
+def parse_index(name: str, namespace: str, raw: Mapping[str, Any] | None) -> IndexSpec:
+    """Build a RegistryIndex's typed spec, with the same defaults as the CRD schema."""
+    raw = raw or {}
+    tls_raw = raw.get("tls") or {}
+    return IndexSpec(
+        name=name,
+        namespace=namespace,
+        auth=parse_auth(raw, mode="token"),
+        tls=TLS(dns_names=tuple(tls_raw.get("dnsNames") or ()), ip_addresses=tuple(tls_raw.get("ipAddresses") or ())),
     )
 
 
@@ -269,17 +327,7 @@ def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistryS
             dns_names=tuple(tls_raw.get("dnsNames") or ()),
             ip_addresses=tuple(tls_raw.get("ipAddresses") or ()),
         ),
-        auth=Auth(
-            mode=auth_raw.get("mode") or "htpasswd",
-            users=tuple(_user(u) for u in auth_raw.get("users") or ()),
-            groups={g["name"]: tuple(g.get("users") or ()) for g in auth_raw.get("groups") or ()},
-            access=tuple(_rule(r) for r in auth_raw.get("access") or ()),
-            token_ttl_seconds=max(
-                MIN_TOKEN_TTL_SECONDS, parse_duration(auth_raw.get("tokenTTL") or DEFAULT_TOKEN_TTL)
-            ),
-            token_algorithm=auth_raw.get("tokenAlgorithm") or "ES256",
-            token_realm=auth_raw.get("tokenRealm"),
-        ),
+        auth=parse_auth(auth_raw),
         resources=dict(raw.get("resources") or {}),
         node_selector=dict(raw.get("nodeSelector") or {}),
         tolerations=tuple(raw.get("tolerations") or ()),

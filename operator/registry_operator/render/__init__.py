@@ -6,30 +6,31 @@ lets `apply` skip writes on a settled Registry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..material import Material
+from ..material import Joined, Material
 from ..names import COMPONENT_REGISTRY, COMPONENT_TOKEN, ChildNames
-from ..spec import RegistrySpec
+from ..spec import IndexSpec, RegistrySpec
 from . import config, deployment, monitoring, network, secrets, storage, token
 from .common import Obj
 from .service import service
 
 
 def desired(
-    spec: RegistrySpec, material: Material, owner: Mapping[str, Any], operator_image: str, pod_monitor: bool = False
+    spec: RegistrySpec, material: Material, owner: Mapping[str, Any], operator_image: str, pod_monitor: bool = False,
+    joined: Joined | None = None,
 ) -> list[Obj]:
     """Everything the Registry should own right now, in the order it is safe to create it. `pod_monitor`: the
-    cluster serves prometheus-operator's PodMonitor."""
+    cluster serves prometheus-operator's PodMonitor; `joined`: the index of a Registry that joined one (it then
+    runs no token service of its own)."""
     names = ChildNames(spec.name)
-    token_mode = spec.auth.mode == "token"
+    token_mode = spec.auth.own_token_service
+    assert spec.auth.index is None or joined is not None, "a joined Registry is rendered with its index"
+    realm = token.realm(spec) if token_mode else joined.realm if joined else None
     config_text = config.dump(
         config.render(
-            spec,
-            token_realm=token.realm(spec) if token_mode else None,
-            token_service=token.service_name(spec) if token_mode else None,
-            scraped=pod_monitor,
+            spec, token_realm=realm, token_service=token.service_name(spec) if realm else None, scraped=pod_monitor
         )
     )
     objects = secrets.render(spec, material, owner)
@@ -53,6 +54,20 @@ def desired(
     return objects
 
 
+def index_desired(
+    spec: IndexSpec, material: Material, owner: Mapping[str, Any], operator_image: str, joined: Sequence[str]
+) -> list[Obj]:
+    """Everything a RegistryIndex owns: its Secrets, CA bundle and the token service for the Registries
+    named in `joined`, rendered by the same code as a Registry's own token service."""
+    objects = secrets.render(spec, material, owner)
+    if material.client_ca_pem:
+        objects.append(deployment.ca_bundle(spec, material.client_ca_pem.decode(), owner))
+    objects += token.render(spec, material, owner, operator_image, joined)
+    objects.append(service(ChildNames(spec.name).token, owner, COMPONENT_TOKEN, token.PORT, "https"))
+    objects.append(network.index_policy(spec, owner))
+    return objects
+
+
 def obsolete(spec: RegistrySpec) -> list[tuple[str, str, str]]:
     """(apiVersion, kind, name) of children an earlier spec may have created that this one must not have.
 
@@ -62,9 +77,9 @@ def obsolete(spec: RegistrySpec) -> list[tuple[str, str, str]]:
     names = ChildNames(spec.name)
     policy = ("networking.k8s.io/v1", "NetworkPolicy")
     out = [] if spec.network_policy.enabled else [(*policy, names.deployment)]
-    if spec.auth.mode != "token" or not spec.network_policy.enabled:
+    if not spec.auth.own_token_service or not spec.network_policy.enabled:
         out.append((*policy, names.token))
-    if spec.auth.mode != "token":
+    if not spec.auth.own_token_service:
         out += [("apps/v1", "Deployment", names.token), ("v1", "Service", names.token),
                 ("v1", "ConfigMap", names.token)]
     return out

@@ -12,10 +12,10 @@ Obj = dict[str, Any]
 
 
 def owner_reference(owner: Mapping[str, Any]) -> Obj:
-    """A controller reference to the Registry: garbage collection deletes the child with it."""
+    """A controller reference to the Registry (or RegistryIndex): garbage collection deletes the child with it."""
     return {
         "apiVersion": names.API_VERSION,
-        "kind": names.KIND,
+        "kind": owner.get("kind") or names.KIND,
         "name": owner["metadata"]["name"],
         "uid": owner["metadata"]["uid"],
         "controller": True,

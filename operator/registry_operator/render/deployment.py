@@ -13,7 +13,7 @@ from typing import Any
 from .. import names
 from ..material import Material
 from ..names import COMPONENT_REGISTRY, ChildNames
-from ..spec import RegistrySpec
+from ..spec import IndexSpec, RegistrySpec
 from . import config as cfg
 from . import monitoring
 from .common import Obj, metadata
@@ -38,7 +38,7 @@ def config_map(spec: RegistrySpec, config_text: str, owner: Mapping[str, Any]) -
     }
 
 
-def ca_bundle(spec: RegistrySpec, bundle: str, owner: Mapping[str, Any]) -> Obj:
+def ca_bundle(spec: RegistrySpec | IndexSpec, bundle: str, owner: Mapping[str, Any]) -> Obj:
     """The CA bundle clients must trust, as a ConfigMap: workloads that only want to trust the registry need
     no permission to read Secrets."""
     return {
@@ -59,8 +59,9 @@ def volumes(spec: RegistrySpec, names_: ChildNames) -> tuple[list[Obj], list[Obj
     if spec.auth.mode == "htpasswd":
         vols.append(secret_volume("auth", names_.htpasswd, ["htpasswd"]))
         mounts.append({"name": "auth", "mountPath": cfg.AUTH_DIR, "readOnly": True})
-    elif spec.auth.mode == "token":
-        vols.append(secret_volume("token", names_.token_signing, ["ca.crt"]))
+    elif spec.auth.mode == "token":  # the trust bundle of its own token service, or of the index it joined
+        signing = ChildNames(spec.auth.index).token_signing if spec.auth.index else names_.token_signing
+        vols.append(secret_volume("token", signing, ["ca.crt"]))
         mounts.append({"name": "token", "mountPath": cfg.TOKEN_DIR, "readOnly": True})
     if spec.storage.claim is not None:
         vols.append({"name": "data", "persistentVolumeClaim": {"claimName": names_.claim}})

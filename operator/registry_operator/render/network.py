@@ -1,10 +1,11 @@
 """NetworkPolicies: the pods we run accept connections only on the ports they serve.
 
 Without a policy any pod in the cluster can reach every port of a registry pod, the debug listener included.
-With one per workload (registry; token service in token mode), ingress is allowed on the serving port only:
-from any source by default, since clients come from pods, from nodes (containerd pulls, NodePort) and from
-outside, or only from the peers in `spec.networkPolicy.from`. Egress is left alone: a registry may need to reach
-object storage or an upstream. A policy only matters where the cluster runs an engine that enforces it.
+With one per workload (registry; token service in token mode; a RegistryIndex's token service), ingress is
+allowed on the serving port only: from any source by default, since clients come from pods, from nodes
+(containerd pulls, NodePort) and from outside, or only from the peers in `spec.networkPolicy.from`. Egress is
+left alone: a registry may need to reach object storage or an upstream. A policy only matters where the
+cluster runs an engine that enforces it.
 
 Where a PodMonitor is rendered (render/monitoring), the metrics ports are opened to Prometheus pods only: the
 registry's debug listener serves pprof next to `/metrics`, so it stays closed to everyone else.
@@ -12,11 +13,11 @@ registry's debug listener serves pprof next to `/metrics`, so it stays closed to
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..names import COMPONENT_REGISTRY, COMPONENT_TOKEN, ChildNames, selector
-from ..spec import RegistrySpec
+from ..spec import IndexSpec, RegistrySpec
 from ..token import config as token_config
 from . import config, monitoring, token
 from .common import Obj, metadata
@@ -28,19 +29,27 @@ def policies(spec: RegistrySpec, owner: Mapping[str, Any], scraped: bool = False
         return []
     names = ChildNames(spec.name)
     metrics = config.DEBUG_PORT if scraped else None
-    out = [_policy(names.deployment, owner, COMPONENT_REGISTRY, config.PORT, spec, metrics)]
-    if spec.auth.mode == "token":
+    peers = spec.network_policy.peers
+    out = [_policy(names.deployment, owner, COMPONENT_REGISTRY, config.PORT, spec.name, peers, metrics)]
+    if spec.auth.own_token_service:
         metrics = token_config.METRICS_PORT if scraped else None
-        out.append(_policy(names.token, owner, COMPONENT_TOKEN, token.PORT, spec, metrics))
+        out.append(_policy(names.token, owner, COMPONENT_TOKEN, token.PORT, spec.name, peers, metrics))
     return out
 
 
+def index_policy(spec: IndexSpec, owner: Mapping[str, Any]) -> Obj:
+    """A RegistryIndex's token service: its port only, from anywhere (its clients are every joined
+    registry's clients, wherever they are)."""
+    return _policy(ChildNames(spec.name).token, owner, COMPONENT_TOKEN, token.PORT, spec.name, (), None)
+
+
 def _policy(
-    name: str, owner: Mapping[str, Any], component: str, port: int, spec: RegistrySpec, metrics_port: int | None
+    name: str, owner: Mapping[str, Any], component: str, port: int, instance: str,
+    peers: Sequence[Mapping[str, Any]], metrics_port: int | None,
 ) -> Obj:
     rule: Obj = {"ports": [{"protocol": "TCP", "port": port}]}
-    if spec.network_policy.peers:
-        rule["from"] = [dict(peer) for peer in spec.network_policy.peers]
+    if peers:
+        rule["from"] = [dict(peer) for peer in peers]
     ingress = [rule]
     if metrics_port is not None:
         ingress.append({"ports": [{"protocol": "TCP", "port": metrics_port}], "from": [monitoring.PROMETHEUS]})
@@ -49,7 +58,7 @@ def _policy(
         "kind": "NetworkPolicy",
         "metadata": metadata(name, owner, component),
         "spec": {
-            "podSelector": {"matchLabels": selector(spec.name, component)},
+            "podSelector": {"matchLabels": selector(instance, component)},
             "policyTypes": ["Ingress"],
             "ingress": ingress,
         },

@@ -10,7 +10,7 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-from ..spec import RegistrySpec
+from ..spec import IndexSpec, RegistrySpec
 
 RUN_AS = 1000
 SECRET_MODE = 0o440  # readable by the pod's group (fsGroup), nobody else
@@ -57,7 +57,7 @@ def secret_volume(name: str, secret: str, keys: Iterable[str] | None = None) -> 
     return {"name": name, "secret": source}
 
 
-def scheduling(spec: RegistrySpec) -> dict[str, Any]:
+def scheduling(spec: RegistrySpec | IndexSpec) -> dict[str, Any]:
     """Pod-spec fields the user controls; empty ones are left out so the API server's defaults stay ours."""
     out: dict[str, Any] = {}
     if spec.node_selector:

@@ -9,13 +9,13 @@ from typing import Any
 from ..material import Material
 from ..names import COMPONENT_REGISTRY, COMPONENT_TOKEN, ChildNames, password_key
 from ..pki import KeyPair
-from ..spec import RegistrySpec
+from ..spec import IndexSpec, RegistrySpec
 from .common import Obj, secret
 
 TLS_TYPE = "kubernetes.io/tls"
 
 
-def render(spec: RegistrySpec, material: Material, owner: Mapping[str, Any]) -> list[Obj]:
+def render(spec: RegistrySpec | IndexSpec, material: Material, owner: Mapping[str, Any]) -> list[Obj]:
     names = ChildNames(spec.name)
 
     def opaque(name: str, data: Mapping[str, str | bytes], component: str = COMPONENT_REGISTRY) -> Obj:

@@ -1,4 +1,5 @@
-"""The token service ("index") of a `auth.mode: token` Registry: its ConfigMap, Deployment and Service.
+"""The token service ("index") of a `auth.mode: token` Registry or of a RegistryIndex: its ConfigMap and
+Deployment (the Service is rendered next to them by the caller).
 
 It runs the operator's own image with a dedicated entry point (`python -m registry_operator.token`). Users,
 groups and rules reach it through mounted files that it re-reads on change, so editing them restarts nothing;
@@ -8,13 +9,13 @@ its TLS certificate and the signing certificate are part of the pod-template has
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import names
 from ..material import Material
 from ..names import COMPONENT_TOKEN, ChildNames
-from ..spec import RegistrySpec
+from ..spec import IndexSpec, RegistrySpec
 from ..token import config as token_config
 from . import monitoring
 from .common import Obj, metadata
@@ -29,10 +30,15 @@ RESOURCES = {"requests": {"cpu": "20m", "memory": "48Mi"}, "limits": {"memory": 
 
 def service_name(spec: RegistrySpec) -> str:
     """The `service` both the registry and the tokens name: the registry's in-cluster host."""
-    return f"{spec.name}.{spec.namespace}.svc"
+    return registry_service(spec.name, spec.namespace)
 
 
-def realm(spec: RegistrySpec) -> str:
+def registry_service(registry: str, namespace: str) -> str:
+    """The token audience of Registry `registry` (see `service_name`), also for an index's rules naming it."""
+    return f"{registry}.{namespace}.svc"
+
+
+def realm(spec: RegistrySpec | IndexSpec) -> str:
     """Where clients fetch tokens: the user's override (an Ingress, a NodePort) or the in-cluster Service."""
     if spec.auth.token_realm:
         return spec.auth.token_realm
@@ -40,10 +46,12 @@ def realm(spec: RegistrySpec) -> str:
     return f"{scheme}://{ChildNames(spec.name).token}.{spec.namespace}.svc:{PORT}{token_config.TOKEN_PATH}"
 
 
-def service_config(spec: RegistrySpec, material: Material) -> dict[str, Any]:
+def service_config(spec: RegistrySpec | IndexSpec, material: Material, joined: Sequence[str] = ()) -> dict[str, Any]:
     """The token service's config file: no secrets, only where they are mounted (and the robot users' names).
 
-    Rules naming an undefined group keep their other subjects; the Degraded condition reports the name.
+    A Registry's own service issues tokens for it alone; an index's for each Registry in `joined` (names),
+    and a rule's `registries` limits it to those Registries' tokens. Rules naming an undefined group keep their
+    other subjects; the Degraded condition reports the name.
     """
     groups = {name: list(members) for name, members in spec.auth.groups.items()}
     access = [
@@ -54,6 +62,7 @@ def service_config(spec: RegistrySpec, material: Material) -> dict[str, Any]:
             "repositories": list(r.repositories),
             "catalog": r.catalog,
             "actions": list(r.actions),
+            **({"services": [registry_service(n, spec.namespace) for n in r.registries]} if r.registries else {}),
         }
         for r in spec.auth.access
     ]
@@ -61,16 +70,20 @@ def service_config(spec: RegistrySpec, material: Material) -> dict[str, Any]:
         # First, so no rule of the user's (an anonymous one included) grants the robot more than pulls.
         access.insert(0, {"users": [c.user for c in material.robot.valid], "groups": [], "anonymous": False,
                           "repositories": ["*"], "catalog": False, "actions": ["pull"]})
+    services = (service_name(spec) if isinstance(spec, RegistrySpec)
+                else [registry_service(n, spec.namespace) for n in sorted(joined)])
     return token_config.build_config(
-        service_name(spec), access, groups=groups, ttl_seconds=spec.auth.token_ttl_seconds,
+        services, access, groups=groups, ttl_seconds=spec.auth.token_ttl_seconds,
         algorithm=spec.auth.token_algorithm,  # type: ignore[arg-type]
         tls=spec.tls_enabled,
     )
 
 
-def render(spec: RegistrySpec, material: Material, owner: Mapping[str, Any], image: str) -> list[Obj]:
+def render(
+    spec: RegistrySpec | IndexSpec, material: Material, owner: Mapping[str, Any], image: str, joined: Sequence[str] = ()
+) -> list[Obj]:
     names_ = ChildNames(spec.name)
-    config_text = json.dumps(service_config(spec, material), indent=2, sort_keys=True)
+    config_text = json.dumps(service_config(spec, material, joined), indent=2, sort_keys=True)
     volumes: list[Obj] = [
         {"name": "config", "configMap": {"name": names_.token}},
         secret_volume("auth", names_.htpasswd, ["htpasswd"]),
