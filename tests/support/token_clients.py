@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lightkube import Client
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import ConfigMap
 
@@ -122,14 +123,19 @@ class TokenService:
 
 def start_token_service(reg: DeployedRegistry, proxy: ServiceProxy, workdir: Path) -> TokenService:
     """Run the token Deployment the operator rendered and point ``proxy`` (the realm's port) at it."""
-    name = f"{reg.name}-token"
-    deployment = wait_for(
-        lambda: reg.client.get(Deployment, name, namespace=reg.namespace), f"Deployment {reg.namespace}/{name}"
-    )
-    runner = PodRunner(deployment, ApiSources(reg.client, reg.namespace), workdir)
-    runner.start(reg.ca_pem(), f"{name}.{reg.namespace}.svc")
-    proxy.target = ("127.0.0.1", runner.port)
+    runner = start_token_pod(reg.client, reg.namespace, f"{reg.name}-token", reg.ca_pem(), proxy, workdir)
     return TokenService(reg, proxy, runner)
+
+
+def start_token_pod(
+    client: Client, namespace: str, name: str, ca_pem: bytes, proxy: ServiceProxy, workdir: Path
+) -> PodRunner:
+    """Run the token Deployment ``name`` (a Registry's ``N-token`` or a RegistryIndex's) behind ``proxy``."""
+    deployment = wait_for(lambda: client.get(Deployment, name, namespace=namespace), f"Deployment {namespace}/{name}")
+    runner = PodRunner(deployment, ApiSources(client, namespace), workdir)
+    runner.start(ca_pem, f"{name}.{namespace}.svc")
+    proxy.target = ("127.0.0.1", runner.port)
+    return runner
 
 
 @dataclass
