@@ -387,6 +387,8 @@ async def reconcile_index(ctx: Context, namespace: str, name: str) -> Outcome:
         log.info("RegistryIndex %s/%s: %s", namespace, name, rotation.message)
     outcome.status_written = await _finish(
         ctx, memory, body, status, [("Normal", r.reason, r.message) for r in stored])
+    log.debug("RegistryIndex %s/%s reconciled: %d applied, status %s", namespace, name, len(outcome.written),
+              "written" if outcome.status_written else "unchanged")
     if applied.retry:
         raise Retry("; ".join(applied.retry))
     return outcome

@@ -126,3 +126,25 @@ def test_invalid_joins_and_indexes_are_rejected(cluster, namespace, kind, spec, 
     text = manifest("bad", namespace, spec) if kind == "Registry" else index_manifest("bad", namespace, spec)
     result = cluster.kubectl("apply", "-f", "-", input=text, check=False)
     assert result.returncode != 0 and message in result.stderr, result.stderr
+
+
+def test_settled_index_and_joined_registry_write_nothing_on_restart(cluster, kube_client, namespace,
+                                                                    operator_factory, wait_for):
+    first = operator_factory()
+    cluster.apply(index_manifest("idx", namespace, INDEX))
+    cluster.apply(manifest("prod", namespace, JOINED))
+    wait_for(lambda: is_ready(kube_client, "prod", namespace) and index_ready(kube_client, "idx", namespace)
+             and index_status(kube_client, "idx", namespace).get("registryCount") == 1, timeout=60, what="settled")
+    time.sleep(2)  # let the last child events settle
+    before = owned(kube_client, namespace, "idx"), owned(kube_client, namespace, "prod")
+    versions = (registry(kube_client, "prod", namespace)["metadata"]["resourceVersion"],
+                kube_client.get(RegistryIndex, "idx", namespace=namespace).metadata.resourceVersion)
+    first.stop()
+
+    second = operator_factory(args=["--all-namespaces", "--log-level", "DEBUG"])
+    second.wait_for_log(rf"RegistryIndex {namespace}/idx reconciled: 0 applied, status unchanged", timeout=30)
+    second.wait_for_log(rf"Registry {namespace}/prod reconciled: 0 applied, 0 deleted, status unchanged", timeout=30)
+    time.sleep(2)
+    assert (owned(kube_client, namespace, "idx"), owned(kube_client, namespace, "prod")) == before
+    assert (registry(kube_client, "prod", namespace)["metadata"]["resourceVersion"],
+            kube_client.get(RegistryIndex, "idx", namespace=namespace).metadata.resourceVersion) == versions
