@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -17,6 +18,7 @@ INDEX = {
                {"users": ["alice", "ci"], "repositories": ["*"], "actions": ["pull"]}],
 }
 JOINED = {"auth": {"mode": "token", "indexRef": {"name": "idx"}}}
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "index.yaml"
 
 
 def index_manifest(name: str, namespace: str, spec: dict) -> str:
@@ -148,3 +150,16 @@ def test_settled_index_and_joined_registry_write_nothing_on_restart(cluster, kub
     assert (owned(kube_client, namespace, "idx"), owned(kube_client, namespace, "prod")) == before
     assert (registry(kube_client, "prod", namespace)["metadata"]["resourceVersion"],
             kube_client.get(RegistryIndex, "idx", namespace=namespace).metadata.resourceVersion) == versions
+
+
+def test_the_example_applies_and_gets_ready(cluster, kube_client, namespace, operator, wait_for):
+    docs = list(yaml.safe_load_all(EXAMPLE.read_text()))
+    for doc in docs:
+        doc["metadata"]["namespace"] = namespace
+    cluster.apply(yaml.safe_dump_all(docs))
+    for doc in docs:
+        if doc["kind"] == "Registry":
+            name = doc["metadata"]["name"]
+            wait_for(lambda n=name: is_ready(kube_client, n, namespace), timeout=60, what=f"Registry {name} Ready")
+    wait_for(lambda: index_status(kube_client, "accounts", namespace).get("registryCount") == 2, timeout=30,
+             what="the example's index with 2 Registries")
