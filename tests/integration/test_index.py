@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 import yaml
 from registries import condition, get, is_ready, manifest, owned, registry
 
+from registry_operator import pki
 from registry_operator.kinds import RegistryIndex
 
 INDEX = {
@@ -163,3 +165,41 @@ def test_the_example_applies_and_gets_ready(cluster, kube_client, namespace, ope
             wait_for(lambda n=name: is_ready(kube_client, n, namespace), timeout=60, what=f"Registry {name} Ready")
     wait_for(lambda: index_status(kube_client, "accounts", namespace).get("registryCount") == 2, timeout=30,
              what="the example's index with 2 Registries")
+
+
+def test_index_changes_reach_joined_registries(cluster, kube_client, namespace, operator, wait_for):
+    """A rotated signing key (a new algorithm) is trusted next to the old one and rolls every joined registry;
+    a new realm reaches their configs. Both travel as triggers from the index's events, no polling."""
+    cluster.apply(index_manifest("idx", namespace, INDEX))
+    for name in ("dev", "prod"):
+        cluster.apply(manifest(name, namespace, JOINED))
+    for name in ("dev", "prod"):
+        wait_for(lambda n=name: is_ready(kube_client, n, namespace), timeout=60, what=f"Registry {name} Ready")
+
+    def template_hash(name: str) -> str:
+        return get(kube_client, "Deployment", name, namespace)["spec"]["template"]["metadata"]["annotations"][
+            "registry.operator.dev/inputs-hash"]
+
+    def trusted() -> list[bytes]:
+        data = get(kube_client, "Secret", "idx-token-signing", namespace)["data"]
+        return pki.split(base64.b64decode(data["ca.crt"]))
+
+    hashes = {name: template_hash(name) for name in ("dev", "prod")}
+    old = trusted()
+    assert len(old) == 1
+    started = time.monotonic()
+    cluster.apply(index_manifest("idx", namespace, {**INDEX, "tokenAlgorithm": "RS256"}))
+    wait_for(lambda: all(template_hash(n) != h for n, h in hashes.items()), timeout=30,
+             what="both joined registries to roll onto the new trust bundle")
+    print(f"index key rotation -> both registries' pod templates updated: {time.monotonic() - started:.2f}s")
+    bundle = trusted()
+    assert len(bundle) == 2 and bundle[1] == old[0]  # the old key stays trusted for the overlap
+    wait_for(lambda: cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
+                                     "involvedObject.kind=RegistryIndex,reason=SigningKeyRotated",
+                                     "-o", "name").stdout.strip(), timeout=10, what="SigningKeyRotated Event")
+
+    realm = "https://tokens.example.internal/token"
+    cluster.apply(index_manifest("idx", namespace, {**INDEX, "tokenAlgorithm": "RS256", "tokenRealm": realm}))
+    for name in ("dev", "prod"):
+        wait_for(lambda n=name: yaml.safe_load(get(kube_client, "ConfigMap", f"{n}-config", namespace)["data"][
+            "config.yml"])["auth"]["token"]["realm"] == realm, timeout=30, what=f"{name} to use the new realm")
