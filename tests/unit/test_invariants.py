@@ -16,6 +16,7 @@ AUTH = {
     "token": {"mode": "token", "users": [{"name": "alice"}],
               "access": [{"users": ["alice"], "repositories": ["*"], "actions": ["pull"]}]},
     "none": {"mode": "none"},
+    "joined": {"mode": "token", "indexRef": {"name": "idx"}},
 }
 TLS = {"SelfSigned": {}, "Secret": {"mode": "Secret", "secretName": "mine"}, "Disabled": {"mode": "Disabled"}}
 STORAGE = {"emptyDir": {}, "claim": {"persistentVolumeClaim": {"size": "1Gi"}}}
@@ -25,9 +26,11 @@ STORAGE = {"emptyDir": {}, "claim": {"persistentVolumeClaim": {"size": "1Gi"}}}
 def test_every_rendered_child_is_observed(auth, tls, storage):
     raw = {"auth": AUTH[auth], "tls": TLS[tls], "storage": STORAGE[storage]}
     s = spec.parse("reg", "ns", raw)
-    mat = material.decide(s, {"pw": {"password": b"secret"}})
+    joined = material.Joined("idx", "https://idx-token.ns.svc:5001/token", b"", b"") if s.auth.index else None
+    mat = material.decide(s, {"pw": {"password": b"secret"}}, joined=joined)
     for pod_monitor in (False, True):
-        rendered = {(o["kind"], o["metadata"]["name"]) for o in render.desired(s, mat, OWNER, "img", pod_monitor)}
+        rendered = {(o["kind"], o["metadata"]["name"])
+                    for o in render.desired(s, mat, OWNER, "img", pod_monitor, joined=joined)}
         if s.storage.claim is not None:  # the GC Job, rendered by reconcile while a collection runs
             rendered.add(_key(garbage_collection.job(s, OWNER, "r", None, suspend=True, node=None)))
         for token_was_on in (False, True):
