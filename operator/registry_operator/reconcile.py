@@ -176,7 +176,8 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         if isinstance(found, material.Problem):  # nothing written: the registry keeps its last configuration
             return await blocked(spec, [found])
         joined = found
-    token_was_on = "tokenRealm" in (body.get("status") or {})
+    before = body.get("status") or {}
+    token_was_on = "tokenRealm" in before and "index" not in before  # it ran a token service of its own
     observed = await observe(ctx.client, spec, token_was_on, ctx.pod_monitors)
     taken = conflicts([(kind, child) for _, kind, child in candidates(spec, False, ctx.pod_monitors)],
                       observed.children, body)
