@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 NEEDED: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (names.GROUP, names.PLURAL, ("get", "list", "watch", "patch")),  # patch: the pull-secrets finalizer
     (names.GROUP, f"{names.PLURAL}/status", ("get", "patch")),
+    (names.GROUP, names.INDEX_PLURAL, ("get", "list", "watch")),
+    (names.GROUP, f"{names.INDEX_PLURAL}/status", ("get", "patch")),
     ("", "secrets", ("get", "list", "watch", "create", "patch", "delete")),  # delete: pull Secrets only
     ("", "serviceaccounts", ("get", "list", "watch", "patch")),  # imagePullSecrets of spec.pullSecrets
     ("", "persistentvolumeclaims", ("get", "list", "watch", "create", "patch")),

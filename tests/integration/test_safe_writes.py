@@ -129,7 +129,7 @@ rules:
     resources: [networkpolicies]
     verbs: [get, list, watch, create, patch, delete]
   - apiGroups: [registry.operator.dev]
-    resources: [registries, registries/status]
+    resources: [registries, registries/status, registryindexes, registryindexes/status]
     verbs: [get, list, watch, patch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
