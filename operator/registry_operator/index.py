@@ -58,8 +58,11 @@ def members(index: str, namespace: str, registries: Sequence[Mapping[str, Any]])
     return out
 
 
-def published(spec: IndexSpec, passwords: Mapping[str, str], joined: Mapping[str, RegistrySpec]) -> dict[str, Any]:
-    """The index's status fields besides conditions: its Registries, where tokens come from, what to trust."""
+def published(
+    spec: IndexSpec, passwords: Mapping[str, str], joined: Mapping[str, RegistrySpec], unwatched: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The index's status fields besides conditions: its Registries, where tokens come from, what to trust, and
+    referenced password Secrets without the watch label (polled, see `references`)."""
     names = ChildNames(spec.name)
     keys = {user: password_key(user) for user in passwords if password_key(user) != user}
     return {
@@ -72,4 +75,5 @@ def published(spec: IndexSpec, passwords: Mapping[str, str], joined: Mapping[str
         "caConfigMapName": names.ca,
         "credentialsSecretName": names.passwords if passwords else None,
         "passwordKeys": keys or None,
+        "unwatchedSecrets": list(unwatched) or None,
     }

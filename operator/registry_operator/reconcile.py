@@ -382,7 +382,8 @@ async def reconcile_index(ctx: Context, namespace: str, name: str) -> Outcome:
         log.info("RegistryIndex %s/%s: applied %s", namespace, name, outcome.written)
     status = conditions.compute_index(
         spec, generation, [*mat.problems, *applied.problems], applied.live.get(("Deployment", ChildNames(name).token)),
-        index.published(spec, mat.passwords, joined), body.get("status"), now, retrying=bool(applied.retry))
+        index.published(spec, mat.passwords, joined, observed.unwatched), body.get("status"), now,
+        retrying=bool(applied.retry))
     stored = [r for r in mat.rotations if ("Secret", r.secret) in applied.written]
     for rotation in stored:
         log.info("RegistryIndex %s/%s: %s", namespace, name, rotation.message)

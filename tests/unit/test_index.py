@@ -131,10 +131,11 @@ def test_members_and_published_status() -> None:
     members = index.members("idx", "ns", listed)
     assert sorted(members) == ["dev", "prod"]
     s = spec.parse_index("idx", "ns", INDEX_SPEC)
-    published = index.published(s, {"alice": "x"}, members)
+    published = index.published(s, {"alice": "x"}, members, ["ci-password"])
     assert published["registries"] == [{"name": "dev", "endpoint": "dev.ns.svc:443"},
                                        {"name": "prod", "endpoint": "prod.ns.svc:5000"}]
     assert (published["registryCount"], published["userCount"]) == (2, 2)
+    assert published["unwatchedSecrets"] == ["ci-password"] and published["credentialsSecretName"] == "idx-passwords"
     assert published["tokenRealm"] == "https://idx-token.ns.svc:5001/token"
     status = conditions.compute_index(s, 3, [], None, published, None, pki.now())
     assert {c["type"]: c["reason"] for c in status["conditions"]}["Ready"] == "Creating"
