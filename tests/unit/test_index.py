@@ -55,6 +55,9 @@ def test_index_renders_one_token_service_for_its_registries() -> None:
     assert (owner["kind"], owner["name"], owner["uid"]) == ("RegistryIndex", "idx", "2222")
     assert set(mat.passwords) == {"alice", "ci"} and mat.token_signing and mat.token_tls and mat.ca
     assert "localhost" in pki.sans(pki.load_chain(mat.token_tls.cert_pem)[0])
+    policy = kinds[("NetworkPolicy", "idx-token")]["spec"]
+    assert policy["ingress"] == [{"ports": [{"protocol": "TCP", "port": 5001}]}]  # its port only, from anywhere
+    assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "idx"
 
 
 def test_a_settled_index_renders_the_same_objects_again() -> None:
