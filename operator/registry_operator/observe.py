@@ -130,7 +130,9 @@ async def joined_index(client: AsyncClient, spec: RegistrySpec) -> tuple[Obj | N
     index, *found = await asyncio.gather(
         _get_index(client, spec.auth.index, spec.namespace),
         *(_get(client, "v1", "Secret", name, spec.namespace) for name in (n.token_signing, n.ca)))
-    return index, {name: decode(obj) if obj else None for name, obj in zip((n.token_signing, n.ca), found, strict=True)}
+    # Only the public bundles: the index's signing Secret also holds its private key, which a Registry never needs.
+    return index, {name: {k: v for k, v in decode(obj).items() if k == "ca.crt"} if obj else None
+                   for name, obj in zip((n.token_signing, n.ca), found, strict=True)}
 
 
 async def _get_index(client: AsyncClient, name: str, namespace: str) -> Obj | None:
