@@ -44,7 +44,8 @@ from .spec import RegistrySpec, parse, parse_index
 
 REGISTRY = (names.GROUP, names.VERSION, names.PLURAL)
 INDEX = (names.GROUP, names.VERSION, names.INDEX_PLURAL)
-CHILDREN = ["deployments", "services", "configmaps", "persistentvolumeclaims", "networkpolicies", "jobs"]
+CHILDREN = ["deployments", "services", "configmaps", "persistentvolumeclaims", "networkpolicies", "jobs",
+            "poddisruptionbudgets"]
 OURS = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 OURS_SELECTOR = f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY}"
 WATCHED_SECRETS = f"{names.LABEL_WATCH}=true"
@@ -202,6 +203,7 @@ def _index_owner(body: kopf.Body) -> str | None:
 @kopf.on.event("", "v1", "configmaps", labels=OURS)
 @kopf.on.event("", "v1", "persistentvolumeclaims", labels=OURS)
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=OURS)
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OURS)
 @kopf.on.event("batch", "v1", "jobs", labels=OURS)
 async def child_changed(
     namespace: str, labels: kopf.Labels, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any

@@ -7,6 +7,7 @@ from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Secret, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
+from lightkube.resources.policy_v1 import PodDisruptionBudget
 
 from . import names
 
@@ -23,6 +24,7 @@ CHILD_KINDS = {
     ("networking.k8s.io/v1", "NetworkPolicy"): NetworkPolicy,
     ("monitoring.coreos.com/v1", "PodMonitor"): PodMonitor,
     ("batch/v1", "Job"): Job,
+    ("policy/v1", "PodDisruptionBudget"): PodDisruptionBudget,
 }
 
 

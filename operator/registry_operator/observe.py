@@ -67,6 +67,8 @@ def candidates(spec: RegistrySpec, token_was_on: bool, pod_monitor: bool = False
                 ("networking.k8s.io/v1", "NetworkPolicy", n.token)]
     if spec.storage.claim is not None:
         out += [("v1", "PersistentVolumeClaim", n.claim), ("batch/v1", "Job", n.gc)]
+    if spec.storage.shared:  # more than one replica: disruption budgets (render/disruption)
+        out += [("policy/v1", "PodDisruptionBudget", n.deployment), ("policy/v1", "PodDisruptionBudget", n.token)]
     if pod_monitor:
         out.append(("monitoring.coreos.com/v1", "PodMonitor", n.pod_monitor))
     return out

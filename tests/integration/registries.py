@@ -9,11 +9,13 @@ from lightkube import ApiError, Client
 from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Secret, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
+from lightkube.resources.policy_v1 import PodDisruptionBudget
 
 from registry_operator.kinds import Registry
 
 KINDS = {"Secret": Secret, "ConfigMap": ConfigMap, "Service": Service, "Deployment": Deployment,
-         "PersistentVolumeClaim": PersistentVolumeClaim, "NetworkPolicy": NetworkPolicy}
+         "PersistentVolumeClaim": PersistentVolumeClaim, "NetworkPolicy": NetworkPolicy,
+         "PodDisruptionBudget": PodDisruptionBudget}
 
 
 def manifest(name: str, namespace: str, spec: dict[str, Any]) -> str:

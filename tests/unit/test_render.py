@@ -212,3 +212,19 @@ def test_network_policies_admit_only_prometheus_to_the_metrics_ports_of_a_monito
 def test_the_debug_listener_is_reachable_only_when_scraped(pipeline):
     s, mat, _ = pipeline.run(USERS)
     assert _config(render.desired(s, mat, OWNER, "img", pod_monitor=True))["http"]["debug"]["addr"] == ":5001"
+
+
+def test_more_than_one_replica_gets_budgets_and_two_token_pods(pipeline):
+    shared = {"replicas": 3, "storage": {"persistentVolumeClaim": {"accessModes": ["ReadWriteMany"]}},
+              "auth": {"mode": "token", "users": [{"name": "alice"}]}}
+    spec, _, objects = pipeline.run(shared)
+    keys = by_key(objects)
+    assert keys[("Deployment", "reg-token")]["spec"]["replicas"] == 2
+    for name, component in (("reg", names.COMPONENT_REGISTRY), ("reg-token", names.COMPONENT_TOKEN)):
+        budget = keys[("PodDisruptionBudget", name)]["spec"]
+        assert budget["maxUnavailable"] == 1
+        assert budget["selector"]["matchLabels"][names.LABEL_COMPONENT] == component
+    single, _, objects = pipeline.run({**shared, "replicas": 1})
+    assert not [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    assert by_key(objects)[("Deployment", "reg-token")]["spec"]["replicas"] == 1
+    assert {("policy/v1", "PodDisruptionBudget", n) for n in ("reg", "reg-token")} <= set(render.obsolete(single))

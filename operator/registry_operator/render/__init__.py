@@ -12,7 +12,7 @@ from typing import Any
 from ..material import Joined, Material
 from ..names import COMPONENT_REGISTRY, COMPONENT_TOKEN, ChildNames
 from ..spec import IndexSpec, RegistrySpec
-from . import config, deployment, monitoring, network, secrets, storage, token
+from . import config, deployment, disruption, monitoring, network, secrets, storage, token
 from .common import Obj
 from .service import service
 
@@ -41,7 +41,7 @@ def desired(
         objects.append(claim)
     objects.append(deployment.config_map(spec, config_text, owner))
     if token_mode:
-        objects += token.render(spec, material, owner, operator_image)
+        objects += token.render(spec, material, owner, operator_image, replicas=disruption.token_replicas(spec))
         objects.append(service(names.token, owner, COMPONENT_TOKEN, token.PORT, "https"))
     objects.append(deployment.deployment(spec, material, config_text, owner))
     svc = spec.service
@@ -49,6 +49,7 @@ def desired(
         names.service, owner, COMPONENT_REGISTRY, svc.port, "registry", svc.type, svc.node_port, svc.annotations
     ))
     objects += network.policies(spec, owner, pod_monitor)
+    objects += disruption.budgets(spec, owner)
     if pod_monitor:
         objects.append(monitoring.pod_monitor(spec, owner))
     return objects
@@ -82,4 +83,10 @@ def obsolete(spec: RegistrySpec) -> list[tuple[str, str, str]]:
     if not spec.auth.own_token_service:
         out += [("apps/v1", "Deployment", names.token), ("v1", "Service", names.token),
                 ("v1", "ConfigMap", names.token)]
+    if spec.storage.shared:  # only a shared claim can have had more than one replica, hence budgets
+        budget = ("policy/v1", "PodDisruptionBudget")
+        if spec.effective_replicas <= 1:
+            out.append((*budget, names.deployment))
+        if spec.effective_replicas <= 1 or not spec.auth.own_token_service:
+            out.append((*budget, names.token))
     return out

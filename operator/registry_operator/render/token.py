@@ -80,7 +80,12 @@ def service_config(spec: RegistrySpec | IndexSpec, material: Material, joined: S
 
 
 def render(
-    spec: RegistrySpec | IndexSpec, material: Material, owner: Mapping[str, Any], image: str, joined: Sequence[str] = ()
+    spec: RegistrySpec | IndexSpec,
+    material: Material,
+    owner: Mapping[str, Any],
+    image: str,
+    joined: Sequence[str] = (),
+    replicas: int = 1,
 ) -> list[Obj]:
     names_ = ChildNames(spec.name)
     config_text = json.dumps(service_config(spec, material, joined), indent=2, sort_keys=True)
@@ -123,7 +128,7 @@ def render(
         "kind": "Deployment",
         "metadata": metadata(names_.token, owner, COMPONENT_TOKEN),
         "spec": {
-            "replicas": 1,
+            "replicas": replicas,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": names.selector(spec.name, COMPONENT_TOKEN)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
