@@ -207,11 +207,12 @@ def test_signing_key_rotation_applies_without_restart(mounted: Any, verify_jwt: 
 
 
 def test_repeated_failures_are_slowed_then_refused_but_cached_users_pass(mounted: Any) -> None:
-    throttle = FailureThrottle(free_failures=1, base_delay=0.05, max_delay=0.05, max_wait=0.12)
+    # Delays far above a loaded machine's scheduling jitter: 0.5 s steps, refused beyond 1.2 s of waiting.
+    throttle = FailureThrottle(free_failures=1, base_delay=0.5, max_delay=0.5, max_wait=1.2)
 
     async def scenario(client: TestClient) -> None:
         assert (await client.get("/token", headers=basic("alice", "alice-pw"))).status == 200
-        # sent together: one free attempt, then 50 ms apart; what would wait over 120 ms is refused
+        # sent together: one free attempt, then 0.5 s apart; what would wait over 1.2 s is refused
         responses = await asyncio.gather(*(client.get("/token", headers=basic("alice", f"guess{i}")) for i in range(6)))
         statuses = sorted(r.status for r in responses)
         assert statuses == [401, 401, 401, 429, 429, 429]
