@@ -12,7 +12,9 @@ This machine may only talk to itself, so the network is part of the node:
 - images are imported from ``.cache/images`` (hack/images), so containerd never pulls from the internet.
 
 NetworkPolicies are enforced when ``hack/build netpol`` made kube-router (netpol.py); without it the node runs
-and ``RealNode.netpol_problem`` says why nothing enforces them.
+and ``RealNode.netpol_problem`` says why nothing enforces them. PersistentVolumeClaims of StorageClass
+``real-node-local`` bind to a small pool of ``local`` volumes on the node, which a non-root registry can write
+(volumes.py).
 
 Everything ``up`` changes on the host is written to a journal (``host-changes.json``) before it is changed, and
 ``down`` undoes exactly that: iptables rules and chains that were not there before (the kubelet's and
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import netpol
+from . import netpol, volumes
 from .binaries import bin_dir, read_versions
 from .errors import ClusterError
 from .host import CGROUP_ROOT, IPTABLES, JOURNAL, SYSTEM_PATH, HostChanges, run, unmount_under
@@ -209,6 +211,8 @@ class RealNode:
         self._start_kube_proxy()
         _wait(lambda: self._alive("kube-proxy") and self._kube_proxy_healthy(), 30, "kube-proxy /healthz")
         _wait(lambda: self._alive("coredns") and self._coredns_ready(), 30, "CoreDNS /ready")
+        volumes.make_directories(self.dir)
+        self.cluster.apply(volumes.manifests(self.dir, NODE_NAME))
         self._start_netpol(log)
         self.timings["total"] = time.monotonic() - started
         log(f"real node {NODE_NAME} ({NODE_IP}) Ready: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
@@ -422,6 +426,7 @@ class RealNode:
         mine = {n: self.cluster.procs.pop(n) for n in NODE_COMPONENTS if n in self.cluster.procs}
         _stop_processes(changes, mine, log, timeout)
         unmount_under(self.dir)
+        volumes.remove_directories(self.dir)
         changes.undo(log)
 
 
