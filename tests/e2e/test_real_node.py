@@ -20,16 +20,16 @@ from typing import Any
 
 import pytest
 from lightkube import Client
-from lightkube.resources.core_v1 import Pod, Secret, Service
+from lightkube.resources.core_v1 import PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
-from localcluster import namespace_manifest, netpol, wait_until
+from localcluster import namespace_manifest, netpol, volumes, wait_until
 from localcluster.images import BUSYBOX_IMAGE, IMAGE_DIR, IMAGES
 from localcluster.network import NODE_IP, egress_guard_problem
 from localcluster.node import NODE_LABEL, NODE_NAME, NODE_SELECTOR_ANNOTATION, RealNode
 
 from tests.support import https, ociimage
-from tests.support.clients import CRANE, Skopeo, docker_config
+from tests.support.clients import CRANE, Crane, Skopeo, docker_config
 from tests.support.deployed import VERSIONS, DeployedRegistry, Registry, count_pod
 
 BUSYBOX_TAR = IMAGE_DIR / next(i for i in IMAGES if i.ref == BUSYBOX_IMAGE).filename
@@ -223,3 +223,76 @@ def test_network_policy_admits_only_the_namespaces_it_names(
     once = f"nc -w 2 {target} </dev/null && echo open"
     phase, log, _ = run_pod(kube_client, denied, "denied-unrestricted", BUSYBOX_IMAGE, once)
     assert (phase, log.strip()) == ("Succeeded", "open"), log
+
+
+def _pull(crane: Crane, ref: str) -> dict[str, bytes]:
+    """The manifest and every blob it names, as the registry serves them: {"manifest" or digest: bytes}."""
+    manifest = crane.run("manifest", ref).encode()
+    parsed = json.loads(manifest)
+    digests = [parsed["config"]["digest"], *(layer["digest"] for layer in parsed["layers"])]
+    repo = ref.rsplit(":", 1)[0]
+    blobs = {d: subprocess.run([str(CRANE), "blob", f"{repo}@{d}"], env=crane.env, capture_output=True,
+                               check=True, timeout=60).stdout for d in digests}  # fmt: skip
+    return {"manifest": manifest, **blobs}
+
+
+def _registry_pod(client: Client, namespace: str, name: str) -> Pod | None:
+    """The Registry's one pod once it is Ready, else None."""
+    labels = {"app.kubernetes.io/instance": name, "app.kubernetes.io/component": "registry"}
+    pods = [p for p in client.list(Pod, namespace=namespace, labels=labels) if not p.metadata.deletionTimestamp]
+    ready = [p for p in pods if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+    return ready[0] if len(pods) == 1 and ready else None
+
+
+@pytest.mark.parametrize("version", sorted(VERSIONS), ids=VERSIONS.get)
+def test_images_outlive_the_pod_on_a_local_volume(
+    guarded_node: RealNode, kube_client: Client, node_namespace: str, version: str, tmp_path: Path
+) -> None:
+    """A claim of the node's StorageClass binds a ``local`` volume the kubelet gives the pod's fsGroup: the
+    registry (UID 1000) writes it, a recreated pod serves the same bytes, and the files on the node are its own."""
+    name = f"pv{VERSIONS[version].replace('.', '').removeprefix('v')}"
+    claim = {"storageClassName": volumes.STORAGE_CLASS, "size": "1Gi"}
+    spec = {"version": version, "service": {"type": "NodePort"}, "tls": {"ipAddresses": [NODE_IP]},
+            "auth": {"users": [{"name": "alice"}]}, "storage": {"persistentVolumeClaim": claim}}  # fmt: skip
+    kube_client.create(Registry(metadata={"name": name, "namespace": node_namespace}, spec=spec))
+    reg = DeployedRegistry(kube_client, node_namespace, name, tmp_path / "registry")
+    started = time.monotonic()
+    reg.wait_ready(timeout=120)
+    print(f"\nRegistry {version} on a local volume Ready {time.monotonic() - started:.1f}s after create")
+    first = wait_until(lambda: _registry_pod(kube_client, node_namespace, name), 30, f"the pod of {name}")
+    assert first.spec.nodeName == NODE_NAME
+    count_pod("real node")
+    port = kube_client.get(Service, name, namespace=node_namespace).spec.ports[0].nodePort
+    host = f"{NODE_IP}:{port}"
+    ca = reg.ca_pem()
+
+    def answers() -> bool:
+        return https.request(host, ca, NODE_IP, "GET", "/v2/").status == 401
+
+    wait_until(answers, 30, host)
+    crane = Crane(tmp_path, ca, host, ("alice", reg.passwords()["alice"]))
+    image = f"{host}/e2e/kept:1"
+    crane.run("push", str(BUSYBOX_TAR), image)
+    pushed = _pull(crane, image)
+
+    kube_client.delete(Pod, first.metadata.name, namespace=node_namespace)
+    started = time.monotonic()
+    second = wait_until(
+        lambda: (p := _registry_pod(kube_client, node_namespace, name)) and p.metadata.uid != first.metadata.uid and p,
+        120,
+        f"a new pod of {name}",
+    )
+    wait_until(answers, 30, f"{host} after the pod was recreated")
+    print(f"pod deleted -> a new pod serving in {time.monotonic() - started:.1f}s")
+    assert second.spec.nodeName == NODE_NAME
+    assert _pull(crane, image) == pushed, "the recreated pod must serve the pushed image byte for byte"
+
+    pvc = kube_client.get(PersistentVolumeClaim, f"{name}-data", namespace=node_namespace)
+    pv = kube_client.get(PersistentVolume, pvc.spec.volumeName)
+    assert pv.spec.storageClassName == volumes.STORAGE_CLASS
+    root = Path(pv.spec.local.path)
+    assert root.stat().st_gid == 1000, "the kubelet applies the pod's fsGroup to a local volume"
+    files = [p for p in root.rglob("*") if p.is_file()]
+    blobs = [p for p in files if p.name == "data" and p.parent.name in {d.split(":")[1] for d in pushed if ":" in d}]
+    assert len(blobs) == len(pushed) - 1, f"every pushed blob is on the node under {root}"
+    assert {(p.stat().st_uid, p.stat().st_gid) for p in files} == {(1000, 1000)}, f"files under {root}"
