@@ -250,8 +250,11 @@ class LocalCluster(Cluster):
             # existed when it last looked (every 30 s).
             if self.crd_dir is not None:
                 self.crds = self.install_crds(self.crd_dir)
-            # The default StorageClass: kwok's volume stages bind its PersistentVolumeClaims.
-            self.apply(binaries.kwok_storageclass.read_text())
+            # The default StorageClass: kwok's volume stages bind its PersistentVolumeClaims. Its hostPath
+            # volumes are for kwok nodes only: with a real node alone, the node's own class is the default
+            # (volumes.py), whose volumes a non-root registry can write.
+            if self.nodes:
+                self.apply(binaries.kwok_storageclass.read_text())
             step = self.timings.add("crds", step)
 
             self._start_controller_manager(binaries)

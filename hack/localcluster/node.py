@@ -212,7 +212,7 @@ class RealNode:
         _wait(lambda: self._alive("kube-proxy") and self._kube_proxy_healthy(), 30, "kube-proxy /healthz")
         _wait(lambda: self._alive("coredns") and self._coredns_ready(), 30, "CoreDNS /ready")
         volumes.make_directories(self.dir)
-        self.cluster.apply(volumes.manifests(self.dir, NODE_NAME))
+        self.cluster.apply(volumes.manifests(self.dir, NODE_NAME, default=not self.cluster.nodes))
         self._start_netpol(log)
         self.timings["total"] = time.monotonic() - started
         log(f"real node {NODE_NAME} ({NODE_IP}) Ready: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))

@@ -20,19 +20,26 @@ from .kubeconfig import dump_yaml
 
 STORAGE_CLASS = "real-node-local"
 POOL_SIZE = 4
-CAPACITY = "10Gi"  # what a claim of the CRD's default size asks for; a local volume's capacity is not enforced
+CAPACITY = "100Gi"  # more than any example claims; a local volume's capacity is not enforced anyway
 
 
 def directory(node_dir: Path, index: int) -> Path:
     return node_dir / "volumes" / f"pv-{index}"
 
 
-def manifests(node_dir: Path, node_name: str) -> str:
-    """The StorageClass and POOL_SIZE volumes, each a directory under ``<node_dir>/volumes`` on ``node_name``."""
+def manifests(node_dir: Path, node_name: str, default: bool) -> str:
+    """The StorageClass and POOL_SIZE volumes, each a directory under ``<node_dir>/volumes`` on ``node_name``.
+
+    ``default`` when the real node is the only node: claims without a class (``examples/persistent.yaml`` in
+    hack/quickstart) then get a volume the registry can write; with kwok nodes too, kwok's class stays the
+    default, since a claim pinned to the real node would keep a pod on a kwok node from being scheduled."""
     storage_class = {
         "apiVersion": "storage.k8s.io/v1",
         "kind": "StorageClass",
-        "metadata": {"name": STORAGE_CLASS},
+        "metadata": {
+            "name": STORAGE_CLASS,
+            "annotations": {"storageclass.kubernetes.io/is-default-class": "true" if default else "false"},
+        },
         "provisioner": "kubernetes.io/no-provisioner",
         "volumeBindingMode": "WaitForFirstConsumer",
         "reclaimPolicy": "Retain",
