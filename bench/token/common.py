@@ -11,7 +11,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import bcrypt
 
@@ -33,6 +35,24 @@ ACCESS = [
 ]
 
 
+def joined_services(count: int) -> list[str]:
+    """The audiences of ``count`` Registries joined to one index (their ``auth.token.service``)."""
+    return [f"reg{i}.bench.svc:5000" for i in range(count)]
+
+
+def per_registry_access(services: Sequence[str]) -> list[dict[str, Any]]:
+    """A rule per registry (as an index renders ``registries: [name]``) ahead of the shared :data:`ACCESS`.
+
+    The same builder serves the one-registry case, so both token services walk their own rule plus the same
+    shared ones per request: what differs is only the index's other registries' rules and audiences.
+    """
+    own = [
+        {"users": ["alice"], "services": [s], "repositories": [f"reg{i}/*"], "actions": ["pull", "push"]}
+        for i, s in enumerate(services)
+    ]
+    return [*own, *ACCESS]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -50,14 +70,23 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def write_service_files(directory: Path, algorithm: Algorithm = "ES256", bcrypt_cost: int = 10) -> Path:
-    """Everything the operator would mount; returns the config path. Signing cert: ``signing.crt``."""
+def write_service_files(
+    directory: Path,
+    algorithm: Algorithm = "ES256",
+    bcrypt_cost: int = 10,
+    service: str | Sequence[str] = SERVICE,
+    access: Sequence[Mapping[str, Any]] = ACCESS,
+) -> Path:
+    """Everything the operator would mount; returns the config path. Signing cert: ``signing.crt``.
+
+    ``service``: one audience (a Registry's own token service) or a list (an index's joined registries)."""
     material = issue_signing(algorithm)
     (directory / "signing.key").write_bytes(material.key_pem)
     (directory / "signing.crt").write_bytes(material.cert_pem)
     lines = [f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(bcrypt_cost)).decode()}" for u, p in USERS.items()]
     (directory / "htpasswd").write_text("\n".join(lines) + "\n")
-    config = build_config(SERVICE, ACCESS, issuer=ISSUER, algorithm=algorithm, tls=False)
+    # No metrics listener: its fixed port (0.0.0.0:5002) would keep two services from running side by side.
+    config = build_config(service, access, issuer=ISSUER, algorithm=algorithm, tls=False, metrics_listen=None)
     config.update(
         htpasswdPath=str(directory / "htpasswd"),
         signingKeyPath=str(directory / "signing.key"),
