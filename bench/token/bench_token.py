@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
+import os
 import statistics
 import subprocess
 import sys
@@ -47,6 +49,7 @@ SCOPE = "repository:team-a/app:pull,push"
 class Target:
     name: str
     url: str  # token endpoint
+    pid: int | None = None  # the serving process, when its CPU time is to be read
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,11 @@ class Result:
     seconds: float
     latencies: list[float]
     errors: int
+    cpu: float = 0.0  # the service's CPU seconds during the run, when measured
+
+    @property
+    def cpu_per_token_us(self) -> float:
+        return self.cpu / self.count * 1e6
 
     @property
     def rate(self) -> float:
@@ -74,7 +82,7 @@ class Result:
         """Interleaved rounds of one run, pooled: their requests, wall time and latencies add up."""
         return Result(
             self.label, self.count + other.count, self.seconds + other.seconds,
-            self.latencies + other.latencies, self.errors + other.errors,
+            self.latencies + other.latencies, self.errors + other.errors, self.cpu + other.cpu,
         )  # fmt: skip
 
 
@@ -142,6 +150,23 @@ async def scenarios(target: Target, args: argparse.Namespace, cold: list[tuple[s
 CACHED = {"Authorization": basic("alice", "alice-pw")}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (Linux /proc). Unlike wall time, load from elsewhere
+    on the machine does not inflate it: on shared cores it is the steadier measure of a service's cost."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measured(
+    target: Target, requests: Sequence[dict[str, str]], concurrency: int, audiences: list[str]
+) -> Result:
+    """:func:`run`, plus the CPU time the service spent meanwhile."""
+    assert target.pid is not None
+    before = cpu_seconds(target.pid)
+    result = await run(target, f"c={concurrency}", requests, concurrency, audiences)
+    return dataclasses.replace(result, cpu=cpu_seconds(target.pid) - before)
+
+
 @dataclass(frozen=True)
 class Pair:
     """Cached issuance at one client count: a Registry's own token service and an index's."""
@@ -165,7 +190,7 @@ async def one_against_index(one: Target, index: Target, services: list[str], arg
             order = [(one, services[:1]), (index, services)][:: -1 if round_ % 2 else 1]  # ABBA: neither always first
             done: dict[str, Result] = {}
             for target, audiences in order:
-                done[target.name] = await run(target, f"c={concurrency}", requests, concurrency, audiences)
+                done[target.name] = await measured(target, requests, concurrency, audiences)
             rounds.append((done[one.name], done[index.name]))
         pooled = [sum(column[1:], column[0]) for column in zip(*rounds, strict=True)]
         pairs.append(Pair(concurrency, *pooled))
@@ -173,18 +198,21 @@ async def one_against_index(one: Target, index: Target, services: list[str], arg
 
 
 def side_by_side(pairs: Sequence[Pair], joined: int) -> list[str]:
-    """One line per client count: tokens/s, p50 and p99 of each service, and the index's share of the rate."""
-    head = f"{'clients':>7} | {'1 registry: tokens/s':>20} {'p50 ms':>7} {'p99 ms':>7} | "
-    head += f"{f'{joined} joined: tokens/s':>20} {'p50 ms':>7} {'p99 ms':>7} | {'ratio':>5} {'errors':>6}"
+    """One line per client count: tokens/s, p50, p99 and service CPU per token of each service, and the index's
+    rate and CPU per token relative to the one registry's."""
+    head = f"{'clients':>7} | {'1 registry: tokens/s':>20} {'p50 ms':>7} {'p99 ms':>7} {'CPU us':>6} | "
+    head += f"{f'{joined} joined: tokens/s':>20} {'p50 ms':>7} {'p99 ms':>7} {'CPU us':>6} | "
+    head += f"{'rate':>5} {'CPU':>5} {'errors':>6}"
     lines = [head]
     for pair in pairs:
         cells = []
         for result in (pair.one, pair.index):
             p50, p99 = result.quantiles_ms()
-            cells.append(f"{result.rate:>20.0f} {p50:>7.2f} {p99:>7.2f}")
+            cells.append(f"{result.rate:>20.0f} {p50:>7.2f} {p99:>7.2f} {result.cpu_per_token_us:>6.0f}")
         errors = pair.one.errors + pair.index.errors
-        ratio = pair.index.rate / pair.one.rate
-        lines.append(f"{pair.concurrency:>7} | {cells[0]} | {cells[1]} | {ratio:>5.2f} {errors:>6}")
+        rate = pair.index.rate / pair.one.rate
+        cpu = pair.index.cpu / pair.one.cpu if pair.one.cpu else float("nan")
+        lines.append(f"{pair.concurrency:>7} | {cells[0]} | {cells[1]} | {rate:>5.2f} {cpu:>5.2f} {errors:>6}")
     return lines
 
 
@@ -203,7 +231,7 @@ def compare_index(directory: Path, args: argparse.Namespace) -> list[Pair]:
             )
             port = free_port()
             processes.append(start_token_service(config, port))
-            targets.append(Target(name, f"http://127.0.0.1:{port}/token"))
+            targets.append(Target(name, f"http://127.0.0.1:{port}/token", processes[-1].pid))
         return asyncio.run(one_against_index(*targets, services, args))
     finally:
         for process in processes:
