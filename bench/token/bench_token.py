@@ -2,13 +2,13 @@
 request is a different user's first login), cached (same credentials again) and anonymous; each
 sequentially and with concurrent clients. Then one registry against an index: cached issuance from a
 token service for one Registry and from one for ``--joined`` Registries (a rule per registry, requests
-spread over their audiences), same clients, runs interleaved, printed side by side. Prints numbers,
-asserts nothing.
+spread over their audiences), same clients, runs interleaved, printed side by side with each service's
+CPU time per token (steadier than rates on shared cores). Prints numbers, asserts nothing.
 
 Compares with cesanta/docker_auth when a built ``.cache/bin/docker_auth-*/auth_server`` exists.
 
 Usage: python bench/token/bench_token.py [--requests 2000] [--cold 40] [--cost 10] [--concurrency 1 8]
-                                         [--joined 10] [--rounds 3] [--quick]
+                                         [--joined 10] [--rounds 4] [--quick]
 """
 
 from __future__ import annotations
