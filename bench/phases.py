@@ -282,13 +282,13 @@ def _ready_condition(body: dict[str, Any]) -> dict[str, Any]:
 
 def _stuck_writes(events: list[dict[str, Any]], names: list[str]) -> dict[str, int]:
     """Writes per Registry: the Registry itself, children `<name>-...` or `<name>`, Events `<name>.<hash>`."""
-    from .cluster import WRITE_VERBS
+    from .cluster import is_write
 
     ordered = sorted(names, key=len, reverse=True)
     out = dict.fromkeys(names, 0)
     out[""] = 0
     for event in events:
-        if event.get("verb") not in WRITE_VERBS:
+        if not is_write(event.get("verb", ""), (event.get("objectRef") or {}).get("resource", "")):
             continue
         obj = (event.get("objectRef") or {}).get("name") or ""
         owner = next((n for n in ordered if obj == n or obj.startswith((n + "-", n + "."))), "")
