@@ -16,7 +16,7 @@ from aiohttp import web
 from lightkube import AsyncClient
 
 from . import config as config_
-from . import handlers, metrics, permissions
+from . import allocator, handlers, metrics, permissions
 from .leader import Elector
 
 
@@ -97,6 +97,7 @@ def main() -> None:
     except config_.ConfigError as exc:
         parser.error(str(exc))
     assert handlers  # imported for its handler registrations
+    allocator.limit_arenas()  # before asyncio starts its executor's threads
     sys.exit(asyncio.run(_run(config, args.liveness)))
 
 

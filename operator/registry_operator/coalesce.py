@@ -53,9 +53,10 @@ class _State:
 class Coalescer:
     def __init__(
         self, run: Callable[[Hashable], Awaitable[object]], base: float = 0.5, cap: float = 60.0,
-        kind: str = "Registry",
+        kind: str = "Registry", drained: Callable[[], object] | None = None,
     ) -> None:
         self._run = run
+        self._drained = drained  # called when the last run finishes: the end of a burst
         self._kind = kind  # what the keys name, for the log
         self._base, self._cap = base, cap
         self._tasks: dict[Hashable, asyncio.Task[None]] = {}
@@ -124,6 +125,8 @@ class Coalescer:
         finally:
             del self._tasks[key], self._states[key]
             metrics.QUEUE_DEPTH.dec()
+            if not self._tasks and self._drained is not None:
+                self._drained()
 
     def _name(self, key: Hashable) -> str:
         return f"{self._kind} " + "/".join(key) if isinstance(key, tuple) else str(key)

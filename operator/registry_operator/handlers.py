@@ -32,7 +32,7 @@ from typing import Any
 import kopf
 from lightkube import AsyncClient
 
-from . import garbage_collection, metrics, monitoring, names, pullsecrets, resync, robot
+from . import allocator, garbage_collection, metrics, monitoring, names, pullsecrets, resync, robot
 from .coalesce import Coalescer
 from .config import Config
 from .joins import Joins
@@ -61,6 +61,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     )
     settings.watching.server_timeout = 300
     settings.watching.chunk_size = 500  # initial listings in pages, not one response of everything
+    settings.queueing.idle_timeout = 1.0  # a per-object worker holds its last body until it exits (default 5 s)
     for plural in CHILDREN:  # filtered by the API server: we never receive other controllers' objects
         settings.watching.label_selectors[plural] = OURS_SELECTOR
     settings.watching.label_selectors["secrets"] = WATCHED_SECRETS
@@ -85,8 +86,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             await reconcile_index(ctx, *key)
 
     memo.ctx = ctx
-    memo.coalescer = Coalescer(run, config.retry_base_seconds, config.retry_max_seconds)
-    memo.indexes = Coalescer(run_index, config.retry_base_seconds, config.retry_max_seconds, kind=names.INDEX_KIND)
+    trimmer = allocator.Trimmer()  # a restart's or a burst's peak is not kept for good
+    memo.coalescer = Coalescer(run, config.retry_base_seconds, config.retry_max_seconds, drained=trimmer.request)
+    memo.indexes = Coalescer(run_index, config.retry_base_seconds, config.retry_max_seconds, kind=names.INDEX_KIND,
+                             drained=trimmer.request)
     memo.references = References(memo.coalescer.trigger)
     memo.pull_targets = {}  # (namespace, name) -> spec.pullSecrets of the Registries that have one
     memo.rotations = {}  # (namespace, name) -> value of the rotate-pull-credential annotation last seen

@@ -132,3 +132,22 @@ def test_trigger_later_runs_once_at_the_latest_requested_time():
 
     start = asyncio.run(main())
     assert len(runs) == 1 and runs[0] - start >= 0.15
+
+
+def test_drained_is_called_when_the_last_run_finishes():
+    drained: list[int] = []
+
+    async def run(key):
+        await asyncio.sleep(0.01 if key == "a" else 0.03)
+
+    async def main():
+        c = Coalescer(run, drained=lambda: drained.append(c.busy))
+        c.trigger("a")
+        c.trigger("b")
+        await c.idle()
+        assert drained == [0]  # not after "a": "b" was still running
+        c.trigger("a")
+        await c.idle()
+        assert drained == [0, 0]
+
+    asyncio.run(main())
