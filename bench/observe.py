@@ -11,14 +11,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from lightkube import AsyncClient
-from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.core_v1 import ConfigMap, Secret, Service
 from lightkube.types import OnErrorAction, OnErrorResult
 
-from registry_operator.kinds import Registry
+from registry_operator.kinds import CHILD_KINDS, Registry
 
 Key = tuple[str, str]  # (kind, name)
-KINDS = {"Secret": Secret, "ConfigMap": ConfigMap, "Service": Service, "Deployment": Deployment, "Registry": Registry}
+KINDS = {**{kind: res for (_, kind), res in CHILD_KINDS.items()}, "Registry": Registry}
 
 
 def _retry(exc: Exception, count: int) -> OnErrorResult:
@@ -50,10 +48,13 @@ def deployment_available(obj: dict[str, Any]) -> bool:
 class Observer:
     """Background watches of one namespace; `wait_for` blocks until a predicate over the records holds."""
 
-    def __init__(self, client: AsyncClient, namespace: str, kinds: Iterable[str] = KINDS) -> None:
+    def __init__(self, client: AsyncClient, namespace: str, kinds: Iterable[str] | None = None) -> None:
+        """`kinds`: default, those of the bench Registries' children (whatever the renderer makes) and Registry."""
+        from .workload import children
+
         self.client = client
         self.namespace = namespace
-        self.kinds = list(kinds)
+        self.kinds = list(kinds) if kinds is not None else sorted({kind for kind, _ in children("x")} | {"Registry"})
         self.seen: dict[Key, float] = {}
         self.ready: dict[str, float] = {}  # Registry name -> first time Ready for its generation
         self.available: dict[str, float] = {}  # Deployment name -> first time available
