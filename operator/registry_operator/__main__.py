@@ -15,8 +15,8 @@ import kopf
 from aiohttp import web
 from lightkube import AsyncClient
 
-from . import config as config_
 from . import allocator, handlers, metrics, permissions
+from . import config as config_
 from .leader import Elector
 
 
