@@ -143,15 +143,24 @@ def _terminating(exc: ApiError) -> bool:
     return any(c.reason == "NamespaceTerminating" for c in causes)
 
 
+def refused_for_good(exc: Exception) -> bool:
+    """The API server judged the object itself invalid: sending the same object again cannot succeed.
+
+    Server-side apply answers 500 when a field has the wrong type for the object's schema (for example
+    spec.affinity, which the CRD passes through): that is invalid input too."""
+    if not isinstance(exc, ApiError):
+        return False
+    code = exc.status.code
+    return code in (400, 422) or (code == 500 and _TYPED_PATCH in (exc.status.message or ""))
+
+
 def _failure(obj: Mapping[str, Any], exc: Exception) -> tuple[Problem, bool]:
     """(problem for status, whether retrying may help). Never quotes what was sent: for a Secret the API
     server's message could echo submitted values."""
     if isinstance(exc, ApiError):
         code, why = exc.status.code, exc.status.reason or ""
         detail = why if obj["kind"] == "Secret" else (exc.status.message or why)
-        # Server-side apply answers 500 when a field has the wrong type for the object's schema (for example
-        # spec.affinity, which the CRD passes through): the input is invalid, and no retry will change that.
-        if code in (400, 422) or (code == 500 and _TYPED_PATCH in (exc.status.message or "")):
+        if refused_for_good(exc):
             return Problem("ApplyRefused", _describe(obj, f"the API server refused it: {detail}")), False
         if code == 403 and _terminating(exc):
             return Problem("NamespaceTerminating", _describe(obj, "its namespace is being deleted")), True

@@ -27,7 +27,7 @@ from lightkube.resources.core_v1 import Namespace, Secret, ServiceAccount
 from lightkube.types import PatchType
 
 from . import metrics
-from .apply import up_to_date, with_intent_hash
+from .apply import refused_for_good, up_to_date, with_intent_hash
 from .material import Material, Problem
 from .names import (
     ANNOTATION_REGISTRY,
@@ -173,8 +173,13 @@ class Synced:
 
 
 def _trouble(result: Synced, what: str, exc: Exception) -> None:
-    """An API failure: said in status and retried. Never quotes the API's message (it may echo a Secret)."""
+    """An API failure: said in status, and retried unless the API server refused the object itself (then the
+    same write would only be refused again: it is sent again on the next change or resync, not in a backoff
+    loop). Never quotes the API's message (it may echo a Secret)."""
     reason = f"{exc.status.code} {exc.status.reason or ''}".strip() if isinstance(exc, ApiError) else type(exc).__name__
+    if refused_for_good(exc):
+        result.problems.append(Problem("PullSecretRefused", f"{what}: the API server refused it: {reason}"))
+        return
     result.problems.append(Problem("PullSecretWriteFailed", f"{what}: {reason}"))
     result.retry.append(f"{what}: {reason}")
 

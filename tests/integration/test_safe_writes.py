@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from admission import refusing_webhook
 from lightkube import AsyncClient, KubeConfig
+from localcluster import namespace_manifest
 from registries import get, manifest, registry
 
 from registry_operator import names as names_
@@ -353,3 +354,22 @@ def test_an_image_outside_the_allow_list_creates_nothing(cluster, kube_client, k
     state = conditions(kube_client, "reg", namespace)
     assert state["Degraded"]["reason"] == "ImageNotAllowed" and "evil.example" in state["Degraded"]["message"]
     assert get(kube_client, "Secret", "reg-ca", namespace) is None
+
+
+def test_a_refused_pull_secret_is_said_and_not_retried(cluster, kube_client, kubeconfig, namespace):
+    """A pull Secret the API server refuses (422) is bad input there: status says so, and no backoff loop
+    sends it again (no Retry), unlike a failure that retrying may cure."""
+    target = f"{namespace[:50]}-pull"
+    cluster.apply(namespace_manifest(target))
+    try:
+        with refusing_webhook(cluster, target, ["secrets"]) as hook:
+            hook.refuse = 422
+            wait_until_refused(cluster, target, hook)
+            cluster.apply(manifest("reg", namespace, {**USERS, "pullSecrets": {"namespaces": [target]}}))
+            outcome = run(kubeconfig, lambda ctx: reconcile(ctx, namespace, "reg"))  # raises Retry if retried
+            assert outcome.status_written
+            pull = conditions(kube_client, "reg", namespace)["PullSecrets"]
+            assert pull["status"] == "False" and pull["reason"] == "PullSecretRefused", pull
+    finally:
+        cluster.kubectl("delete", "registry", "reg", "-n", namespace, "--wait=false", check=False)
+        cluster.kubectl("delete", "namespace", target, "--wait=false", check=False)
