@@ -19,6 +19,8 @@
 - A RegistryIndex changed, or one of its children or Secrets did: reconcile it (its own coalescer), and
   every Registry that joined it (`joins`), so a new realm or a rotated signing key reaches them and a deleted
   index turns them Degraded. A Registry joining or leaving an index triggers that index.
+- Children, labelled Secrets and ServiceAccounts are followed by `watches` (plain functions below), not by
+  kopf: there are ten of them per Registry, and kopf would keep a memory and a worker for each.
 - Periodically: every Registry and RegistryIndex, so certificates get renewed without any event; and each
   Registry again when its reconcile says something falls due (a garbage-collection schedule tick or timeout,
   the moment a rotated pull credential may be handed out).
@@ -31,8 +33,14 @@ from typing import Any
 
 import kopf
 from lightkube import AsyncClient
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount
+from lightkube.resources.networking_v1 import NetworkPolicy
+from lightkube.resources.policy_v1 import PodDisruptionBudget
 
-from . import allocator, garbage_collection, metrics, monitoring, names, pullsecrets, resync, robot
+from . import allocator, garbage_collection, metrics, monitoring, names, pullsecrets, resync, robot, watches
 from .coalesce import Coalescer
 from .config import Config
 from .joins import Joins
@@ -44,11 +52,7 @@ from .spec import RegistrySpec, parse, parse_index
 
 REGISTRY = (names.GROUP, names.VERSION, names.PLURAL)
 INDEX = (names.GROUP, names.VERSION, names.INDEX_PLURAL)
-CHILDREN = ["deployments", "services", "configmaps", "persistentvolumeclaims", "networkpolicies", "jobs",
-            "poddisruptionbudgets"]
 OURS = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
-OURS_SELECTOR = f"{names.LABEL_MANAGED_BY}={names.MANAGED_BY}"
-WATCHED_SECRETS = f"{names.LABEL_WATCH}=true"
 
 
 @kopf.on.startup()
@@ -62,9 +66,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.chunk_size = 500  # initial listings in pages, not one response of everything
     settings.queueing.idle_timeout = 1.0  # a per-object worker holds its last body until it exits (default 5 s)
-    for plural in CHILDREN:  # filtered by the API server: we never receive other controllers' objects
-        settings.watching.label_selectors[plural] = OURS_SELECTOR
-    settings.watching.label_selectors["secrets"] = WATCHED_SECRETS
     if config.namespaces and not any(set(ns) & set("*?[") for ns in config.namespaces):
         # Exact names need no namespace list: without this kopf tries to list namespaces first, and under
         # namespaced RBAC it idles for about a minute of 403 retries before falling back to the names.
@@ -102,6 +103,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
             ctx.client, namespaces, config.resync_seconds, memo.indexes.trigger, RegistryIndex)),
         asyncio.create_task(memo.references.forever(ctx.client, config.reference_poll_seconds)),
         asyncio.create_task(memo.index_references.forever(ctx.client, config.reference_poll_seconds)),
+        *watches.start(client, _owners(memo), config.namespaces),
     ]
 
 
@@ -181,10 +183,22 @@ def watch_namespaces() -> None:
     kopf.on.event("", "v1", "namespaces")(namespace_changed)
 
 
-@kopf.on.event("", "v1", "serviceaccounts")
-async def service_account_changed(namespace: str, name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    if type == "ADDED":  # one a pull Secret waits for (it appears just after its namespace)
-        for key in pullsecrets.concerned(memo.pull_targets, namespace, name):
+def _owners(memo: kopf.Memo) -> list[watches.Watch]:
+    """The kinds followed by `watches` rather than kopf (it would keep a memory and a worker per object), each
+    with the function that names whom an event of theirs wakes."""
+    children = [watches.Watch(kind, lambda type_, meta: _child_changed(memo, type_, meta), OURS)
+                for kind in (Deployment, Service, ConfigMap, PersistentVolumeClaim, NetworkPolicy, Job,
+                             PodDisruptionBudget)]  # fmt: skip
+    return [
+        *children,  # filtered by the API server: we never receive other controllers' objects
+        watches.Watch(Secret, lambda type_, meta: _secret_changed(memo, type_, meta), {names.LABEL_WATCH: "true"}),
+        watches.Watch(ServiceAccount, lambda type_, meta: _service_account_changed(memo, type_, meta)),
+    ]
+
+
+def _service_account_changed(memo: kopf.Memo, type_: str | None, meta: ObjectMeta) -> None:
+    if type_ == "ADDED":  # one a pull Secret waits for (it appears just after its namespace)
+        for key in pullsecrets.concerned(memo.pull_targets, meta.namespace, meta.name):
             memo.coalescer.trigger(key)
 
 
@@ -193,49 +207,38 @@ def _trigger_joined(memo: kopf.Memo, namespace: str, index: str) -> None:
         memo.coalescer.trigger((namespace, registry))
 
 
-def _index_owner(body: kopf.Body) -> str | None:
+def _index_owner(meta: ObjectMeta) -> str | None:
     """The RegistryIndex controlling this child, if one does (else it is a Registry's)."""
-    for ref in body.metadata.get("ownerReferences") or ():
-        if ref.get("controller") and ref.get("kind") == names.INDEX_KIND:
-            return str(ref.get("name"))
+    for ref in meta.ownerReferences or ():
+        if ref.controller and ref.kind == names.INDEX_KIND:
+            return ref.name
     return None
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=OURS)
-@kopf.on.event("", "v1", "services", labels=OURS)
-@kopf.on.event("", "v1", "configmaps", labels=OURS)
-@kopf.on.event("", "v1", "persistentvolumeclaims", labels=OURS)
-@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=OURS)
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OURS)
-@kopf.on.event("batch", "v1", "jobs", labels=OURS)
-async def child_changed(
-    namespace: str, labels: kopf.Labels, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
-) -> None:
-    registry = labels.get(names.LABEL_INSTANCE)
-    if not registry or type is None:  # None: kopf's initial listing, when everything is reconciled anyway
+def _child_changed(memo: kopf.Memo, type_: str | None, meta: ObjectMeta) -> None:
+    registry = (meta.labels or {}).get(names.LABEL_INSTANCE)
+    if not registry or type_ is None:  # None: listed at start, when everything is reconciled anyway
         return
-    index = _index_owner(body)
+    index = _index_owner(meta)
     if index is None:
-        memo.coalescer.trigger((namespace, registry))
+        memo.coalescer.trigger((meta.namespace, registry))
     else:
-        memo.indexes.trigger((namespace, index))
+        memo.indexes.trigger((meta.namespace, index))
 
 
-@kopf.on.event("", "v1", "secrets")  # only those with the watch label (see startup)
-async def secret_changed(
-    namespace: str, name: str, labels: kopf.Labels, annotations: kopf.Annotations, type: str | None,
-    body: kopf.Body, memo: kopf.Memo, **_: Any
-) -> None:
+def _secret_changed(memo: kopf.Memo, type_: str | None, meta: ObjectMeta) -> None:
+    namespace, name = meta.namespace, meta.name
+    labels, annotations = meta.labels or {}, meta.annotations or {}
     refs: References = memo.references
-    labelled = type != "DELETED" and labels.get(names.LABEL_WATCH) == "true"
+    labelled = type_ != "DELETED" and labels.get(names.LABEL_WATCH) == "true"
     refs.watched(namespace, name, labelled)
     memo.index_references.watched(namespace, name, labelled)
-    if type is None:  # kopf's initial listing: every Registry is reconciled anyway
+    if type_ is None:  # listed at start, when every Registry is reconciled anyway
         return
     for referring in memo.index_references.registries(namespace, name):
         memo.indexes.trigger((namespace, referring))
     targets = {(namespace, registry) for registry in refs.registries(namespace, name)}
-    index = _index_owner(body)
+    index = _index_owner(meta)
     if index is not None:  # its signing key or CA: the Registries that joined it trust them
         memo.indexes.trigger((namespace, index))
         targets |= {(namespace, registry) for registry in memo.joins.registries(namespace, index)}
