@@ -3,7 +3,9 @@
 Semantics (documented for users of the Registry resource):
 - For each requested repository, the FIRST rule that matches both the subject and the repository
   decides; later rules are not consulted. No matching rule means no access (default deny).
-- A rule matches a subject listed in ``users``, a member of one of ``groups``, or anyone at all
+- A rule matches a subject listed in ``users``, a member of one of ``groups``, a Kubernetes
+  ServiceAccount listed in ``serviceAccounts`` (``namespace/name``, or ``namespace/*`` for all of a
+  namespace's; ``users`` and ``groups`` never match a ServiceAccount, whatever its name), or anyone at all
   when ``anonymous`` is true: anonymous rules apply to authenticated users too, since anybody can
   obtain an anonymous token anyway. Put specific rules before broad anonymous ones.
 - ``repositories`` are fnmatch globs matched against the full requested name, where ``*`` also
@@ -28,9 +30,15 @@ from .scope import Scope
 
 @dataclass(frozen=True)
 class Subject:
-    """Who asks: ``name`` is empty for anonymous requests."""
+    """Who asks: ``name`` is empty for anonymous requests. A ServiceAccount has ``account`` set to
+    (namespace, name) and is named ``system:serviceaccount:<namespace>:<name>``, as Kubernetes names it."""
 
     name: str = ""
+    account: tuple[str, str] | None = None
+
+    @classmethod
+    def service_account(cls, namespace: str, name: str) -> Subject:
+        return cls(f"system:serviceaccount:{namespace}:{name}", (namespace, name))
 
     @property
     def anonymous(self) -> bool:
@@ -44,6 +52,9 @@ def _applies(rule: AccessRule, subject: Subject, groups: Mapping[str, frozenset[
         return True
     if subject.anonymous:
         return False
+    if subject.account is not None:
+        namespace, name = subject.account
+        return f"{namespace}/{name}" in rule.service_accounts or f"{namespace}/*" in rule.service_accounts
     return subject.name in rule.users or any(subject.name in groups.get(g, ()) for g in rule.groups)
 
 

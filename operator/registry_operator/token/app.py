@@ -4,9 +4,13 @@ per pull), and ``GET /healthz`` for probes.
 
 A wrong password and an unknown user get the same answer after the same time, so the endpoint
 does not reveal which users exist. The ``account`` parameter is ignored: the subject is always the
-authenticated user. Request sizes are bounded (:mod:`.limits`): a body over ``MAX_BODY_BYTES`` is
-refused from its Content-Length before a byte of it is read, and a chunked one as soon as it
-grows past the limit.
+authenticated user. A password longer than any htpasswd password can be (``MAX_PASSWORD_BYTES``) is
+taken for a Kubernetes ServiceAccount token when the config names an audience for them
+(:mod:`.serviceaccounts`); the user name is then ignored. Checking one costs microseconds and reveals
+nothing secret (the identity is in the token the client holds), so it needs no throttle.
+
+Request sizes are bounded (:mod:`.limits`): a body over ``MAX_BODY_BYTES`` is refused from its
+Content-Length before a byte of it is read, and a chunked one as soon as it grows past the limit.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from aiohttp import web
 from .acl import Subject, authorize
 from .authn import Authenticator
 from .config import HEALTH_PATH, TOKEN_PATH
-from .limits import MAX_BODY_BYTES
+from .limits import MAX_ACCOUNT_TOKEN_BYTES, MAX_BODY_BYTES, MAX_PASSWORD_BYTES
 from .metrics import count_answers
 from .runtime import Runtime
 from .scope import ScopeError, parse_scopes
+from .serviceaccounts import ClusterKeySource, ServiceAccountLogins, TokenRejected
 from .throttle import TooManyAttempts
 from .tokens import issue_token
 
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 
 RUNTIME = web.AppKey("runtime", Runtime)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
+SERVICE_ACCOUNTS = web.AppKey("service_accounts", ServiceAccountLogins)
 
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -70,11 +76,26 @@ def _basic_credentials(request: web.Request) -> tuple[str, str] | None:
 async def _authenticate(request: web.Request, user: str, password: str) -> Subject:
     """Return the subject or raise :class:`_AuthFailed`; may wait, or raise ``TooManyAttempts``."""
     address = request.remote or "unknown"
+    audience = request.app[RUNTIME].config().service_account_audience
+    if audience is not None and len(password.encode("utf-8", "surrogatepass")) > MAX_PASSWORD_BYTES:
+        return await _service_account(request, password, audience, address)
     authenticator = request.app[AUTHENTICATOR]
     if await authenticator.login(user, password, address):
         return Subject(user)
     log.warning("authentication failed for %s from %s", authenticator.describe(user), address)
     raise _AuthFailed
+
+
+async def _service_account(request: web.Request, token: str, audience: str, address: str) -> Subject:
+    """The ServiceAccount ``token`` was minted for, or :class:`_AuthFailed` (logged with the reason, not the token)."""
+    try:
+        if len(token) > MAX_ACCOUNT_TOKEN_BYTES:
+            raise TokenRejected(f"over {MAX_ACCOUNT_TOKEN_BYTES} bytes")
+        namespace, name = await request.app[SERVICE_ACCOUNTS].login(token, audience)
+    except TokenRejected as exc:
+        log.warning("service account token from %s refused: %s", address, exc)
+        raise _AuthFailed from None
+    return Subject.service_account(namespace, name)
 
 
 async def _issue(request: web.Request, subject: Subject, service: str | None, scopes: Iterable[str]) -> web.Response:
@@ -180,8 +201,11 @@ async def refuse_large_bodies(request: web.Request, handler: Handler) -> web.Str
     return await handler(request)
 
 
-def create_app(runtime: Runtime, authenticator: Authenticator) -> web.Application:
+def create_app(
+    runtime: Runtime, authenticator: Authenticator, service_accounts: ServiceAccountLogins | None = None
+) -> web.Application:
     """The aiohttp application; the caller owns ``authenticator`` (its thread pool) and closes it.
+    ``service_accounts`` defaults to the cluster's keys read through the pod's own token (fetched on first use).
 
     Serve it with the handler options in :data:`.limits.SERVER_LIMITS`, which bound the request
     line (so the query string) and the headers (so the Basic credentials).
@@ -189,6 +213,7 @@ def create_app(runtime: Runtime, authenticator: Authenticator) -> web.Applicatio
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[count_answers, refuse_large_bodies])
     app[RUNTIME] = runtime
     app[AUTHENTICATOR] = authenticator
+    app[SERVICE_ACCOUNTS] = service_accounts or ServiceAccountLogins(ClusterKeySource())
     app.router.add_get(TOKEN_PATH, get_token)
     app.router.add_post(TOKEN_PATH, post_token)
     app.router.add_get(HEALTH_PATH, healthz)

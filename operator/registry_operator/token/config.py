@@ -9,6 +9,7 @@ has produced insecure deployments, so this service does not.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +36,27 @@ DEFAULT_TTL_SECONDS = 300
 MIN_TTL_SECONDS = 60  # docker clients treat shorter expires_in as 60 anyway
 MAX_TTL_SECONDS = 86400
 
-_RULE_KEYS = frozenset({"users", "groups", "anonymous", "repositories", "catalog", "actions", "services"})
+_RULE_KEYS = frozenset(
+    {"users", "groups", "serviceAccounts", "anonymous", "repositories", "catalog", "actions", "services"}
+)
 _TOP_KEYS = frozenset(
     {
         "listen", "issuer", "service", "services", "ttlSeconds", "algorithm", "htpasswdPath", "signingKeyPath",
-        "signingCertPath", "tlsCertPath", "tlsKeyPath", "groups", "access", "metricsListen",
+        "signingCertPath", "tlsCertPath", "tlsKeyPath", "groups", "access", "metricsListen", "serviceAccountAudience",
     }
 )  # fmt: skip
+
+
+# A rule's ServiceAccount: `namespace/name`, or `namespace/*` for every ServiceAccount of the namespace.
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+SERVICE_ACCOUNT = re.compile(rf"{_LABEL}/(\*|{_LABEL}(\.{_LABEL})*)")
+
+
+def check_service_account(value: str) -> str:
+    """`value` if it is `namespace/name` or `namespace/*`; raises ValueError otherwise."""
+    if len(value) > 317 or not SERVICE_ACCOUNT.fullmatch(value):
+        raise ValueError(f"service account {value!r} is not namespace/name or namespace/*")
+    return value
 
 
 class ConfigError(ValueError):
@@ -51,10 +66,12 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class AccessRule:
     """One ordered ACL entry. ``repositories`` are globs where ``*`` also matches ``/``; ``services``, when
-    not empty, limits the rule to tokens for those registries (an index serving several)."""
+    not empty, limits the rule to tokens for those registries (an index serving several);
+    ``service_accounts`` holds ``namespace/name`` and ``namespace/*`` entries."""
 
     users: frozenset[str] = frozenset()
     groups: frozenset[str] = frozenset()
+    service_accounts: frozenset[str] = frozenset()
     anonymous: bool = False
     repositories: tuple[str, ...] = ()
     catalog: bool = False
@@ -84,6 +101,7 @@ class ServiceConfig:
     tls_key_path: str | None = None
     groups: Mapping[str, frozenset[str]] = field(default_factory=dict)
     access: tuple[AccessRule, ...] = ()
+    service_account_audience: str | None = None  # the realm; None: ServiceAccount tokens are not accepted
 
 
 def _str(data: Mapping[str, Any], key: str, default: str | None = None) -> str:
@@ -126,9 +144,16 @@ def _parse_rule(raw: object, index: int, groups: Mapping[str, frozenset[str]]) -
     actions = frozenset(_str_list(data, "actions", where))
     if not actions <= ACTIONS:
         raise ConfigError(f"{where}actions: unknown {sorted(actions - ACTIONS)}; allowed {sorted(ACTIONS)}")
+    accounts = _str_list(data, "serviceAccounts", where)
+    for account in accounts:
+        try:
+            check_service_account(account)
+        except ValueError as exc:
+            raise ConfigError(f"{where}serviceAccounts: {exc}") from None
     return AccessRule(
         users=frozenset(_str_list(data, "users", where)),
         groups=rule_groups,
+        service_accounts=frozenset(accounts),
         anonymous=_bool(data, "anonymous", where),
         repositories=_str_list(data, "repositories", where),
         catalog=_bool(data, "catalog", where),
@@ -159,6 +184,10 @@ def parse_config(raw: object) -> ServiceConfig:
     if ("service" in data) == ("services" in data):
         raise ConfigError("set exactly one of service (one registry) and services (an index)")
     services = (_str(data, "service"),) if "service" in data else _str_list(data, "services", "")
+    access = tuple(_parse_rule(rule, i, groups) for i, rule in enumerate(raw_access))
+    audience = _str(data, "serviceAccountAudience") if "serviceAccountAudience" in data else None
+    if audience is None and any(rule.service_accounts for rule in access):
+        raise ConfigError("serviceAccountAudience: required when a rule names serviceAccounts")
     return ServiceConfig(
         services=services,
         issuer=_str(data, "issuer", DEFAULT_ISSUER),
@@ -172,7 +201,8 @@ def parse_config(raw: object) -> ServiceConfig:
         tls_cert_path=None if tls_cert is None else _str(data, "tlsCertPath"),
         tls_key_path=None if tls_key is None else _str(data, "tlsKeyPath"),
         groups=groups,
-        access=tuple(_parse_rule(rule, i, groups) for i, rule in enumerate(raw_access)),
+        access=access,
+        service_account_audience=audience,
     )
 
 
@@ -196,11 +226,13 @@ def build_config(
     tls: bool = True,
     listen: str = DEFAULT_LISTEN,
     metrics_listen: str | None = f"0.0.0.0:{METRICS_PORT}",
+    service_account_audience: str | None = None,
 ) -> dict[str, Any]:
     """Render the ConfigMap document for the standard mount layout (``MOUNT_ROOT``).
 
     ``service`` must equal the registry's ``auth.token.service`` and ``issuer`` its
     ``auth.token.issuer``; a list (an index) names every registry the service issues tokens for.
+    ``service_account_audience`` (the realm) is what ServiceAccount tokens must be minted for.
     Raises :class:`ConfigError` if the service would reject the result.
     """
     doc: dict[str, Any] = {
@@ -219,5 +251,7 @@ def build_config(
         doc["tlsCertPath"], doc["tlsKeyPath"] = TLS_CERT_PATH, TLS_KEY_PATH
     if metrics_listen:
         doc["metricsListen"] = metrics_listen
+    if service_account_audience:
+        doc["serviceAccountAudience"] = service_account_audience
     parse_config(doc)
     return doc

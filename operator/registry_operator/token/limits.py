@@ -12,6 +12,9 @@ from typing import Any
 
 MAX_USER_BYTES = 256  # longer names cannot exist; refused before any lookup, hashing or throttle record
 MAX_PASSWORD_BYTES = 72  # bcrypt ignores the rest; longer passwords cannot exist either
+# A ServiceAccount token sent as the password (about 1 KiB; longer than any htpasswd password, which is how
+# it is told apart); longer ones are refused before they are decoded.
+MAX_ACCOUNT_TOKEN_BYTES = 8 * 1024
 MAX_BODY_BYTES = 16 * 1024  # a POST /token form; larger bodies get 413 before they are read
 MAX_LINE_BYTES = 8190  # request line, so the query string too (aiohttp's default, stated here)
 MAX_FIELD_BYTES = 8190  # one header, so the Basic credentials too
