@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import cron
+from .token.config import check_service_account
 
 # Pinned images: a Registry never floats to whatever `registry:3` means today.
 IMAGES = {"3": "registry:3.1.2", "2.8": "registry:2.8.3"}
@@ -42,6 +43,7 @@ class User:
 class AccessRule:
     users: tuple[str, ...] = ()
     groups: tuple[str, ...] = ()
+    service_accounts: tuple[str, ...] = ()  # `namespace/name` or `namespace/*`: Kubernetes ServiceAccount tokens
     anonymous: bool = False
     repositories: tuple[str, ...] = ()
     catalog: bool = False
@@ -60,6 +62,11 @@ class Auth:
     token_realm: str | None = None
     index: str | None = None  # auth.indexRef.name: users and rules live in that RegistryIndex
     index_namespace: str | None = None  # auth.indexRef.namespace, if given: must be the Registry's own
+
+    @property
+    def service_accounts(self) -> bool:
+        """Whether a rule names ServiceAccounts, so the token service must read the cluster's keys."""
+        return any(rule.service_accounts for rule in self.access)
 
     @property
     def own_token_service(self) -> bool:
@@ -218,9 +225,11 @@ def _user(raw: Mapping[str, Any]) -> User:
 
 
 def _rule(raw: Mapping[str, Any]) -> AccessRule:
+    """One access rule; a malformed ServiceAccount (the schema's pattern, again for a CRD without it) raises."""
     return AccessRule(
         users=tuple(raw.get("users") or ()),
         groups=tuple(raw.get("groups") or ()),
+        service_accounts=tuple(check_service_account(a) for a in raw.get("serviceAccounts") or ()),
         anonymous=bool(raw.get("anonymous", False)),
         repositories=tuple(raw.get("repositories") or ()),
         catalog=bool(raw.get("catalog", False)),

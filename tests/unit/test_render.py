@@ -1,5 +1,7 @@
 """Rendering: the children of a Registry, their hardening, and the 2.8 / 3.x differences."""
 
+import json
+
 import yaml
 from builders import OWNER, by_key, decode_secrets
 
@@ -149,6 +151,29 @@ def test_token_mode_renders_the_token_service(pipeline):
     token_pod = keys[("Deployment", "reg-token")]["spec"]["template"]["spec"]
     assert token_pod["containers"][0]["image"] == "registry-operator:test"
     assert token_pod["automountServiceAccountToken"] is False
+
+
+def test_service_accounts_make_the_token_pod_read_the_cluster_keys(pipeline):
+    """A rule naming ServiceAccounts gives the token service the realm as their audience and the pod its own
+    token (to read the cluster's keys); without such a rule, neither."""
+    rules = [{"serviceAccounts": ["ci/builder", "ci/*"], "repositories": ["app/*"], "actions": ["pull"]},
+             {"users": ["alice"], "repositories": ["*"], "actions": ["*"]}]
+    raw = {"auth": {"mode": "token", "users": [{"name": "alice"}], "access": rules}}
+    _, _, objects = pipeline.run(raw)
+    document = json.loads(by_key(objects)[("ConfigMap", "reg-token")]["data"]["config.json"])
+    assert document["serviceAccountAudience"] == "https://reg-token.ns.svc:5001/token"
+    assert document["access"][0]["serviceAccounts"] == ["ci/builder", "ci/*"]
+    assert "serviceAccounts" not in document["access"][1]
+    pod = by_key(objects)[("Deployment", "reg-token")]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is True and "serviceAccountName" not in pod
+    realm = "https://registry.example.com/token"
+    _, _, objects = pipeline.run({"auth": {**raw["auth"], "tokenRealm": realm}})
+    assert json.loads(by_key(objects)[("ConfigMap", "reg-token")]["data"]["config.json"])[
+        "serviceAccountAudience"] == realm  # fmt: skip
+    _, _, objects = pipeline.run({"auth": {**raw["auth"], "access": rules[1:]}})
+    assert "serviceAccountAudience" not in by_key(objects)[("ConfigMap", "reg-token")]["data"]["config.json"]
+    assert by_key(objects)[("Deployment", "reg-token")]["spec"]["template"]["spec"][
+        "automountServiceAccountToken"] is False  # fmt: skip
 
 
 def test_network_policies_open_only_the_serving_ports(pipeline):

@@ -1,6 +1,10 @@
 """The typed spec: defaults as in the CRD, durations."""
 
+import pathlib
+import re
+
 import pytest
+import yaml
 
 from registry_operator import spec
 
@@ -37,3 +41,27 @@ def test_secret_references_must_be_object_names(raw):
     """The name becomes part of an API path: `a/../b` must never address another object or namespace."""
     with pytest.raises(ValueError, match="not a valid object name"):
         spec.parse("reg", "ns", raw)
+
+
+SERVICE_ACCOUNTS = ["ns/ci", "ns/*", "a/b.c-d", "ns/ci/x", "ns/", "/ci", "*/ci", "NS/ci", "ns/c*", "ns:ci", "-a/b"]
+
+
+def _crd_service_account_pattern() -> str:
+    crd = yaml.safe_load((pathlib.Path(__file__).parents[2] / "crds" / "registries.yaml").read_text())
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["auth"]
+    return schema["properties"]["access"]["items"]["properties"]["serviceAccounts"]["items"]["pattern"]
+
+
+def test_service_account_entries_are_checked_like_the_crd_does():
+    """A malformed entry (a CRD installed without the pattern) is an InvalidSpec, never a token-service crash
+    loop; the CRD's pattern and the operator's check accept the same entries."""
+    pattern = re.compile(_crd_service_account_pattern())
+    for entry in SERVICE_ACCOUNTS:
+        rule = {"serviceAccounts": [entry], "repositories": ["*"], "actions": ["pull"]}
+        raw = {"auth": {"mode": "token", "users": [{"name": "a"}], "access": [rule]}}
+        if pattern.search(entry):
+            assert spec.parse("reg", "ns", raw).auth.access[0].service_accounts == (entry,)
+        else:
+            with pytest.raises(ValueError, match="not namespace/name or namespace/"):
+                spec.parse("reg", "ns", raw)
+    assert [e for e in SERVICE_ACCOUNTS if pattern.search(e)] == ["ns/ci", "ns/*", "a/b.c-d"]

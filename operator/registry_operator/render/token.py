@@ -50,14 +50,16 @@ def service_config(spec: RegistrySpec | IndexSpec, material: Material, joined: S
     """The token service's config file: no secrets, only where they are mounted (and the robot users' names).
 
     A Registry's own service issues tokens for it alone; an index's for each Registry in `joined` (names),
-    and a rule's `registries` limits it to those Registries' tokens. Rules naming an undefined group keep their
-    other subjects; the Degraded condition reports the name.
+    and a rule's `registries` limits it to those Registries' tokens. ServiceAccount tokens must be minted for
+    the realm (their audience), so a token meant for the API server or another service is worth nothing here.
+    Rules naming an undefined group keep their other subjects; the Degraded condition reports the name.
     """
     groups = {name: list(members) for name, members in spec.auth.groups.items()}
     access = [
         {
             "users": list(r.users),
             "groups": [g for g in r.groups if g in groups],
+            **({"serviceAccounts": list(r.service_accounts)} if r.service_accounts else {}),
             "anonymous": r.anonymous,
             "repositories": list(r.repositories),
             "catalog": r.catalog,
@@ -76,6 +78,7 @@ def service_config(spec: RegistrySpec | IndexSpec, material: Material, joined: S
         services, access, groups=groups, ttl_seconds=spec.auth.token_ttl_seconds,
         algorithm=spec.auth.token_algorithm,  # type: ignore[arg-type]
         tls=spec.tls_enabled,
+        service_account_audience=realm(spec) if spec.auth.service_accounts else None,
     )
 
 
@@ -138,7 +141,9 @@ def render(
                     "annotations": {names.POD_INPUTS_HASH: inputs_hash(restart_inputs)},
                 },
                 "spec": {
-                    "automountServiceAccountToken": False,
+                    # Its own token reads the cluster's public keys, only when rules name ServiceAccounts (the
+                    # namespace's default account: every account may read them, see token/serviceaccounts).
+                    "automountServiceAccountToken": spec.auth.service_accounts,
                     "enableServiceLinks": False,
                     "securityContext": pod_security_context(),
                     "containers": [container],
