@@ -242,17 +242,20 @@ class ClusterKeySource:
             bearer = f.read().strip()
         context = ssl.create_default_context(cafile=os.path.join(self._account_dir, "ca.crt"))
         timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_SECONDS)
-        headers = {"Authorization": f"Bearer {bearer}", "Accept": "application/json"}
-        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
-            discovery = await self._document(session, context, DISCOVERY_PATH)
-            jwks = await self._document(session, context, JWKS_PATH)
+        async with aiohttp.ClientSession(timeout=timeout, headers={"Authorization": f"Bearer {bearer}"}) as session:
+            discovery = await self._document(session, context, DISCOVERY_PATH, "application/json")
+            # The API server answers 406 to a JWKS request that does not accept this type.
+            jwks = await self._document(session, context, JWKS_PATH, "application/jwk-set+json")
         issuer = discovery.get("issuer")
         if not isinstance(issuer, str) or not issuer:
             raise ValueError("the discovery document names no issuer")
         return ClusterKeys(issuer, parse_jwks(jwks))
 
-    async def _document(self, session: aiohttp.ClientSession, context: ssl.SSLContext, path: str) -> dict[str, Any]:
-        async with session.get(f"{self._api_server}{path}", ssl=context, allow_redirects=False) as response:
+    async def _document(
+        self, session: aiohttp.ClientSession, context: ssl.SSLContext, path: str, accept: str
+    ) -> dict[str, Any]:
+        url, headers = f"{self._api_server}{path}", {"Accept": accept}
+        async with session.get(url, ssl=context, headers=headers, allow_redirects=False) as response:
             if response.status != 200:
                 raise ValueError(f"GET {path}: HTTP {response.status}")
             body = await response.content.read(MAX_DOCUMENT_BYTES + 1)

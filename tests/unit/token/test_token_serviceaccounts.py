@@ -216,6 +216,8 @@ async def _api_server(tmp_path: Path, documents: dict[str, Any]) -> tuple[TestSe
     async def document(request: web.Request) -> web.Response:
         if request.headers.get("Authorization") != "Bearer pod-token":
             return web.Response(status=401)
+        if request.path.endswith("jwks") and request.headers.get("Accept") != "application/jwk-set+json":
+            return web.Response(status=406)  # as the API server answers
         documents["hits"] = documents.get("hits", 0) + 1
         return web.json_response(documents[request.path])
 
