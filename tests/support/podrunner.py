@@ -9,7 +9,10 @@ entrypoint would, maps the image to a local program and starts it.
 
 The one deliberate deviation: all pods share this machine's network namespace, so listeners move to free
 loopback ports through the program's own override (``REGISTRY_HTTP_ADDR``/``REGISTRY_HTTP_DEBUG_ADDR`` for the
-registry, ``--listen``/``--metrics-listen`` for the token service). Anything else it cannot reproduce (unknown
+registry, ``--listen``/``--metrics-listen`` for the token service). A pod with ``automountServiceAccountToken: true``
+gets what the ServiceAccount admission plugin and the kubelet give it: its ServiceAccount's token (TokenRequest,
+the plugin's 3607 s), ``ca.crt`` and ``namespace`` at ``/var/run/secrets/kubernetes.io/serviceaccount``, and
+``KUBERNETES_SERVICE_HOST``/``PORT`` naming the API server, here on loopback. Anything else it cannot reproduce (unknown
 volume types, initContainers, unknown images or fields) raises ``Unfaithful`` rather than being approximated.
 """
 
@@ -30,6 +33,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +45,8 @@ from localcluster import REPO, bin_dir, read_versions
 from .https import VerifiedHTTPSConnection, tls_context
 
 CACHE_BIN = bin_dir()
+ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+ACCOUNT_TOKEN_SECONDS = 3607  # what the ServiceAccount admission plugin requests
 _PODEXEC = Path(__file__).with_name("_podexec.py")
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -60,6 +66,14 @@ class Sources(Protocol):
 
     def config_map(self, name: str) -> dict[str, bytes] | None: ...
 
+    def service_account_token(self, name: str, expiration_seconds: int) -> bytes | None:
+        """A token of ServiceAccount ``name`` for the API server's own audience; None if it does not exist."""
+        ...
+
+    def api_server(self) -> tuple[str, int] | None:
+        """(host, port) where pods reach the API server; None when there is none."""
+        ...
+
 
 @dataclass
 class StaticSources:
@@ -73,6 +87,12 @@ class StaticSources:
 
     def config_map(self, name: str) -> dict[str, bytes] | None:
         return self.config_maps.get(name)
+
+    def service_account_token(self, name: str, expiration_seconds: int) -> bytes | None:
+        return None  # no API server: a pod that needs its token cannot be run from plain data
+
+    def api_server(self) -> tuple[str, int] | None:
+        return None
 
 
 class ApiSources:
@@ -107,6 +127,27 @@ class ApiSources:
         data = {k: v.encode() for k, v in (obj.data or {}).items()}
         data.update({k: base64.b64decode(v) for k, v in (obj.binaryData or {}).items()})
         return data
+
+    def service_account_token(self, name: str, expiration_seconds: int) -> bytes | None:
+        from lightkube import ApiError
+        from lightkube.models.authentication_v1 import TokenRequestSpec
+        from lightkube.models.meta_v1 import ObjectMeta
+        from lightkube.resources.core_v1 import ServiceAccountToken
+
+        spec = TokenRequestSpec(audiences=[], expirationSeconds=expiration_seconds)
+        request = ServiceAccountToken(metadata=ObjectMeta(), spec=spec)
+        try:
+            answer = self._client.create(request, name, namespace=self._namespace)
+        except ApiError as e:
+            if e.status.code == 404:
+                return None
+            raise
+        return answer.status.token.encode()
+
+    def api_server(self) -> tuple[str, int] | None:
+        # lightkube keeps the kubeconfig's server only on its inner client.
+        url = urllib.parse.urlsplit(self._client._client.config.cluster.server)
+        return url.hostname or "", url.port or 443
 
 
 # -- images --------------------------------------------------------------------------------------------------
@@ -315,7 +356,7 @@ class AtomicVolume:
 @dataclass
 class _Volume:
     name: str
-    kind: str  # secret | configMap | emptyDir | persistentVolumeClaim
+    kind: str  # secret | configMap | emptyDir | persistentVolumeClaim | serviceAccount (the automounted token)
     source: Mapping[str, Any]
     path: Path
     atomic: AtomicVolume | None = None
@@ -359,6 +400,7 @@ class PodRunner:
         self._pod_dir = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=self.workdir))
         (self._pod_dir / "volumes").mkdir()
         self.volumes = {v["name"]: self._volume(v) for v in pod.get("volumes") or []}
+        self.account = self._account_volume(pod)
         self.log_path = self._pod_dir / "container.log"
 
     @staticmethod
@@ -398,8 +440,31 @@ class PodRunner:
             raise Unfaithful(f"volume {spec['name']!r}: source missing (the kubelet would not start the pod)")
         return volume
 
+    def _account_volume(self, pod: Mapping[str, Any]) -> _Volume | None:
+        """The ServiceAccount admission plugin's ``kube-api-access`` volume, when the pod asks for its token."""
+        if "automountServiceAccountToken" not in pod:
+            raise Unfaithful("automountServiceAccountToken unset: it would depend on the ServiceAccount")
+        if not pod["automountServiceAccountToken"]:
+            return None
+        if self.sources.api_server() is None:
+            raise Unfaithful("the pod mounts its ServiceAccount token, but there is no API server")
+        path = self._pod_dir / "volumes" / "kube-api-access"
+        volume = _Volume("kube-api-access", "serviceAccount", {}, path, AtomicVolume(path, 0o644, self.fs_group))
+        if self._refresh(volume) is None:
+            raise Unfaithful("ServiceAccount or kube-root-ca.crt missing (the pod would not be admitted or start)")
+        return volume
+
     def _refresh(self, volume: _Volume) -> bool | None:
         """Write the volume's current payload, telling if it changed; None if a required source is missing."""
+        if volume.kind == "serviceAccount":
+            account = self.template["spec"].get("serviceAccountName") or "default"
+            token = self.sources.service_account_token(account, ACCOUNT_TOKEN_SECONDS)
+            root_ca = (self.sources.config_map("kube-root-ca.crt") or {}).get("ca.crt")
+            if token is None or root_ca is None:
+                return None
+            assert volume.atomic is not None
+            # Written once, at start: the kubelet refreshes it at 80% of its hour, longer than any test runs.
+            return volume.atomic.write({"token": token, "ca.crt": root_ca, "namespace": self.namespace.encode()})
         if volume.kind == "secret":
             data = self.sources.secret(volume.source["secretName"])
         else:
@@ -446,6 +511,8 @@ class PodRunner:
                     raise Unfaithful(f"subPath {vm['subPath']!r} missing in volume {vm['name']!r}")
             read_only = bool(vm.get("readOnly")) or volume.atomic is not None  # Secret/ConfigMap: always ro
             mounts.append({"source": str(source), "target": vm["mountPath"], "readOnly": read_only})
+        if self.account is not None:
+            mounts.append({"source": str(self.account.path), "target": ACCOUNT_DIR, "readOnly": True})
         mounts += self.program.mounts
         targets = sorted(m["target"].rstrip("/") for m in mounts)
         for a, b in zip(targets, targets[1:], strict=False):
@@ -467,6 +534,9 @@ class PodRunner:
         uid = self._security("runAsUser")
         env = {"PATH": _PATH, "HOSTNAME": f"{self.name}-local", "HOME": "/root" if not uid else "/"}
         env.update(self.program.env)
+        if self.account is not None:
+            host, port = self.sources.api_server() or ("", 0)
+            env.update({"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": str(port)})
         for ef in self.container.get("envFrom") or []:
             if ef.get("secretRef"):
                 ref, data = ef["secretRef"], self.sources.secret(ef["secretRef"]["name"])
