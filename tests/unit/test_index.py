@@ -60,6 +60,16 @@ def test_index_renders_one_token_service_for_its_registries() -> None:
     assert policy["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == "idx"
 
 
+def test_index_rules_naming_service_accounts_use_the_index_realm_as_audience() -> None:
+    ci_rule = {"serviceAccounts": ["ci/*"], "registries": ["prod"], "repositories": ["*"], "actions": ["pull"]}
+    _, objects = index_objects({**INDEX_SPEC, "access": [*INDEX_SPEC["access"], ci_rule]})
+    kinds = by_key(objects)
+    config = json.loads(kinds[("ConfigMap", "idx-token")]["data"]["config.json"])
+    assert config["serviceAccountAudience"] == "https://idx-token.ns.svc:5001/token"
+    assert config["access"][-1]["serviceAccounts"] == ["ci/*"] and config["access"][-1]["services"] == ["prod.ns.svc"]
+    assert kinds[("Deployment", "idx-token")]["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+
+
 def test_a_settled_index_renders_the_same_objects_again() -> None:
     _, first = index_objects()
     _, again = index_objects(observed=decode_secrets(first))
