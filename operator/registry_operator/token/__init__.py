@@ -1,8 +1,9 @@
 """Token service ("index") for ``auth.mode: token``.
 
-Authenticates users against a bcrypt htpasswd file, grants per-repository actions from ordered
-access rules, and signs short-lived JWTs that distribution 2.8 and 3.x verify against the signing
-certificate (``auth.token.rootcertbundle``). Runs as its own Deployment; never imports kopf.
+Authenticates users against a bcrypt htpasswd file and Kubernetes ServiceAccounts by their tokens
+(:mod:`.serviceaccounts`), grants per-repository actions from ordered access rules, and signs
+short-lived JWTs that distribution 2.8 and 3.x verify against the signing certificate
+(``auth.token.rootcertbundle``). Runs as its own Deployment; never imports kopf.
 
 The operator needs only this module's exports: :func:`build_config` to render the ConfigMap,
 and the mount path constants. The signing key pair comes from :func:`registry_operator.pki.issue_signing`.
