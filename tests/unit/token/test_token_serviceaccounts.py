@@ -268,6 +268,7 @@ def test_keys_are_fetched_once_and_refetched_for_a_new_kid_at_a_bounded_rate(tmp
 
 def test_unreachable_api_server_refuses_without_a_fetch_per_request(tmp_path: Path) -> None:
     (tmp_path / "token").write_text("t")
+    (tmp_path / "ca.crt").write_bytes(issue_ca("unused").cert_pem)
     source = ClusterKeySource("https://127.0.0.1:9", str(tmp_path))  # nothing listens on the discard port
 
     async def scenario() -> None:
