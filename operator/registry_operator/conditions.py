@@ -14,7 +14,7 @@ from typing import Any
 
 from .material import Problem
 from .names import ChildNames
-from .spec import Auth, IndexSpec, RegistrySpec
+from .spec import Auth, IndexSpec, RegistrySpec, parse_duration
 
 Obj = dict[str, Any]
 
@@ -140,10 +140,12 @@ def compute(
     now: dt.datetime,
     retrying: bool = False,
     pull_problems: Sequence[Problem] | None = None,
+    upstream_problems: Sequence[Problem] | None = None,
 ) -> Obj:
     """The Registry's status. `workloads`: Deployment name -> live object; `published`: endpoint, Secrets;
     `retrying`: a write failed and will be tried again; `pull_problems`: what keeps the pull Secrets from being
-    everywhere spec.pullSecrets asks (None: no pull Secrets asked for)."""
+    everywhere spec.pullSecrets asks (None: no pull Secrets asked for); `upstream_problems`: what the probe of
+    a pull-through cache's upstream found (None: not a cache, or not probed)."""
     problems = [*problems, *_config_problems(spec)]
     rollouts = {name: Rollout.of(obj) for name, obj in workloads.items()}
     progressing, rollout_reason, rollout_message = _rollout_state(rollouts)
@@ -165,10 +167,14 @@ def compute(
     registry = rollouts.get(ChildNames(spec.name).deployment)
     if problems:
         ready = _condition("Ready", False, problems[0].reason, problems[0].message, generation)
+    elif progressing and upstream_problems:  # distribution exits at start when its upstream does not answer
+        ready = _condition("Ready", False, upstream_problems[0].reason,
+                           f"{rollout_message}; {upstream_problems[0].message}", generation)
     elif progressing:
         ready = _condition("Ready", False, rollout_reason, rollout_message, generation)
     else:
-        ready = _condition("Ready", True, "Available", f"serving at {published.get('endpoint')}", generation)
+        cache = f" as a pull-through cache of {spec.proxy.remote_url} (pushes are refused)" if spec.proxy else ""
+        ready = _condition("Ready", True, "Available", f"serving at {published.get('endpoint')}{cache}", generation)
     weak = weaknesses(spec)
     warning = (_condition("Warning", True, weak[0].reason, "; ".join(w.message for w in weak), generation) if weak
                else _condition("Warning", False, "None", "nothing weak in this spec", generation))
@@ -182,6 +188,12 @@ def compute(
                        "; ".join(p.message for p in pull_problems), generation) if pull_problems
             else _condition("PullSecrets", True, "Distributed", f"current in {count} namespace(s)", generation))
 
+    if spec.proxy is not None and upstream_problems is not None:
+        # Its own condition, not Degraded: once content is cached, the cache serves it while the upstream is down.
+        conditions.append(
+            _condition("Upstream", False, upstream_problems[0].reason, upstream_problems[0].message, generation)
+            if upstream_problems else _condition("Upstream", True, "Reachable", upstream_message(spec), generation))
+
     stamped = _stamp(conditions, (previous or {}).get("conditions") or (), now)
     status: Obj = {
         "observedGeneration": generation,
@@ -191,6 +203,16 @@ def compute(
         **{k: v for k, v in published.items() if v is not None},
     }
     return status
+
+
+def upstream_message(spec: RegistrySpec) -> str:
+    """What a pull-through cache does, said in its `Upstream` condition: where pulls come from, and that pushes
+    are refused (distribution answers them 405 UNSUPPORTED)."""
+    assert spec.proxy is not None
+    ttl = "7 days" if spec.version == "2.8" else spec.proxy.ttl or "168h"
+    keep = "forever" if spec.proxy.ttl is not None and parse_duration(spec.proxy.ttl) == 0 else f"for {ttl}"
+    return (f"a pull-through cache of {spec.proxy.remote_url}: pulls fetch what is not cached and keep it {keep}; "
+            "pushes and deletes are refused (405 UNSUPPORTED)")
 
 
 def compute_index(
@@ -247,7 +269,7 @@ def transitions(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) 
         if (old.get("status"), old.get("reason")) == (c["status"], c["reason"]):
             continue
         if (c["type"] in ("Degraded", "Warning") and c["status"] == "True") or (
-                c["type"] == "PullSecrets" and c["status"] == "False"):
+                c["type"] in ("PullSecrets", "Upstream") and c["status"] == "False"):
             events.append(("Warning", c["reason"], c["message"]))
         elif c["type"] == "Ready" and c["status"] == "True":
             events.append(("Normal", "Ready", c["message"]))

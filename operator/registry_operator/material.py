@@ -59,6 +59,7 @@ class Material:
     token_trust_pem: bytes | None = None  # signing certificates the registry accepts: current and recent ones
     token_tls: pki.KeyPair | None = None
     robot: robot.Robot | None = None  # the pull Secrets' credential (spec.pullSecrets), see `robot`
+    upstream: Mapping[str, bytes] | None = None  # spec.proxy: `username`, `password`, `ca.crt` as far as given
     problems: tuple[Problem, ...] = field(default_factory=tuple)
     rotations: tuple[Rotation, ...] = field(default_factory=tuple)
 
@@ -235,6 +236,50 @@ def _user_tls(
     return good, (last or {}).get("ca.crt")
 
 
+def _upstream(spec: RegistrySpec, observed: Secrets, names: ChildNames, problems: list[Problem]) -> dict[str, bytes]:
+    """What the pods of a pull-through cache read from `<name>-upstream`: the upstream credentials and CA.
+
+    Copied from the user's Secrets only once they pass the checks, as a user TLS pair is: a referenced Secret
+    that goes missing or turns invalid leaves the last good copy (and the running cache) in place, with a
+    condition saying what is wrong."""
+    assert spec.proxy is not None
+    last = observed.get(names.upstream) or {}
+    out: dict[str, bytes] = {}
+    if spec.proxy.credentials_secret:
+        name = spec.proxy.credentials_secret
+        data = observed.get(name)
+        if data is None:
+            problems.append(Problem("UpstreamCredentialsNotFound", f"proxy credentials Secret {name!r} does not exist"))
+        elif not data.get("username") or not data.get("password") or not _utf8(data["username"], data["password"]):
+            problems.append(Problem("UpstreamCredentialsInvalid", f"proxy credentials Secret {name!r} needs keys "
+                                    "username and password, both non-empty UTF-8"))
+        else:
+            out.update(username=data["username"], password=data["password"])
+        if "username" not in out and "username" in last and "password" in last:
+            out.update(username=last["username"], password=last["password"])
+    if spec.proxy.ca_secret:
+        name = spec.proxy.ca_secret
+        data = observed.get(name)
+        if data is None:
+            problems.append(Problem("UpstreamCANotFound", f"proxy CA Secret {name!r} does not exist"))
+        elif not pki.split(data.get("ca.crt") or b""):
+            problems.append(Problem("UpstreamCAInvalid", f"proxy CA Secret {name!r}: ca.crt holds no PEM certificate"))
+        else:
+            out["ca.crt"] = data["ca.crt"]
+        if "ca.crt" not in out and "ca.crt" in last:
+            out["ca.crt"] = last["ca.crt"]
+    return out
+
+
+def _utf8(*values: bytes) -> bool:
+    try:
+        for value in values:
+            value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class _Accounts:
     http_secret: str
@@ -344,6 +389,7 @@ def decide(
         token_trust = joined.trust_pem
         if client_ca is not None:  # clients reach the index's token endpoint too: one bundle trusts both
             client_ca += joined.ca_pem
+    upstream = _upstream(spec, observed, names, problems) if spec.proxy is not None else None
 
     return Material(
         http_secret=accounts.http_secret,
@@ -359,6 +405,7 @@ def decide(
         token_trust_pem=token_trust,
         token_tls=token_tls,
         robot=bot,
+        upstream=upstream,
         problems=tuple(problems),
         rotations=tuple(rotations),
     )

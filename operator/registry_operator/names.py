@@ -86,6 +86,7 @@ class ChildNames:
         self.token_signing = f"{registry}-token-signing"
         self.pod_monitor = registry  # a kind of its own: the name cannot collide with another Registry's
         self.gc = f"{registry}-gc"  # the garbage-collection Job
+        self.upstream = f"{registry}-upstream"  # a pull-through cache's upstream credentials and CA (spec.proxy)
 
 
 def pull_secret_name(registry: str, namespace: str) -> str:

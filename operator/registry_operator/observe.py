@@ -36,13 +36,19 @@ def referenced_secrets(spec: RegistrySpec | IndexSpec) -> set[str]:
     refs = {u.password_ref.name for u in spec.auth.users if u.password_ref}
     if spec.tls.mode == "Secret" and spec.tls.secret_name:
         refs.add(spec.tls.secret_name)
+    proxy = getattr(spec, "proxy", None)  # a RegistryIndex has none
+    if proxy is not None:
+        refs |= {name for name in (proxy.credentials_secret, proxy.ca_secret) if name}
     return refs
 
 
-def candidates(spec: RegistrySpec, token_was_on: bool, pod_monitor: bool = False) -> list[tuple[str, str, str]]:
+def candidates(
+    spec: RegistrySpec, token_was_on: bool, pod_monitor: bool = False, upstream_was_on: bool = False
+) -> list[tuple[str, str, str]]:
     """(apiVersion, kind, name) of every child this spec can render (to compare before applying) and of the
-    token service's workload while it may still exist (to delete it). Tests check that every rendered child
-    is among these. `pod_monitor`: the cluster serves PodMonitors (see render.desired)."""
+    token service's workload and a former cache's upstream Secret while they may still exist (to delete them).
+    Tests check that every rendered child is among these. `pod_monitor`: the cluster serves PodMonitors (see
+    render.desired)."""
     n = ChildNames(spec.name)
     token = spec.auth.own_token_service
     secrets = {n.http_secret}
@@ -56,6 +62,8 @@ def candidates(spec: RegistrySpec, token_was_on: bool, pod_monitor: bool = False
         secrets.add(n.ca_key)
     if token:
         secrets |= {n.token_signing, n.token_tls}
+    if spec.proxy is not None or upstream_was_on:
+        secrets.add(n.upstream)
     out = [("v1", "Secret", name) for name in sorted(secrets)]
     out += [("v1", "ConfigMap", n.config), ("apps/v1", "Deployment", n.deployment), ("v1", "Service", n.service)]
     if spec.tls_enabled:
@@ -113,9 +121,13 @@ def decode(secret: Obj) -> dict[str, bytes]:
     return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
 
 
-async def observe(client: AsyncClient, spec: RegistrySpec, token_was_on: bool, pod_monitor: bool = False) -> Observed:
-    """Everything this reconcile reads; `token_was_on`: the last status published a token realm."""
-    return await _observe(client, spec, candidates(spec, token_was_on, pod_monitor))
+async def observe(
+    client: AsyncClient, spec: RegistrySpec, token_was_on: bool, pod_monitor: bool = False,
+    upstream_was_on: bool = False,
+) -> Observed:
+    """Everything this reconcile reads; `token_was_on`: the last status published a token realm;
+    `upstream_was_on`: it published an upstream (the Registry was a pull-through cache)."""
+    return await _observe(client, spec, candidates(spec, token_was_on, pod_monitor, upstream_was_on))
 
 
 async def observe_index(client: AsyncClient, spec: IndexSpec) -> Observed:

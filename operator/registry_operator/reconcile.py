@@ -27,7 +27,19 @@ import httpx2
 from lightkube import ApiError, AsyncClient
 from lightkube.types import PatchType
 
-from . import conditions, events, garbage_collection, index, material, metrics, pki, pullsecrets, render, robot
+from . import (
+    conditions,
+    events,
+    garbage_collection,
+    index,
+    material,
+    metrics,
+    pki,
+    pullsecrets,
+    render,
+    robot,
+    upstream,
+)
 from .apply import Applied, Key, apply_all, conflicts, delete_all
 from .coalesce import Retry
 from .config import Config
@@ -99,6 +111,7 @@ def _published(
         "tokenRealm": joined.realm if joined else token_render.realm(spec) if spec.auth.mode == "token" else None,
         "index": joined.index if joined else None,
         "unwatchedSecrets": list(unwatched) or None,
+        "upstream": spec.proxy.remote_url if spec.proxy else None,
     }
 
 
@@ -178,7 +191,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         joined = found
     before = body.get("status") or {}
     token_was_on = "tokenRealm" in before and "index" not in before  # it ran a token service of its own
-    observed = await observe(ctx.client, spec, token_was_on, ctx.pod_monitors)
+    observed = await observe(ctx.client, spec, token_was_on, ctx.pod_monitors, upstream_was_on="upstream" in before)
     taken = conflicts([(kind, child) for _, kind, child in candidates(spec, False, ctx.pod_monitors)],
                       observed.children, body)
     if taken:  # decided before any material: a Registry stuck here costs no key generation either
@@ -232,11 +245,17 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     elif spec.pull_secrets is not None:
         pull_problems = [material.Problem("RegistryNotApplied", "waiting until the Registry's own objects are stored")]
 
+    upstream_problems = None
+    if spec.proxy is not None and mat.upstream is not None:
+        found = await upstream.probe(spec.proxy, mat.upstream, spec.version)
+        upstream_problems = [found] if found else []
+
     workload_names = [names.deployment] + ([names.token] if spec.auth.own_token_service else [])
     workloads = {n: applied.live.get(("Deployment", n)) for n in workload_names}
     status = conditions.compute(
         spec, generation, [*mat.problems, *applied.problems], workloads, published,
         body.get("status"), now, retrying=bool(applied.retry), pull_problems=pull_problems,
+        upstream_problems=upstream_problems,
     )
     if gc.status is not None:
         status["garbageCollection"] = gc.status

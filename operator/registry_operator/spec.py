@@ -134,6 +134,18 @@ class PullSecrets:
 
 
 @dataclass(frozen=True)
+class Proxy:
+    """spec.proxy: serve as a pull-through cache of one upstream registry (distribution's proxy mode), which
+    refuses every push and delete. The referenced Secrets are the user's; the operator copies them, once valid,
+    into the Registry's own `<name>-upstream` Secret, which the pods read."""
+
+    remote_url: str
+    credentials_secret: str | None = None  # keys `username` and `password`
+    ca_secret: str | None = None  # key `ca.crt`: the upstream's private CA, trusted next to the public roots
+    ttl: str | None = None  # how long cached content lives (version 3 only); None: distribution's 168h
+
+
+@dataclass(frozen=True)
 class RegistrySpec:
     name: str
     namespace: str
@@ -155,6 +167,7 @@ class RegistrySpec:
     network_policy: NetworkPolicy = field(default_factory=NetworkPolicy)
     garbage_collection: GarbageCollection = field(default_factory=GarbageCollection)
     pull_secrets: PullSecrets | None = None
+    proxy: Proxy | None = None
 
     @property
     def effective_replicas(self) -> int:
@@ -284,6 +297,35 @@ def _garbage_collection(raw: Mapping[str, Any], version: str, claim: bool) -> Ga
     return gc
 
 
+_REMOTE_URL = re.compile(r"https?://[^\s/?#@]+/?")
+
+
+def _proxy(raw: Mapping[str, Any] | None, version: str, auth: Auth, gc: bool) -> Proxy | None:
+    """`spec.proxy`, with the same refusals as the CRD's rules, for a CRD installed without them."""
+    if raw is None:
+        return None
+    url = raw.get("remoteURL")
+    if not isinstance(url, str) or not _REMOTE_URL.fullmatch(url):
+        raise ValueError(f"proxy.remoteURL {url!r} is not http(s)://host[:port]")
+    ttl = raw.get("ttl")
+    if ttl is not None:
+        if version == "2.8":
+            raise ValueError("proxy.ttl needs version 3 (2.8 keeps cached content for 7 days)")
+        parse_duration(ttl)
+    if gc:
+        raise ValueError("garbageCollection does not apply to a pull-through cache (it expires content by ttl)")
+    if any(a != "pull" for rule in auth.access for a in rule.actions):
+        raise ValueError("auth.access may grant only pull on a pull-through cache (it refuses pushes and deletes)")
+    credentials = raw.get("credentialsSecretName")
+    ca = raw.get("caSecretName")
+    return Proxy(
+        remote_url=url.rstrip("/"),
+        credentials_secret=object_name(credentials, "proxy.credentialsSecretName") if credentials else None,
+        ca_secret=object_name(ca, "proxy.caSecretName") if ca else None,
+        ttl=ttl,
+    )
+
+
 def _pull_secrets(raw: Mapping[str, Any] | None) -> PullSecrets | None:
     if raw is None:
         return None
@@ -304,6 +346,7 @@ def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistryS
     storage_raw = raw.get("storage") or {}
     service_raw = raw.get("service") or {}
     claim_raw = storage_raw.get("persistentVolumeClaim")
+    auth = parse_auth(auth_raw)
     return RegistrySpec(
         name=name,
         namespace=namespace,
@@ -336,7 +379,7 @@ def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistryS
             dns_names=tuple(tls_raw.get("dnsNames") or ()),
             ip_addresses=tuple(tls_raw.get("ipAddresses") or ()),
         ),
-        auth=parse_auth(auth_raw),
+        auth=auth,
         resources=dict(raw.get("resources") or {}),
         node_selector=dict(raw.get("nodeSelector") or {}),
         tolerations=tuple(raw.get("tolerations") or ()),
@@ -349,4 +392,5 @@ def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistryS
         ),
         garbage_collection=_garbage_collection(raw.get("garbageCollection") or {}, version, claim_raw is not None),
         pull_secrets=_pull_secrets(raw.get("pullSecrets")),
+        proxy=_proxy(raw.get("proxy"), version, auth, raw.get("garbageCollection") is not None),
     )

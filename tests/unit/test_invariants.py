@@ -20,14 +20,19 @@ AUTH = {
 }
 TLS = {"SelfSigned": {}, "Secret": {"mode": "Secret", "secretName": "mine"}, "Disabled": {"mode": "Disabled"}}
 STORAGE = {"emptyDir": {}, "claim": {"persistentVolumeClaim": {"size": "1Gi"}}}
+PROXY = {"registry": None,
+         "cache": {"remoteURL": "https://up:5000", "credentialsSecretName": "up", "caSecretName": "up-ca"}}
 
 
-@pytest.mark.parametrize("auth, tls, storage", list(itertools.product(AUTH, TLS, STORAGE)))
-def test_every_rendered_child_is_observed(auth, tls, storage):
+@pytest.mark.parametrize("auth, tls, storage, proxy", list(itertools.product(AUTH, TLS, STORAGE, PROXY)))
+def test_every_rendered_child_is_observed(auth, tls, storage, proxy):
     raw = {"auth": AUTH[auth], "tls": TLS[tls], "storage": STORAGE[storage]}
+    if PROXY[proxy]:
+        raw["proxy"] = PROXY[proxy]
     s = spec.parse("reg", "ns", raw)
     joined = material.Joined("idx", "https://idx-token.ns.svc:5001/token", b"", b"") if s.auth.index else None
-    mat = material.decide(s, {"pw": {"password": b"secret"}}, joined=joined)
+    mat = material.decide(s, {"pw": {"password": b"secret"}, "up": {"username": b"u", "password": b"p"}},
+                          joined=joined)
     for pod_monitor in (False, True):
         rendered = {(o["kind"], o["metadata"]["name"])
                     for o in render.desired(s, mat, OWNER, "img", pod_monitor, joined=joined)}
@@ -37,13 +42,14 @@ def test_every_rendered_child_is_observed(auth, tls, storage):
             observed = {(kind, name) for _, kind, name in candidates(s, token_was_on, pod_monitor)}
             assert rendered <= observed, rendered - observed
     doomed = {(kind, name) for _, kind, name in render.obsolete(s)}
-    assert doomed <= {(kind, name) for _, kind, name in candidates(s, token_was_on=True)}
+    assert doomed <= {(kind, name) for _, kind, name in candidates(s, token_was_on=True, upstream_was_on=True)}
 
 
 def _children(name: str, token: bool = True) -> set[tuple[str, str]]:
     """Every (kind, name) a Registry called `name` can own: token mode (or htpasswd), SelfSigned, a claim, a
-    generated password."""
-    s = spec.parse(name, "ns", {"auth": AUTH["token" if token else "htpasswd"], "storage": STORAGE["claim"]})
+    generated password, a pull-through cache's upstream Secret."""
+    s = spec.parse(name, "ns", {"auth": AUTH["token" if token else "htpasswd"], "storage": STORAGE["claim"],
+                                "proxy": PROXY["cache"]})
     gc_job = garbage_collection.job(s, OWNER, "r", None, suspend=True, node=None)
     return {_key(o) for o in [*render.desired(s, material.decide(s, {}), OWNER, "img"), gc_job]}
 

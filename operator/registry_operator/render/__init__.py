@@ -73,11 +73,14 @@ def obsolete(spec: RegistrySpec) -> list[tuple[str, str, str]]:
     """(apiVersion, kind, name) of children an earlier spec may have created that this one must not have.
 
     Only workloads and their wiring: Secrets (keys, passwords) are kept, so switching a mode back and forth
-    never rotates a CA that clients already trust.
+    never rotates a CA that clients already trust. The one exception is the copy of a former cache's upstream
+    credentials, which nothing needs any more.
     """
     names = ChildNames(spec.name)
     policy = ("networking.k8s.io/v1", "NetworkPolicy")
     out = [] if spec.network_policy.enabled else [(*policy, names.deployment)]
+    if spec.proxy is None:
+        out.append(("v1", "Secret", names.upstream))
     if not spec.auth.own_token_service or not spec.network_policy.enabled:
         out.append((*policy, names.token))
     if not spec.auth.own_token_service:

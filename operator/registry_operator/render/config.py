@@ -7,10 +7,12 @@ differ.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
+from ..names import ChildNames
 from ..spec import RegistrySpec
 from ..token import config as token_service_config
 
@@ -21,6 +23,9 @@ DRAIN_SECONDS = 25
 TLS_DIR = "/etc/registry/tls"
 AUTH_DIR = "/etc/registry/auth"
 TOKEN_DIR = "/etc/registry/token"
+UPSTREAM_DIR = "/etc/registry/upstream"
+# distribution's own default, rendered because the image defaults must never be relied on.
+PROXY_TTL = "168h"
 DATA_DIR = "/var/lib/registry"
 
 
@@ -33,12 +38,23 @@ def config_path(version: str) -> str:
     return f"{config_dir(version)}/config.yml"
 
 
-def env(spec: RegistrySpec) -> list[dict[str, Any]]:
-    """Plain environment variables the registry needs besides its config file."""
-    if spec.version == "2.8":
-        return []
-    # 3.x exports OpenTelemetry traces to a collector that does not exist unless told not to.
-    return [{"name": "OTEL_TRACES_EXPORTER", "value": "none"}]
+def env(spec: RegistrySpec, upstream: Mapping[str, bytes] | None = None) -> list[dict[str, Any]]:
+    """Environment variables the registry needs besides its config file. `upstream`: the data of the
+    `<name>-upstream` Secret of a pull-through cache, whose keys are handed to the registry from there: the
+    credentials through distribution's env overrides (never in the ConfigMap), and the CA as `SSL_CERT_FILE`,
+    which replaces only Go's bundle file: Go still loads every certificate in /etc/ssl/certs, where the image
+    keeps the public roots."""
+    out: list[dict[str, Any]] = []
+    if spec.version != "2.8":
+        # 3.x exports OpenTelemetry traces to a collector that does not exist unless told not to.
+        out.append({"name": "OTEL_TRACES_EXPORTER", "value": "none"})
+    if upstream and "username" in upstream:
+        secret = ChildNames(spec.name).upstream
+        out += [{"name": f"REGISTRY_PROXY_{key.upper()}", "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+                for key in ("username", "password")]
+    if upstream and "ca.crt" in upstream:
+        out.append({"name": "SSL_CERT_FILE", "value": f"{UPSTREAM_DIR}/ca.crt"})
+    return out
 
 
 def render(
@@ -68,7 +84,8 @@ def render(
         "log": {"level": spec.log_level, "formatter": "text", "accesslog": {"disabled": False}},
         "storage": {
             "filesystem": {"rootdirectory": DATA_DIR},
-            "delete": {"enabled": spec.storage.delete_enabled},
+            # A cache expires manifests through the delete path; clients' deletes it refuses anyway (405).
+            "delete": {"enabled": spec.storage.delete_enabled or spec.proxy is not None},
             "cache": {"blobdescriptor": "inmemory"},
             "maintenance": {
                 "uploadpurging": {"enabled": True, "age": "168h", "interval": "24h", "dryrun": False},
@@ -78,6 +95,11 @@ def render(
         "http": http,
         "health": {"storagedriver": {"enabled": True, "interval": "10s", "threshold": 3}},
     }
+    if spec.proxy is not None:
+        # Credentials come from the environment (see `env`), never from this ConfigMap.
+        config["proxy"] = {"remoteurl": spec.proxy.remote_url}
+        if spec.version != "2.8":  # 2.8 has no ttl: it keeps cached content 7 days
+            config["proxy"]["ttl"] = spec.proxy.ttl or PROXY_TTL
     if spec.auth.mode == "htpasswd":
         config["auth"] = {"htpasswd": {"realm": spec.name, "path": f"{AUTH_DIR}/htpasswd"}}
     elif spec.auth.mode == "token":

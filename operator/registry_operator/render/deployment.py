@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .. import names
+from .. import htpasswd, names
 from ..material import Material
 from ..names import COMPONENT_REGISTRY, ChildNames
 from ..spec import IndexSpec, RegistrySpec
@@ -49,7 +49,9 @@ def ca_bundle(spec: RegistrySpec | IndexSpec, bundle: str, owner: Mapping[str, A
     }
 
 
-def volumes(spec: RegistrySpec, names_: ChildNames) -> tuple[list[Obj], list[Obj]]:
+def volumes(
+    spec: RegistrySpec, names_: ChildNames, upstream: Mapping[str, bytes] | None = None
+) -> tuple[list[Obj], list[Obj]]:
     """(volumes, mounts) of the registry container (also the source of the GC Job's, which must see the same)."""
     vols: list[Obj] = [{"name": "config", "configMap": {"name": names_.config}}]
     mounts: list[Obj] = [{"name": "config", "mountPath": cfg.config_dir(spec.version), "readOnly": True}]
@@ -63,6 +65,9 @@ def volumes(spec: RegistrySpec, names_: ChildNames) -> tuple[list[Obj], list[Obj
         signing = ChildNames(spec.auth.index).token_signing if spec.auth.index else names_.token_signing
         vols.append(secret_volume("token", signing, ["ca.crt"]))
         mounts.append({"name": "token", "mountPath": cfg.TOKEN_DIR, "readOnly": True})
+    if upstream and "ca.crt" in upstream:  # a pull-through cache's upstream CA (see config.env)
+        vols.append(secret_volume("upstream", names_.upstream, ["ca.crt"]))
+        mounts.append({"name": "upstream", "mountPath": cfg.UPSTREAM_DIR, "readOnly": True})
     if spec.storage.claim is not None:
         vols.append({"name": "data", "persistentVolumeClaim": {"claimName": names_.claim}})
     else:
@@ -94,10 +99,16 @@ def _strategy(spec: RegistrySpec) -> Obj:
 
 def deployment(spec: RegistrySpec, material: Material, config_text: str, owner: Mapping[str, Any]) -> Obj:
     names_ = ChildNames(spec.name)
-    volumes_, mounts = volumes(spec, names_)
+    volumes_, mounts = volumes(spec, names_, material.upstream)
     restart_inputs = [config_text, material.serving_cert_pem or b""]
     if material.token_trust_pem:
         restart_inputs.append(material.token_trust_pem)
+    if material.upstream:
+        # Read only at start (environment, Go's roots): a change must roll the pods. The credentials enter as
+        # a keyed fingerprint, so the pod template never carries an unkeyed hash of a password.
+        up = material.upstream
+        restart_inputs += [up.get("ca.crt", b""), htpasswd.fingerprint(
+            material.fingerprint_key, up.get("username", b"").decode(), up.get("password", b"").decode())]
     template_annotations = {**spec.pod_annotations, names.POD_INPUTS_HASH: inputs_hash(restart_inputs)}
     container: Obj = {
         "name": "registry",
@@ -110,7 +121,7 @@ def deployment(spec: RegistrySpec, material: Material, config_text: str, owner: 
                 "name": "REGISTRY_HTTP_SECRET",
                 "valueFrom": {"secretKeyRef": {"name": names_.http_secret, "key": "secret"}},
             },
-            *cfg.env(spec),
+            *cfg.env(spec, material.upstream),
         ],
         "ports": [
             {"name": "registry", "containerPort": cfg.PORT, "protocol": "TCP"},
