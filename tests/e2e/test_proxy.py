@@ -1,0 +1,113 @@
+"""A pull-through cache (spec.proxy) in front of a second registry playing the upstream, with TLS (its own
+private CA) and htpasswd: the upstream is itself a Registry the operator made, its pod run by podrunner.
+
+A first pull through the cache fetches from the upstream; with the upstream stopped, a second pull is served
+from the cache, byte for byte; a push to the cache is refused. Everything the cache needs (the upstream's CA
+and a login) reaches it only through the Secrets spec.proxy names.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lightkube import Client
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Secret
+
+from tests.support import ociimage
+from tests.support.clients import ClientError, Crane
+from tests.support.deployed import DeployedRegistry, create_registry, wait_for
+
+USERS = {"mode": "htpasswd", "users": [{"name": "alice"}, {"name": "bob"}]}
+
+
+def _blobs(layout: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (layout / "blobs" / "sha256").iterdir()}
+
+
+def _upstream_condition(reg: DeployedRegistry) -> dict[str, Any] | None:
+    conditions = (reg.get().get("status") or {}).get("conditions") or []
+    return next((c for c in conditions if c["type"] == "Upstream"), None)
+
+
+def _cache_of(
+    upstream: DeployedRegistry, version: str, kube_client: Client, make_namespace: Callable[[str], str],
+    workdir: Path,
+) -> DeployedRegistry:
+    """A cache Registry of `upstream` in a namespace of its own, given the upstream's CA and alice's login as
+    a user would: two Secrets of its namespace."""
+    namespace = make_namespace(f"cache{version.replace('.', '')}")
+    login = {"username": b"alice", "password": upstream.passwords()["alice"].encode()}
+    for name, data in (("up-login", login), ("up-ca", {"ca.crt": upstream.ca_pem()})):
+        kube_client.create(Secret(metadata=ObjectMeta(name=name, namespace=namespace),
+                                  data={k: base64.b64encode(v).decode() for k, v in data.items()}))
+    proxy = {"remoteURL": f"https://{upstream.address}", "credentialsSecretName": "up-login", "caSecretName": "up-ca"}
+    workdir.mkdir()
+    spec = {"version": version, "tls": {"ipAddresses": ["127.0.0.1"]}, "auth": USERS, "proxy": proxy}
+    return create_registry(kube_client, namespace, "cache", spec, workdir)
+
+
+def test_pulls_come_from_the_upstream_then_from_the_cache_and_pushes_are_refused(
+    deploy: Callable[..., DeployedRegistry], kube_client: Client, make_namespace: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    upstream = deploy("3", name="upstream")
+    image = ociimage.build(tmp_path / "image", tag="v1", layers=2, size=2 * 1024 * 1024)
+    Crane(tmp_path / "up", upstream.ca_pem(), upstream.address, ("alice", upstream.passwords()["alice"])).run(
+        "push", str(image.path), f"{upstream.address}/team/app:v1")
+
+    cache = _cache_of(upstream, "3", kube_client, make_namespace, tmp_path / "cache-pods")
+    status = cache.get()["status"]
+    assert status["upstream"] == f"https://{upstream.address}"
+    condition = wait_for(lambda: _upstream_condition(cache), "the Upstream condition")
+    assert (condition["status"], condition["reason"]) == ("True", "Reachable"), condition
+    assert "pushes and deletes are refused" in condition["message"]
+    cache.start_pod()
+    crane = Crane(tmp_path / "client", cache.ca_pem(), cache.address, ("bob", cache.passwords()["bob"]))
+    ref = f"{cache.address}/team/app:v1"
+
+    started = time.monotonic()
+    crane.run("pull", "--format=oci", ref, str(tmp_path / "first"))
+    first = time.monotonic() - started
+    assert _blobs(tmp_path / "first") == _blobs(image.path)  # manifest, config and layers, byte for byte
+    assert "team/app" in cache.runner.logs() and "GET /v2/team/app" in upstream.runner.logs()
+    with pytest.raises(ClientError) as refused:  # the blobs are in the cache: the manifest's PUT is refused
+        crane.run("push", str(image.path), f"{cache.address}/team/app:v2")
+    assert "UNSUPPORTED: The operation is unsupported" in refused.value.output, refused.value.output
+    assert re.search(r'"PUT /v2/team/app/manifests/v2 HTTP/[0-9.]+" 405', cache.runner.logs())
+
+    upstream.stop()
+    started = time.monotonic()
+    crane.run("pull", "--format=oci", ref, str(tmp_path / "second"))
+    second = time.monotonic() - started
+    assert _blobs(tmp_path / "second") == _blobs(image.path)
+    print(f"\npull through the cache, 2 MiB: {first:.2f} s from the upstream, {second:.2f} s with it stopped")
+
+
+
+def test_version_28_cannot_log_in_to_a_basic_auth_upstream_and_says_so(
+    deploy: Callable[..., DeployedRegistry], kube_client: Client, make_namespace: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """distribution 2.8 hands the configured credentials only to a token (Bearer) realm: an htpasswd upstream
+    gets no login. The Upstream condition says so, and a pull through it indeed fails."""
+    upstream = deploy("3", name="upstream")
+    image = ociimage.build(tmp_path / "image", tag="v1", layers=1, size=64 * 1024)
+    Crane(tmp_path / "up", upstream.ca_pem(), upstream.address, ("alice", upstream.passwords()["alice"])).run(
+        "push", str(image.path), f"{upstream.address}/team/app:v1")
+    cache = _cache_of(upstream, "2.8", kube_client, make_namespace, tmp_path / "cache-pods")
+    condition = wait_for(lambda: _upstream_condition(cache), "the Upstream condition")
+    assert (condition["status"], condition["reason"]) == ("False", "UpstreamAuthUnsupported"), condition
+    cache.start_pod()
+    crane = Crane(tmp_path / "client", cache.ca_pem(), cache.address, ("bob", cache.passwords()["bob"]))
+    with pytest.raises(ClientError) as failed:
+        crane.run("pull", "--format=oci", f"{cache.address}/team/app:v1", str(tmp_path / "pulled"))
+    assert "MANIFEST_UNKNOWN" in failed.value.output, failed.value.output  # nothing cached, nothing fetched
+    # The upstream refused the cache's request: it came without the credentials.
+    assert re.search(r'"GET /v2/team/app/manifests/v1 HTTP/[0-9.]+" 401', upstream.runner.logs())
