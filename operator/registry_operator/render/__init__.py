@@ -73,13 +73,13 @@ def obsolete(spec: RegistrySpec) -> list[tuple[str, str, str]]:
     """(apiVersion, kind, name) of children an earlier spec may have created that this one must not have.
 
     Only workloads and their wiring: Secrets (keys, passwords) are kept, so switching a mode back and forth
-    never rotates a CA that clients already trust. The one exception is the copy of a former cache's upstream
-    credentials, which nothing needs any more.
+    never rotates a CA that clients already trust. The one exception is the copy of a cache's upstream
+    credentials and CA once the spec names neither (or is no cache any more): nothing needs it.
     """
     names = ChildNames(spec.name)
     policy = ("networking.k8s.io/v1", "NetworkPolicy")
     out = [] if spec.network_policy.enabled else [(*policy, names.deployment)]
-    if spec.proxy is None:
+    if spec.proxy is None or not (spec.proxy.credentials_secret or spec.proxy.ca_secret):
         out.append(("v1", "Secret", names.upstream))
     if not spec.auth.own_token_service or not spec.network_policy.enabled:
         out.append((*policy, names.token))

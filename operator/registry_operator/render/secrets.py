@@ -49,6 +49,6 @@ def render(spec: RegistrySpec | IndexSpec, material: Material, owner: Mapping[st
         out.append(tls(names.token_signing, material.token_signing, COMPONENT_TOKEN, ca=material.token_trust_pem))
     if material.token_tls and material.ca:
         out.append(tls(names.token_tls, material.token_tls, COMPONENT_TOKEN, ca=material.ca.cert_pem))
-    if material.upstream is not None:  # spec.proxy: always, so a removed credential or CA is removed here too
+    if material.upstream:  # spec.proxy with credentials or a CA (else `obsolete` removes it)
         out.append(opaque(names.upstream, material.upstream))
     return out
