@@ -38,31 +38,39 @@ def _upstream_condition(reg: DeployedRegistry) -> dict[str, Any] | None:
 
 def _cache_of(
     upstream: DeployedRegistry, version: str, kube_client: Client, make_namespace: Callable[[str], str],
-    workdir: Path,
+    workdir: Path, login: bool = True,
 ) -> DeployedRegistry:
-    """A cache Registry of `upstream` in a namespace of its own, given the upstream's CA and alice's login as
-    a user would: two Secrets of its namespace."""
+    """A cache Registry of `upstream` in a namespace of its own, given the upstream's CA and (`login`) alice's
+    login as a user would: Secrets of its namespace."""
     namespace = make_namespace(f"cache{version.replace('.', '')}")
-    login = {"username": b"alice", "password": upstream.passwords()["alice"].encode()}
-    for name, data in (("up-login", login), ("up-ca", {"ca.crt": upstream.ca_pem()})):
+    secrets = {"up-ca": {"ca.crt": upstream.ca_pem()}}
+    proxy = {"remoteURL": f"https://{upstream.address}", "caSecretName": "up-ca"}
+    if login:
+        secrets["up-login"] = {"username": b"alice", "password": upstream.passwords()["alice"].encode()}
+        proxy["credentialsSecretName"] = "up-login"
+    for name, data in secrets.items():
         kube_client.create(Secret(metadata=ObjectMeta(name=name, namespace=namespace),
                                   data={k: base64.b64encode(v).decode() for k, v in data.items()}))
-    proxy = {"remoteURL": f"https://{upstream.address}", "credentialsSecretName": "up-login", "caSecretName": "up-ca"}
     workdir.mkdir()
     spec = {"version": version, "tls": {"ipAddresses": ["127.0.0.1"]}, "auth": USERS, "proxy": proxy}
     return create_registry(kube_client, namespace, "cache", spec, workdir)
 
 
+@pytest.mark.parametrize("version", ["3", "2.8"], ids=["v3", "v2.8"])
 def test_pulls_come_from_the_upstream_then_from_the_cache_and_pushes_are_refused(
-    deploy: Callable[..., DeployedRegistry], kube_client: Client, make_namespace: Callable[[str], str],
-    tmp_path: Path,
+    version: str, deploy: Callable[..., DeployedRegistry], kube_client: Client,
+    make_namespace: Callable[[str], str], tmp_path: Path,
 ) -> None:
-    upstream = deploy("3", name="upstream")
+    """Version 3 logs in to an htpasswd upstream; 2.8 cannot (see the next test), so its upstream is anonymous
+    (still TLS from a private CA)."""
+    login = version == "3"
+    upstream = deploy("3", name="upstream", **({} if login else {"auth": {"mode": "none"}}))
     image = ociimage.build(tmp_path / "image", tag="v1", layers=2, size=2 * 1024 * 1024)
-    Crane(tmp_path / "up", upstream.ca_pem(), upstream.address, ("alice", upstream.passwords()["alice"])).run(
+    creds = ("alice", upstream.passwords()["alice"]) if login else None
+    Crane(tmp_path / "up", upstream.ca_pem(), upstream.address, creds).run(
         "push", str(image.path), f"{upstream.address}/team/app:v1")
 
-    cache = _cache_of(upstream, "3", kube_client, make_namespace, tmp_path / "cache-pods")
+    cache = _cache_of(upstream, version, kube_client, make_namespace, tmp_path / "cache-pods", login)
     status = cache.get()["status"]
     assert status["upstream"] == f"https://{upstream.address}"
     condition = wait_for(lambda: _upstream_condition(cache), "the Upstream condition")
@@ -87,8 +95,8 @@ def test_pulls_come_from_the_upstream_then_from_the_cache_and_pushes_are_refused
     crane.run("pull", "--format=oci", ref, str(tmp_path / "second"))
     second = time.monotonic() - started
     assert _blobs(tmp_path / "second") == _blobs(image.path)
-    print(f"\npull through the cache, 2 MiB: {first:.2f} s from the upstream, {second:.2f} s with it stopped")
-
+    print(f"\n{version}: pull through the cache, 2 MiB: {first:.2f} s from the upstream, {second:.2f} s with "
+          "it stopped")
 
 
 def test_version_28_cannot_log_in_to_a_basic_auth_upstream_and_says_so(
