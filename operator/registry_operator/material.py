@@ -250,9 +250,10 @@ def _upstream(spec: RegistrySpec, observed: Secrets, names: ChildNames, problems
         data = observed.get(name)
         if data is None:
             problems.append(Problem("UpstreamCredentialsNotFound", f"proxy credentials Secret {name!r} does not exist"))
-        elif not data.get("username") or not data.get("password") or not _utf8(data["username"], data["password"]):
+        elif (not data.get("username") or not data.get("password") or b":" in data["username"]
+              or not _utf8(data["username"], data["password"])):
             problems.append(Problem("UpstreamCredentialsInvalid", f"proxy credentials Secret {name!r} needs keys "
-                                    "username and password, both non-empty UTF-8"))
+                                    "username (without ':') and password, both non-empty UTF-8"))
         else:
             out.update(username=data["username"], password=data["password"])
         if "username" not in out and "username" in last and "password" in last:

@@ -58,7 +58,7 @@ async def probe(
                     # distribution 2.8 hands credentials only to a Bearer realm (registry/proxy/proxyauth.go).
                     return Problem("UpstreamAuthUnsupported", f"{url} asks for Basic authentication, which "
                                    "distribution 2.8 never answers with the configured credentials: use version 3")
-                auth = aiohttp.BasicAuth(user.decode(), password.decode())
+                auth = aiohttp.BasicAuth(user.decode(), password.decode(), encoding="utf-8")
                 async with session.get(url, ssl=ssl_context, allow_redirects=False, auth=auth) as resp:
                     status = resp.status
                 if status == 401:

@@ -97,10 +97,12 @@ def test_a_broken_reference_keeps_the_last_good_copy_and_says_why():
     _, mat, _ = _render(_raw(), kept)  # both referenced Secrets are gone
     assert mat.upstream == first.upstream
     assert {p.reason for p in mat.problems} == {"UpstreamCredentialsNotFound", "UpstreamCANotFound"}
-    broken = {"up-login": {"username": b"mirror"}, "up-ca": {"ca.crt": b"not a certificate"}}
-    _, mat, _ = _render(_raw(), {**kept, **broken})
-    assert mat.upstream == first.upstream
-    assert {p.reason for p in mat.problems} == {"UpstreamCredentialsInvalid", "UpstreamCAInvalid"}
+    for login in ({"username": b"mirror"}, {"username": b"mir:ror", "password": b"x"},
+                  {"username": b"mirror", "password": b"\xff"}):
+        broken = {"up-login": login, "up-ca": {"ca.crt": b"not a certificate"}}
+        _, mat, _ = _render(_raw(), {**kept, **broken})
+        assert mat.upstream == first.upstream
+        assert {p.reason for p in mat.problems} == {"UpstreamCredentialsInvalid", "UpstreamCAInvalid"}
     assert not any("s3cret" in p.message for p in mat.problems)
 
 
