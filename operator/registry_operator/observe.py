@@ -36,9 +36,8 @@ def referenced_secrets(spec: RegistrySpec | IndexSpec) -> set[str]:
     refs = {u.password_ref.name for u in spec.auth.users if u.password_ref}
     if spec.tls.mode == "Secret" and spec.tls.secret_name:
         refs.add(spec.tls.secret_name)
-    proxy = getattr(spec, "proxy", None)  # a RegistryIndex has none
-    if proxy is not None:
-        refs |= {name for name in (proxy.credentials_secret, proxy.ca_secret) if name}
+    if isinstance(spec, RegistrySpec) and spec.proxy is not None:
+        refs |= {name for name in (spec.proxy.credentials_secret, spec.proxy.ca_secret) if name}
     return refs
 
 

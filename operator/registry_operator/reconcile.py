@@ -2,8 +2,9 @@
 
     read Registry -> spec -> observe -> material -> render -> apply -> conditions -> status (only if changed)
 
-Only `observe`, `apply`, the status write and Events touch the cluster; everything between is pure. Calling
-this any number of times for a settled Registry performs reads only.
+Only `observe`, `apply`, the status write and Events touch the cluster (and `upstream`, a pull-through
+cache's upstream, with one bounded request); everything between is pure. Calling this any number of times for
+a settled Registry performs reads only.
 
 A failure that may pass (throttling, a server error, the network, a missing permission) raises `Retry` after
 status says what failed; the coalescer runs the Registry again with backoff. Bad input (an invalid spec, a
