@@ -19,10 +19,11 @@ import pytest
 from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
+from lightkube.types import PatchType
 
 from tests.support import ociimage
 from tests.support.clients import ClientError, Crane
-from tests.support.deployed import DeployedRegistry, create_registry, wait_for
+from tests.support.deployed import DeployedRegistry, Registry, create_registry, wait_for
 
 USERS = {"mode": "htpasswd", "users": [{"name": "alice"}, {"name": "bob"}]}
 
@@ -119,3 +120,32 @@ def test_version_28_cannot_log_in_to_a_basic_auth_upstream_and_says_so(
     assert "MANIFEST_UNKNOWN" in failed.value.output, failed.value.output  # nothing cached, nothing fetched
     # The upstream refused the cache's request: it came without the credentials.
     assert re.search(r'"GET /v2/team/app/manifests/v1 HTTP/[0-9.]+" 401', upstream.runner.logs())
+
+
+def test_the_upstream_condition_names_what_is_wrong_until_it_is_fixed(
+    deploy: Callable[..., DeployedRegistry], kube_client: Client, make_namespace: Callable[[str], str],
+) -> None:
+    """An untrusted certificate, then a refused login, then Reachable: each fix reaches the condition through
+    the referenced Secrets' watch (no pod needed: this is the operator's probe)."""
+    upstream = deploy("3", name="upstream")
+    namespace = make_namespace("cachefix")
+    watched = {"registry.operator.dev/watch": "true"}
+    kube_client.create(Secret(metadata=ObjectMeta(name="up-login", namespace=namespace, labels=watched),
+                              stringData={"username": "alice", "password": "wrong"}))
+    proxy = {"remoteURL": f"https://{upstream.address}", "credentialsSecretName": "up-login"}
+    kube_client.create(Registry(metadata={"name": "cache", "namespace": namespace},
+                                spec={"auth": USERS, "proxy": proxy}))
+
+    def reason() -> str | None:
+        found = _upstream_condition(DeployedRegistry(kube_client, namespace, "cache", Path()))
+        return found and found["reason"]
+
+    wait_for(lambda: reason() == "UpstreamUntrusted", "UpstreamUntrusted")
+    kube_client.create(Secret(metadata=ObjectMeta(name="up-ca", namespace=namespace, labels=watched),
+                              data={"ca.crt": base64.b64encode(upstream.ca_pem()).decode()}))
+    kube_client.patch(Registry, "cache", {"spec": {"proxy": {"caSecretName": "up-ca"}}}, namespace=namespace,
+                      patch_type=PatchType.MERGE)
+    wait_for(lambda: reason() == "UpstreamUnauthorized", "UpstreamUnauthorized")
+    kube_client.patch(Secret, "up-login", {"stringData": {"password": upstream.passwords()["alice"]}},
+                      namespace=namespace, patch_type=PatchType.MERGE)
+    wait_for(lambda: reason() == "Reachable", "Reachable", timeout=15)
