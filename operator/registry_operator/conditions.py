@@ -109,6 +109,9 @@ def weaknesses(spec: RegistrySpec) -> list[Problem]:
         out.append(Problem("TLSDisabled", "tls.mode is Disabled: credentials and images travel in clear text"))
     if spec.auth.mode == "token" and (spec.auth.token_realm or "").startswith("http://"):
         out.append(Problem("PlainTokenRealm", "auth.tokenRealm is http://: passwords travel in clear text"))
+    if spec.proxy is not None and spec.proxy.remote_url.startswith("http://"):
+        out.append(Problem("PlainUpstream", "proxy.remoteURL is http://: images and the upstream login travel in "
+                                            "clear text"))
     if spec.storage.claim is None:
         out.append(Problem("EphemeralStorage", "storage is an emptyDir: every image is lost when the pod is "
                                                "replaced (a new certificate or config rolls it)"))

@@ -157,3 +157,9 @@ def test_an_unreachable_upstream_is_a_condition_and_one_warning():
     assert conditions.transitions(status, _status([problem])) == []  # said once
     starting = _conditions(_status([problem], complete=False))["Ready"]  # distribution exits at start
     assert (starting["status"], starting["reason"]) == ("False", "UpstreamUnreachable")
+
+
+def test_a_plain_http_upstream_is_flagged():
+    warning = _conditions(_status([], remoteURL="http://upstream.example:5000"))["Warning"]
+    assert (warning["status"], warning["reason"]) == ("True", "PlainUpstream")
+    assert _conditions(_status([]))["Warning"]["reason"] != "PlainUpstream"
