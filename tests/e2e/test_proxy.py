@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -149,3 +150,20 @@ def test_the_upstream_condition_names_what_is_wrong_until_it_is_fixed(
     kube_client.patch(Secret, "up-login", {"stringData": {"password": upstream.passwords()["alice"]}},
                       namespace=namespace, patch_type=PatchType.MERGE)
     wait_for(lambda: reason() == "Reachable", "Reachable", timeout=15)
+
+
+@pytest.mark.parametrize("version", ["3", "2.8"], ids=["v3", "v2.8"])
+def test_without_its_upstream_the_cache_does_not_start_and_status_says_why(
+    version: str, deploy: Callable[..., DeployedRegistry],
+) -> None:
+    """distribution asks the upstream for /v2/ at start and exits without an answer: the rendered pod fails, and
+    the operator's own request has already put the reason in status."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"https://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once it is closed
+    cache = deploy(version, name="cache", pod=False, proxy={"remoteURL": url})
+    condition = wait_for(lambda: _upstream_condition(cache), "the Upstream condition")
+    assert (condition["status"], condition["reason"]) == ("False", "UpstreamUnreachable"), condition
+    with pytest.raises(RuntimeError, match="exited with 2") as failed:
+        cache.start_pod()
+    assert "connection refused" in str(failed.value)
