@@ -53,6 +53,7 @@ from .spec import RegistrySpec, parse, parse_index
 REGISTRY = (names.GROUP, names.VERSION, names.PLURAL)
 INDEX = (names.GROUP, names.VERSION, names.INDEX_PLURAL)
 OURS = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
+CHILDREN = (Deployment, Service, ConfigMap, PersistentVolumeClaim, NetworkPolicy, Job, PodDisruptionBudget)
 
 
 @kopf.on.startup()
@@ -186,9 +187,7 @@ def watch_namespaces() -> None:
 def _owners(memo: kopf.Memo) -> list[watches.Watch]:
     """The kinds followed by `watches` rather than kopf (it would keep a memory and a worker per object), each
     with the function that names whom an event of theirs wakes."""
-    children = [watches.Watch(kind, lambda type_, meta: _child_changed(memo, type_, meta), OURS)
-                for kind in (Deployment, Service, ConfigMap, PersistentVolumeClaim, NetworkPolicy, Job,
-                             PodDisruptionBudget)]  # fmt: skip
+    children = [watches.Watch(kind, lambda type_, meta: _child_changed(memo, type_, meta), OURS) for kind in CHILDREN]
     return [
         *children,  # filtered by the API server: we never receive other controllers' objects
         watches.Watch(Secret, lambda type_, meta: _secret_changed(memo, type_, meta), {names.LABEL_WATCH: "true"}),

@@ -8,6 +8,7 @@ import asyncio
 from lightkube import KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap
+from lightkube.resources.policy_v1 import PodDisruptionBudget
 
 from registry_operator import watches
 
@@ -18,7 +19,7 @@ def _map(name: str, namespace: str, labelled: bool) -> ConfigMap:
     return ConfigMap(metadata=ObjectMeta(name=name, namespace=namespace, labels=LABELS if labelled else None))
 
 
-def test_follow_lists_then_watches_and_resumes_without_replay(kubeconfig, namespace, monkeypatch):
+def test_follow_lists_then_watches_and_resumes_without_replay(kubeconfig, namespace, monkeypatch, caplog):
     from lightkube import AsyncClient
 
     monkeypatch.setattr(watches, "SERVER_TIMEOUT", 2)  # the server closes each watch request after 2 s
@@ -38,8 +39,9 @@ def test_follow_lists_then_watches_and_resumes_without_replay(kubeconfig, namesp
         client = AsyncClient(KubeConfig.from_file(kubeconfig), field_manager="registry-operator-tests")
         await client.create(_map("before", namespace, labelled=True))
         await client.create(_map("unlabelled", namespace, labelled=False))
-        task = asyncio.create_task(
-            watches.follow(client, watches.Watch(ConfigMap, handler, LABELS), namespace, lambda _: True))
+        watch = watches.Watch(ConfigMap, handler, LABELS)
+        empty = watches.Watch(PodDisruptionBudget, handler, LABELS)  # nothing to list: `items` is null
+        tasks = [asyncio.create_task(watches.follow(client, w, namespace, lambda _: True)) for w in (watch, empty)]
         try:
             await wait_for((None, "before"))
             await client.create(_map("after", namespace, labelled=True))
@@ -48,10 +50,13 @@ def test_follow_lists_then_watches_and_resumes_without_replay(kubeconfig, namesp
             await client.delete(ConfigMap, "after", namespace=namespace)
             await wait_for(("DELETED", "after"))
         finally:
-            task.cancel()
+            for task in tasks:
+                task.cancel()
             await client.close()
 
+    caplog.set_level("INFO", logger="registry_operator.watches")
     asyncio.run(main())
+    assert not caplog.records, [r.getMessage() for r in caplog.records]  # no failure, no retry
     names = {name for _, name in seen}
     assert "unlabelled" not in names
     assert seen.count((None, "before")) == 1 and ("ADDED", "before") not in seen, seen  # resumed, not replayed
