@@ -48,6 +48,12 @@ LABEL_WATCH = f"{GROUP}/watch"
 LABEL_PULL_SECRET_OF = f"{GROUP}/pull-secret-of"
 ANNOTATION_REGISTRY = f"{GROUP}/registry"
 PULL_SECRETS_FINALIZER = f"{GROUP}/pull-secrets"
+# Node trust (see `nodetrust`): one ConfigMap per trusting Registry in the node agent's namespace, found by the
+# Registry's UID in this label (the agent watches only ConfigMaps carrying it), and the DaemonSet whose Ready
+# pods say that some node applies them.
+LABEL_NODE_TRUST_OF = f"{GROUP}/node-trust-of"
+NODE_TRUST_FINALIZER = f"{GROUP}/node-trust"
+NODE_AGENT = "registry-operator-node-trust"
 
 MAX_NAME = 63  # the Registry's name is its Service's name and a label value
 TOKEN_SUFFIX = "-token"
@@ -96,6 +102,11 @@ def pull_secret_name(registry: str, namespace: str) -> str:
 
 
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def node_trust_name(registry: str, namespace: str) -> str:
+    """The node-trust ConfigMap's name, in the agent's namespace: unique per Registry as `pull_secret_name`."""
+    return f"{registry}.{namespace}-node-trust"
 
 
 def password_key(user: str) -> str:

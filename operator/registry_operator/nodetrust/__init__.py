@@ -1,0 +1,19 @@
+"""Nodes trust the registry (`spec.nodeTrust`): containerd on every node gets `certs.d/<host:port>/hosts.toml`
+and `ca.crt` for each trusting Registry, so pods pull its images over verified TLS with no manual node setup.
+
+Two programs meet at one ConfigMap per trusting Registry, kept in the node agent's own namespace:
+
+- the operator (`publish`) writes it: the Registry's CA and the host:port names nodes may pull from, labelled
+  with the Registry's UID (`names.LABEL_NODE_TRUST_OF`; another namespace, so no owner reference: a finalizer
+  removes it, as for pull Secrets);
+- the node agent (`python -m registry_operator.nodetrust`, a DaemonSet: `agent`) watches only those ConfigMaps
+  in its namespace and makes the certs.d directories say the same (`files`), removing exactly the directories
+  it made once their ConfigMap is gone. containerd reads them at the next pull: no restart.
+
+This module holds only the contract both sides read: the ConfigMap's keys.
+"""
+
+from __future__ import annotations
+
+DATA_CA = "ca.crt"  # the CA bundle clients must trust (two CAs while one rotates); absent: the system's roots
+DATA_HOSTS = "hosts"  # host:port names, one a line
