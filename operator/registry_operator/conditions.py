@@ -144,11 +144,13 @@ def compute(
     retrying: bool = False,
     pull_problems: Sequence[Problem] | None = None,
     upstream_problems: Sequence[Problem] | None = None,
+    node_problems: Sequence[Problem] | None = None,
 ) -> Obj:
     """The Registry's status. `workloads`: Deployment name -> live object; `published`: endpoint, Secrets;
     `retrying`: a write failed and will be tried again; `pull_problems`: what keeps the pull Secrets from being
     everywhere spec.pullSecrets asks (None: no pull Secrets asked for); `upstream_problems`: what the probe of
-    a pull-through cache's upstream found (None: not a cache, or not probed)."""
+    a pull-through cache's upstream found (None: not a cache, or not probed); `node_problems`: what keeps the
+    trust of spec.nodeTrust from the nodes (None: not asked for)."""
     problems = [*problems, *_config_problems(spec)]
     rollouts = {name: Rollout.of(obj) for name, obj in workloads.items()}
     progressing, rollout_reason, rollout_message = _rollout_state(rollouts)
@@ -190,6 +192,14 @@ def compute(
             _condition("PullSecrets", False, pull_problems[0].reason,
                        "; ".join(p.message for p in pull_problems), generation) if pull_problems
             else _condition("PullSecrets", True, "Distributed", f"current in {count} namespace(s)", generation))
+    if node_problems is not None:
+        # Its own condition too: nodes trusting the registry or not, it serves.
+        hosts = (published.get("nodeTrust") or {}).get("hosts") or ()
+        conditions.append(
+            _condition("NodeTrust", False, node_problems[0].reason,
+                       "; ".join(p.message for p in node_problems), generation) if node_problems
+            else _condition("NodeTrust", True, "Published", f"node agents trust {len(hosts)} host:port name(s)",
+                            generation))
 
     if spec.proxy is not None and upstream_problems is not None:
         # Its own condition, not Degraded: once content is cached, the cache serves it while the upstream is down.
@@ -272,7 +282,7 @@ def transitions(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) 
         if (old.get("status"), old.get("reason")) == (c["status"], c["reason"]):
             continue
         if (c["type"] in ("Degraded", "Warning") and c["status"] == "True") or (
-                c["type"] in ("PullSecrets", "Upstream") and c["status"] == "False"):
+                c["type"] in ("PullSecrets", "Upstream", "NodeTrust") and c["status"] == "False"):
             events.append(("Warning", c["reason"], c["message"]))
         elif c["type"] == "Ready" and c["status"] == "True":
             events.append(("Normal", "Ready", c["message"]))

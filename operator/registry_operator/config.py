@@ -49,6 +49,9 @@ class Config:
     # Who may create a Registry may put pull Secrets into namespaces (spec.pullSecrets): glob patterns those
     # namespaces must match (empty: any namespace).
     pull_secret_namespaces: tuple[str, ...] = ()
+    # spec.nodeTrust: the node agent's namespace (manifests/node-trust/), where the operator keeps one ConfigMap
+    # per trusting Registry and looks for the agent's DaemonSet.
+    node_trust_namespace: str = "registry-operator-node-trust"
     # Prometheus metrics (/metrics) on this port, all addresses; 0 disables. Not 8080: the manifests' liveness.
     metrics_port: int = 8081
 
@@ -112,6 +115,7 @@ _ENV: Mapping[str, tuple[str, Callable[[str], object]]] = {
     "REGISTRY_OPERATOR_ALLOWED_IMAGES": ("allowed_images", _comma_list),
     "REGISTRY_OPERATOR_PULL_SECRET_NAMESPACES": ("pull_secret_namespaces", _comma_list),
     "REGISTRY_OPERATOR_METRICS_PORT": ("metrics_port", port),
+    "REGISTRY_OPERATOR_NODE_TRUST_NAMESPACE": ("node_trust_namespace", str),
 }
 
 

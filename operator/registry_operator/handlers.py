@@ -7,7 +7,8 @@
   annotation (a spec near the 256 KiB annotation limit then fails kopf's own patch) and write it back after
   each change; level-based reconciles need neither.
 - A child (labelled as ours) changed or vanished: reconcile the Registry named in its instance label, which
-  restores a deleted or hand-edited child and refreshes status from Deployment progress.
+  restores a deleted or hand-edited child and refreshes status from Deployment progress. A node-trust
+  ConfigMap of ours (in the node agent's namespace) likewise: reconcile the Registry its annotation names.
 - A Secret that some Registry refers to (a password, a user TLS certificate) appeared or changed: reconcile
   every Registry that refers to it. Only Secrets with the watch label are watched (ours, and referenced
   ones users labelled); the others are polled by name (`references`).
@@ -215,8 +216,14 @@ def _index_owner(meta: ObjectMeta) -> str | None:
 
 
 def _child_changed(memo: kopf.Memo, type_: str | None, meta: ObjectMeta) -> None:
-    registry = (meta.labels or {}).get(names.LABEL_INSTANCE)
-    if not registry or type_ is None:  # None: listed at start, when everything is reconciled anyway
+    if type_ is None:  # listed at start, when everything is reconciled anyway
+        return
+    labels, owner = meta.labels or {}, (meta.annotations or {}).get(names.ANNOTATION_REGISTRY, "")
+    if labels.get(names.LABEL_NODE_TRUST_OF) and owner.count("/") == 1:  # a node-trust ConfigMap of ours
+        memo.coalescer.trigger(tuple(owner.split("/")))
+        return
+    registry = labels.get(names.LABEL_INSTANCE)
+    if not registry:
         return
     index = _index_owner(meta)
     if index is None:

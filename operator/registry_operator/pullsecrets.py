@@ -46,13 +46,15 @@ Obj = dict[str, Any]
 NAMES_SHOWN = 10  # status lists the namespaces by name up to this many, else only counts them
 
 
-def endpoints(spec: RegistrySpec, cluster_domain: str) -> list[str]:
+def endpoints(spec: RegistrySpec, cluster_domain: str, node_port: int | None = None) -> list[str]:
     """Every host:port a workload may pull from: the Service's DNS names, and the certificate's extra names
-    and addresses on the Service port and, when published, on the NodePort."""
+    and addresses on the Service port and, when published, on the NodePort (`node_port`: the one the API
+    server allocated, when the spec names none)."""
     port = spec.service.port
     service = f"{spec.name}.{spec.namespace}.svc"
     out = [f"{service}:{port}", f"{service}.{cluster_domain}:{port}"]
-    ports = [port] + ([spec.service.node_port] if spec.service.node_port and spec.service.type != "ClusterIP" else [])
+    node_port = spec.service.node_port or node_port
+    ports = [port] + ([node_port] if node_port and spec.service.type != "ClusterIP" else [])
     for host in (*spec.tls.dns_names, *spec.tls.ip_addresses):
         shown = f"[{host}]" if ":" in host else host  # an IPv6 address
         out += [f"{shown}:{p}" for p in ports]

@@ -45,7 +45,17 @@ from .apply import Applied, Key, apply_all, conflicts, delete_all
 from .coalesce import Retry
 from .config import Config
 from .kinds import Registry, RegistryIndex
-from .names import INDEX_KIND, LABEL_PULL_SECRET_OF, PULL_SECRETS_FINALIZER, ChildNames, invalid_name, password_key
+from .names import (
+    INDEX_KIND,
+        LABEL_PULL_SECRET_OF,
+    NODE_TRUST_FINALIZER,
+    PULL_SECRETS_FINALIZER,
+    ChildNames,
+    invalid_name,
+    node_trust_name,
+    password_key,
+)
+from .nodetrust import publish as node_trust
 from .observe import candidates, index_candidates, joined_index, observe, observe_index, registry_node
 from .render import garbage_collection as gc_render
 from .render import token as token_render
@@ -55,7 +65,8 @@ log = logging.getLogger(__name__)
 
 Event = tuple[str, str, str]  # (type, reason, message)
 
-# A deleted Registry keeps trying to remove its pull Secrets from other namespaces this long, then lets go
+# A deleted Registry keeps trying to remove its pull Secrets and node-trust ConfigMap from other namespaces this
+# long, then lets go
 # (and says so in the log): a finalizer must never block a deletion forever.
 RELEASE_AFTER = dt.timedelta(minutes=5)
 
@@ -158,7 +169,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     if body["metadata"].get("deletionTimestamp"):
         ctx.memories.pop(key, None)
         metrics.REGISTRIES.forget(namespace, name)
-        if PULL_SECRETS_FINALIZER in (body["metadata"].get("finalizers") or ()):
+        if {PULL_SECRETS_FINALIZER, NODE_TRUST_FINALIZER} & set(body["metadata"].get("finalizers") or ()):
             await _release(ctx, body)
         return outcome
     generation = body["metadata"].get("generation", 1)
@@ -239,6 +250,16 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     if switch is not None:  # the moment the new robot credential may be handed out
         due = max(0.1, (switch + propagation - now).total_seconds())
         outcome.wake_after = min(due, outcome.wake_after) if outcome.wake_after is not None else due
+    trust = await _node_trust(ctx, spec, body, mat, applied.live) if not applied.problems else None
+    node_problems = None
+    if trust is not None and spec.node_trust:
+        published["nodeTrust"] = node_trust.status(spec, ctx.config.node_trust_namespace, trust)
+        node_problems = trust.problems
+        if trust.recheck:
+            due = node_trust.AGENT_RECHECK_SECONDS
+            outcome.wake_after = min(due, outcome.wake_after) if outcome.wake_after is not None else due
+    elif spec.node_trust:
+        node_problems = [material.Problem("RegistryNotApplied", "waiting until the Registry's own objects are stored")]
     pull_problems = None
     if pull is not None and spec.pull_secrets is not None:
         published["pullSecrets"] = pullsecrets.status(spec, pull)
@@ -257,6 +278,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         spec, generation, [*mat.problems, *applied.problems], workloads, published,
         body.get("status"), now, retrying=bool(applied.retry), pull_problems=pull_problems,
         upstream_problems=upstream_problems,
+        node_problems=node_problems,
     )
     if gc.status is not None:
         status["garbageCollection"] = gc.status
@@ -274,6 +296,8 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         raise Retry("; ".join(applied.retry), next(p.reason for p in applied.problems if p.message in applied.retry))
     if pull is not None and pull.retry:
         raise Retry("; ".join(pull.retry), "PullSecretWriteFailed")
+    if trust is not None and trust.retry:
+        raise Retry("; ".join(trust.retry), "NodeTrustWriteFailed")
     return outcome
 
 
@@ -295,19 +319,23 @@ async def _gc_job(
     return gc_render.job(spec, body, *run, suspend=not resume, node=node)
 
 
-async def _set_finalizer(ctx: Context, body: Mapping[str, Any], present: bool) -> None:
-    """Add or remove our finalizer, leaving others'. The resourceVersion makes it a read-modify-write: a
-    concurrent change fails the patch (and the coalescer retries) instead of dropping someone's finalizer."""
+async def _set_finalizer(ctx: Context, body: dict[str, Any], finalizer: str, present: bool) -> None:
+    """Add or remove one of our finalizers, leaving others'. The resourceVersion makes it a read-modify-write:
+    a concurrent change fails the patch (and the coalescer retries) instead of dropping someone's finalizer.
+    `body` takes the patched metadata, so a second finalizer in the same reconcile builds on this one."""
     meta = body["metadata"]
-    others = [f for f in meta.get("finalizers") or () if f != PULL_SECRETS_FINALIZER]
-    patch = {"metadata": {"finalizers": others + ([PULL_SECRETS_FINALIZER] if present else []),
+    others = [f for f in meta.get("finalizers") or () if f != finalizer]
+    patch = {"metadata": {"finalizers": others + ([finalizer] if present else []),
                           "resourceVersion": meta["resourceVersion"]}}
     metrics.API_WRITES.labels("Registry", "patch").inc()
-    await ctx.client.patch(Registry, meta["name"], patch, namespace=meta["namespace"], patch_type=PatchType.MERGE)
+    patched = await ctx.client.patch(Registry, meta["name"], patch, namespace=meta["namespace"],
+                                     patch_type=PatchType.MERGE)
+    meta["finalizers"] = list(patched.metadata.finalizers or [])
+    meta["resourceVersion"] = patched.metadata.resourceVersion
 
 
 async def _pull_secrets(
-    ctx: Context, spec: RegistrySpec, body: Mapping[str, Any], mat: material.Material
+    ctx: Context, spec: RegistrySpec, body: dict[str, Any], mat: material.Material
 ) -> pullsecrets.Synced | None:
     """Pull Secrets in other namespaces; None when the spec asks for none and none are left to remove.
 
@@ -320,11 +348,11 @@ async def _pull_secrets(
             return None
         synced = await pullsecrets.remove_all(ctx.client, spec.name, spec.namespace, meta["uid"])
         if not synced.retry:
-            await _set_finalizer(ctx, body, present=False)
+            await _set_finalizer(ctx, body, PULL_SECRETS_FINALIZER, present=False)
     else:
         async def hold() -> None:
             if not held:
-                await _set_finalizer(ctx, body, present=True)
+                await _set_finalizer(ctx, body, PULL_SECRETS_FINALIZER, present=True)
 
         synced = await pullsecrets.sync(ctx.client, spec, meta["uid"], mat, ctx.config.cluster_domain, hold,
                                         ctx.config.pull_secrets_allowed)
@@ -333,28 +361,78 @@ async def _pull_secrets(
     return synced
 
 
-async def _release(ctx: Context, body: Mapping[str, Any]) -> None:
-    """A deleted Registry: remove its pull Secrets and entries everywhere, then its finalizer. Failures retry
-    until `RELEASE_AFTER` has passed since the deletion; then the finalizer goes anyway, said in the log."""
+async def _node_trust(
+    ctx: Context, spec: RegistrySpec, body: dict[str, Any], mat: material.Material, live: Mapping[Key, Any]
+) -> node_trust.Published | None:
+    """The node-trust ConfigMap in the agent's namespace; None when the spec asks for none and none is left.
+
+    Its finalizer goes on before the ConfigMap is first created, and comes off once it is gone again."""
     meta = body["metadata"]
-    try:
-        synced = await pullsecrets.remove_all(ctx.client, meta["name"], meta["namespace"], meta["uid"])
-    except (ApiError, httpx2.HTTPError) as exc:  # even listing them fails: counts against the same bound
-        synced = pullsecrets.Synced(retry=[f"listing pull Secrets: {type(exc).__name__}"])
-    if synced.written:
-        log.info("Registry %s/%s: deleted, pull Secrets: %s", meta["namespace"], meta["name"],
-                 ", ".join(synced.written))
-    if synced.retry:
+    namespace = ctx.config.node_trust_namespace
+    held = NODE_TRUST_FINALIZER in (meta.get("finalizers") or ())
+    if not (spec.node_trust and spec.tls_enabled):
+        if not held and not spec.node_trust:
+            return None
+        published = await node_trust.remove_all(ctx.client, namespace, meta["uid"]) if held else node_trust.Published()
+        if held and not published.retry:
+            await _set_finalizer(ctx, body, NODE_TRUST_FINALIZER, present=False)
+        if spec.node_trust:  # the schema refuses this; a CRD installed without its rules does not
+            published.problems.append(material.Problem("NodeTrustNeedsTLS", "nodeTrust needs TLS: tls.mode is "
+                                                                            "Disabled, nodes are told nothing"))
+    else:
+        async def hold() -> None:
+            if not held:
+                await _set_finalizer(ctx, body, NODE_TRUST_FINALIZER, present=True)
+
+        hosts = node_trust.hosts(spec, ctx.config.cluster_domain, live.get(("Service", ChildNames(spec.name).service)))
+        desired = node_trust.config_map(spec, meta["uid"], namespace, mat.client_ca_pem, hosts)
+        published = await node_trust.sync(ctx.client, desired, meta["uid"], hold)
+    if published.written:
+        log.info("Registry %s/%s: node trust: %s", spec.namespace, spec.name, ", ".join(published.written))
+    return published
+
+
+async def _release(ctx: Context, body: dict[str, Any]) -> None:
+    """A deleted Registry: remove its pull Secrets and entries everywhere and its node-trust ConfigMap, then its
+    finalizers. Failures retry until `RELEASE_AFTER` has passed since the deletion; then the finalizers go
+    anyway, said in the log."""
+    meta = body["metadata"]
+    held = set(meta.get("finalizers") or ())
+    retry: list[str] = []
+    left: list[str] = []  # what to remove by hand if we let go
+    if PULL_SECRETS_FINALIZER in held:
+        try:
+            synced = await pullsecrets.remove_all(ctx.client, meta["name"], meta["namespace"], meta["uid"])
+        except (ApiError, httpx2.HTTPError) as exc:  # even listing them fails: counts against the same bound
+            synced = pullsecrets.Synced(retry=[f"listing pull Secrets: {type(exc).__name__}"])
+        if synced.written:
+            log.info("Registry %s/%s: deleted, pull Secrets: %s", meta["namespace"], meta["name"],
+                     ", ".join(synced.written))
+        if synced.retry:
+            retry += synced.retry
+            left.append(f"Secrets labelled {LABEL_PULL_SECRET_OF}={meta['uid']}")
+    if NODE_TRUST_FINALIZER in held:
+        namespace = ctx.config.node_trust_namespace
+        published = await node_trust.remove_all(ctx.client, namespace, meta["uid"])
+        if published.written:
+            log.info("Registry %s/%s: deleted, node trust: %s", meta["namespace"], meta["name"],
+                     ", ".join(published.written))
+        if published.retry:
+            retry += published.retry
+            left.append(f"ConfigMap {namespace}/{node_trust_name(meta['name'], meta['namespace'])}")
+    if retry:
         deleted = meta["deletionTimestamp"]
         if isinstance(deleted, str):
             deleted = dt.datetime.fromisoformat(deleted.replace("Z", "+00:00"))
         since = dt.datetime.now(dt.UTC) - deleted
         if since < RELEASE_AFTER:
-            raise Retry("; ".join(synced.retry), "PullSecretWriteFailed")
-        log.warning("Registry %s/%s: deleted %d s ago and its pull Secrets still cannot be removed (%s); "
-                    "letting go: remove Secrets labelled %s=%s by hand", meta["namespace"], meta["name"],
-                    int(since.total_seconds()), "; ".join(synced.retry), LABEL_PULL_SECRET_OF, meta["uid"])
-    await _set_finalizer(ctx, body, present=False)
+            raise Retry("; ".join(retry), "CleanupFailed")
+        log.warning("Registry %s/%s: deleted %d s ago and what it keeps elsewhere still cannot be removed (%s); "
+                    "letting go: remove %s by hand", meta["namespace"], meta["name"],
+                    int(since.total_seconds()), "; ".join(retry), " and ".join(left))
+    for finalizer in (PULL_SECRETS_FINALIZER, NODE_TRUST_FINALIZER):
+        if finalizer in held:
+            await _set_finalizer(ctx, body, finalizer, present=False)
 
 
 async def reconcile_index(ctx: Context, namespace: str, name: str) -> Outcome:

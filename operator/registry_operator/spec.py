@@ -168,6 +168,7 @@ class RegistrySpec:
     garbage_collection: GarbageCollection = field(default_factory=GarbageCollection)
     pull_secrets: PullSecrets | None = None
     proxy: Proxy | None = None
+    node_trust: bool = False  # spec.nodeTrust.enabled: nodes' containerd trusts this registry (`nodetrust`)
 
     @property
     def effective_replicas(self) -> int:
@@ -393,4 +394,5 @@ def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistryS
         garbage_collection=_garbage_collection(raw.get("garbageCollection") or {}, version, claim_raw is not None),
         pull_secrets=_pull_secrets(raw.get("pullSecrets")),
         proxy=_proxy(raw.get("proxy"), version, auth, raw.get("garbageCollection") is not None),
+        node_trust=bool((raw.get("nodeTrust") or {}).get("enabled", False)),
     )

@@ -1,0 +1,194 @@
+"""The operator's half of node trust: one ConfigMap per trusting Registry in the node agent's namespace.
+
+Why a ConfigMap there and not files written by the operator: writing a node's disk needs a hostPath pod, which
+Pod Security `restricted` (every Registry's namespace) refuses; the agent's namespace is the one place that
+admits it (manifests/node-trust/). The ConfigMap holds only public material (the CA certificate, host names).
+
+It lives in another namespace, so no owner reference: the UID label (`LABEL_NODE_TRUST_OF`) is what makes it
+ours (an object without it is never written or deleted), and the finalizer `NODE_TRUST_FINALIZER` removes it
+when the Registry goes, as `pullsecrets` does. The CA follows `material`: a rotated CA (both CAs while the old
+one is still trusted) changes the ConfigMap, which the agents write at once.
+
+Whether anyone applies it is read from the agent's DaemonSet (its Ready pods); without one the `NodeTrust`
+condition says so and the Registry is read again a minute later (reads only: the status does not change).
+
+Decisions are pure (`hosts`, `config_map`, `agent_problem`, `status`); `sync` and `remove_all` do the I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2
+from lightkube import ApiError, AsyncClient
+from lightkube.resources.apps_v1 import DaemonSet
+from lightkube.resources.core_v1 import ConfigMap
+from lightkube.types import PatchType
+
+from .. import metrics
+from ..apply import refused_for_good, up_to_date, with_intent_hash
+from ..material import Problem
+from ..names import (
+    ANNOTATION_REGISTRY,
+    FIELD_MANAGER,
+    LABEL_MANAGED_BY,
+    LABEL_NODE_TRUST_OF,
+    MANAGED_BY,
+    NODE_AGENT,
+    node_trust_name,
+)
+from ..pullsecrets import endpoints
+from ..spec import RegistrySpec
+from . import DATA_CA, DATA_HOSTS
+
+Obj = dict[str, Any]
+AGENT_RECHECK_SECONDS = 60.0  # how soon a Registry whose trust nobody applies looks for the agent again
+
+
+def hosts(spec: RegistrySpec, cluster_domain: str, service: Mapping[str, Any] | None) -> list[str]:
+    """The host:port names nodes trust: those pull Secrets name (Service DNS names, tls.dnsNames and
+    tls.ipAddresses on the Service port), and on the NodePort the API server allocated. All are in the
+    server certificate (`material` puts the Service names and tls.* into its SANs). A wildcard DNS name is
+    left out: a certs.d directory names one host."""
+    ports = ((service or {}).get("spec") or {}).get("ports") or [{}]
+    return [h for h in endpoints(spec, cluster_domain, ports[0].get("nodePort")) if not h.startswith("*")]
+
+
+def config_map(spec: RegistrySpec, uid: str, namespace: str, ca_pem: bytes | None, names: list[str]) -> Obj:
+    """The ConfigMap the agents read (with the intent hash, so a settled Registry costs no write)."""
+    data = {DATA_HOSTS: "".join(f"{h}\n" for h in names)}
+    if ca_pem:
+        data[DATA_CA] = ca_pem.decode()
+    return with_intent_hash({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": node_trust_name(spec.name, spec.namespace),
+            "namespace": namespace,
+            "labels": {LABEL_MANAGED_BY: MANAGED_BY, LABEL_NODE_TRUST_OF: uid},
+            "annotations": {ANNOTATION_REGISTRY: f"{spec.namespace}/{spec.name}"},
+        },
+        "data": data,
+    })
+
+
+def agent_problem(daemonset: Mapping[str, Any] | None, namespace: str) -> Problem | None:
+    """Why no node applies the ConfigMap, or None when some agent pod is Ready."""
+    if daemonset is None:
+        return Problem("NodeAgentNotInstalled", f"no DaemonSet {namespace}/{NODE_AGENT}: no node applies the trust "
+                                                "(kubectl apply -k manifests/node-trust/)")
+    if not (daemonset.get("status") or {}).get("numberReady"):
+        return Problem("NodeAgentNotReady", f"DaemonSet {namespace}/{NODE_AGENT} has no Ready pod: no node applies "
+                                            "the trust yet")
+    return None
+
+
+@dataclass
+class Published:
+    """One pass over a Registry's node-trust ConfigMap."""
+
+    hosts: list[str] = field(default_factory=list)  # what the stored ConfigMap publishes
+    written: list[str] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    retry: list[str] = field(default_factory=list)
+
+    @property
+    def recheck(self) -> bool:
+        """Nobody applies the trust yet: worth a read again later (never a write)."""
+        return any(p.reason.startswith("NodeAgent") for p in self.problems)
+
+
+def _trouble(result: Published, what: str, exc: Exception) -> None:
+    """An API failure: said in status; retried unless the API server refused the object or the operator may not
+    touch that namespace (input to fix: sent again on the next change or resync, not in a backoff loop)."""
+    code = exc.status.code if isinstance(exc, ApiError) else None
+    reason = f"{code} {exc.status.reason or ''}".strip() if isinstance(exc, ApiError) else type(exc).__name__
+    if code == 403:
+        result.problems.append(Problem("NodeTrustForbidden", f"{what}: the operator may not write there ({reason}): "
+                                                             "node trust needs manifests/node-trust/"))
+    elif refused_for_good(exc):
+        result.problems.append(Problem("NodeTrustRefused", f"{what}: the API server refused it: {reason}"))
+    else:
+        result.problems.append(Problem("NodeTrustWriteFailed", f"{what}: {reason}"))
+        result.retry.append(f"{what}: {reason}")
+
+
+async def _ours(client: AsyncClient, namespace: str, uid: str) -> list[Obj]:
+    return [cm.to_dict() async for cm in client.list(ConfigMap, namespace=namespace, labels={LABEL_NODE_TRUST_OF: uid})]
+
+
+async def _agent(client: AsyncClient, namespace: str) -> Obj | None:
+    try:
+        return (await client.get(DaemonSet, NODE_AGENT, namespace=namespace)).to_dict()
+    except ApiError as exc:
+        if exc.status.code in (403, 404):  # 403: an install without manifests/node-trust/'s Role
+            return None
+        raise
+
+
+async def sync(
+    client: AsyncClient, desired: Obj, uid: str, hold: Callable[[], Awaitable[None]]
+) -> Published:
+    """Store `desired` (our ConfigMap) unless it is current; `hold` runs before it is first created (the
+    finalizer). A ConfigMap of that name that is not ours is never taken over."""
+    meta = desired["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    what = f"ConfigMap {namespace}/{name}"
+    result = Published()
+    try:
+        current = next((cm for cm in await _ours(client, namespace, uid) if cm["metadata"]["name"] == name), None)
+        if current is None:
+            try:
+                await client.get(ConfigMap, name, namespace=namespace)
+            except ApiError as exc:
+                if exc.status.code != 404:
+                    raise
+            else:
+                result.problems.append(Problem("NodeTrustConflict", f"{what} exists and is not this Registry's; "
+                                                                    "delete it (the operator will not take it over)"))
+                return result
+            await hold()
+        if not up_to_date(desired, current):
+            metrics.API_WRITES.labels("ConfigMap", "apply").inc()
+            await client.patch(ConfigMap, name, desired, namespace=namespace, patch_type=PatchType.APPLY,
+                               field_manager=FIELD_MANAGER, force=True)
+            result.written.append(what)
+        problem = agent_problem(await _agent(client, namespace), namespace)
+    except (ApiError, httpx2.HTTPError) as exc:
+        _trouble(result, what, exc)
+        return result
+    result.hosts = desired["data"][DATA_HOSTS].split()
+    if problem is not None:
+        result.problems.append(problem)
+    return result
+
+
+async def remove_all(client: AsyncClient, namespace: str, uid: str) -> Published:
+    """Delete every node-trust ConfigMap of the Registry with `uid` (it is going, or no longer trusted)."""
+    result = Published()
+    try:
+        found = await _ours(client, namespace, uid)
+    except (ApiError, httpx2.HTTPError) as exc:
+        _trouble(result, f"ConfigMaps in {namespace}", exc)
+        return result
+    for cm in found:
+        name = cm["metadata"]["name"]
+        try:
+            metrics.API_WRITES.labels("ConfigMap", "delete").inc()
+            await client.delete(ConfigMap, name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                _trouble(result, f"ConfigMap {namespace}/{name}", exc)
+                continue
+        except httpx2.HTTPError as exc:
+            _trouble(result, f"ConfigMap {namespace}/{name}", exc)
+            continue
+        result.written.append(f"deleted ConfigMap {namespace}/{name}")
+    return result
+
+
+def status(spec: RegistrySpec, namespace: str, published: Published) -> Obj:
+    """status.nodeTrust: where the ConfigMap is and which host:port names nodes trust."""
+    return {"configMap": f"{namespace}/{node_trust_name(spec.name, spec.namespace)}", "hosts": published.hosts}
