@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from lightkube import Client
+from lightkube.resources.apps_v1 import DaemonSet
 from lightkube.resources.core_v1 import PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service
 from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
 from localcluster import namespace_manifest, netpol, volumes, wait_until
+from localcluster.binaries import REPO
 from localcluster.images import BUSYBOX_IMAGE, IMAGE_DIR, IMAGES
 from localcluster.network import NODE_IP, egress_guard_problem
 from localcluster.node import NODE_LABEL, NODE_NAME, NODE_SELECTOR_ANNOTATION, RealNode
@@ -296,3 +299,80 @@ def test_images_outlive_the_pod_on_a_local_volume(
     blobs = [p for p in files if p.name == "data" and p.parent.name in {d.split(":")[1] for d in pushed if ":" in d}]
     assert len(blobs) == len(pushed) - 1, f"every pushed blob is on the node under {root}"
     assert {(p.stat().st_uid, p.stat().st_gid) for p in files} == {(1000, 1000)}, f"files under {root}"
+
+
+@pytest.fixture
+def node_agent(guarded_node: RealNode, cluster: Any, kube_client: Client) -> Iterator[str]:
+    """manifests/node-trust/ in a namespace of its own, its DaemonSet on the real node with the node's certs.d as
+    its hostPath (containerd's config_path here): the namespace of the agent's ConfigMaps."""
+    name = f"nodetrust-agents-{secrets.token_hex(3)}"
+    privileged = {"pod-security.kubernetes.io/enforce": "privileged"}  # hostPath, as manifests/node-trust/ says
+    cluster.apply(namespace_manifest(name, labels=privileged, annotations={NODE_SELECTOR_ANNOTATION: NODE_LABEL}))
+    objs = [o for o in cluster.render_manifests(REPO / "manifests" / "node-trust") if o["kind"] != "Namespace"]
+    text = yaml.safe_dump_all(objs).replace("namespace: registry-operator-node-trust", f"namespace: {name}")
+    docs = list(yaml.safe_load_all(text))
+    daemonset = next(o for o in docs if o["kind"] == "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    pod["nodeSelector"] = {"kubernetes.io/hostname": NODE_NAME}  # not the session's kwok nodes
+    pod["volumes"][0]["hostPath"]["path"] = str(RealNode.certs_dir(guarded_node.cluster.workdir))
+    started = time.monotonic()
+    cluster.apply(yaml.safe_dump_all(docs))
+    wait_until(lambda: (kube_client.get(DaemonSet, daemonset["metadata"]["name"], namespace=name).status.numberReady
+                        or 0) >= 1, 60, "the node agent Ready")  # fmt: skip
+    print(f"\nnode agent DaemonSet Ready on the real node {time.monotonic() - started:.1f}s after apply")
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def test_nodes_trust_a_registry_with_node_trust(
+    guarded_node: RealNode, cluster: Any, kube_client: Client, node_agent: str, operator_factory: Any,
+    tmp_path: Path,
+) -> None:
+    """spec.nodeTrust, no manual node setup: the agent writes the node's certs.d, containerd pulls over verified
+    TLS, and the entry is gone once the Registry is."""
+    namespace = make_node_namespace(cluster, "nodetrust")  # not e2e-*: only this test's operator handles it
+    operator_factory(args=["--namespace", namespace], env={"REGISTRY_OPERATOR_NODE_TRUST_NAMESPACE": node_agent})
+    try:
+        name = "trusted"
+        spec = {"version": "3", "service": {"type": "NodePort"}, "tls": {"ipAddresses": [NODE_IP]},
+                "auth": {"users": [{"name": "alice"}]}, "nodeTrust": {"enabled": True}}  # fmt: skip
+        started = time.monotonic()
+        kube_client.create(Registry(metadata={"name": name, "namespace": namespace}, spec=spec))
+        port = wait_until(lambda: kube_client.get(Service, name, namespace=namespace).spec.ports[0].nodePort, 60,
+                          "the Service's NodePort")  # fmt: skip
+        host = f"{NODE_IP}:{port}"
+        entry = RealNode.certs_dir(guarded_node.cluster.workdir) / host
+        wait_until(lambda: (entry / "hosts.toml").is_file(), 30, f"the agent writing {entry}")
+        print(f"Registry created -> certs.d/{host} written by the agent in {time.monotonic() - started:.2f}s")
+        reg = DeployedRegistry(kube_client, namespace, name, tmp_path / "registry")
+        reg.wait_ready(timeout=120)
+        print(f"Registry created -> Ready in {time.monotonic() - started:.2f}s")
+        count_pod("real node")
+        assert (entry / "ca.crt").read_bytes() == reg.ca_pem()
+        trust = wait_until(lambda: reg.get()["status"].get("nodeTrust"), 30, "status.nodeTrust")
+        assert host in trust["hosts"]
+        cond = wait_until(lambda: next((c for c in reg.get()["status"]["conditions"] if c["type"] == "NodeTrust"
+                                        and c["status"] == "True"), None), 90, "NodeTrust True")  # fmt: skip
+        assert cond["reason"] == "Published"
+
+        ca, password = reg.ca_pem(), reg.passwords()["alice"]
+        wait_until(lambda: https.request(host, ca, NODE_IP, "GET", "/v2/").status == 401, 30, host)
+        crane = Crane(tmp_path, ca, host, ("alice", password))
+        image = f"{host}/e2e/trusted:1"
+        crane.run("push", str(BUSYBOX_TAR), image)
+        config = base64.b64encode(json.dumps(docker_config(host, "alice", password)).encode()).decode()
+        kube_client.create(Secret.from_dict({"metadata": {"name": "pull", "namespace": namespace},
+                                             "type": "kubernetes.io/dockerconfigjson",
+                                             "data": {".dockerconfigjson": config}}))  # fmt: skip
+        phase, log, took = run_pod(kube_client, namespace, "pulled", image, "echo pulled over verified TLS",
+                                   imagePullSecrets=[{"name": "pull"}])  # fmt: skip
+        print(f"pod with an image from the trusting Registry: created -> Succeeded in {took:.2f}s")
+        assert (phase, log.strip()) == ("Succeeded", "pulled over verified TLS")
+
+        kube_client.delete(Registry, name, namespace=namespace)
+        started = time.monotonic()
+        wait_until(lambda: not entry.exists(), 60, f"{entry} removed")
+        print(f"Registry deleted -> certs.d/{host} gone in {time.monotonic() - started:.2f}s")
+    finally:
+        cluster.kubectl("delete", "registry", "--all", "-n", namespace, "--timeout=30s", check=False)
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
