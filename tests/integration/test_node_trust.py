@@ -137,3 +137,19 @@ def test_crd_refuses_node_trust_without_tls(cluster, namespace):
     spec = {"auth": {"mode": "none"}, "tls": {"mode": "Disabled"}, "nodeTrust": {"enabled": True}}
     result = cluster.kubectl("apply", "-f", "-", input=manifest("reg", namespace, spec), check=False)
     assert result.returncode != 0 and "nodeTrust needs TLS" in result.stderr, result.stderr
+
+
+def test_without_the_agents_namespace_it_is_said_once_and_nothing_loops(
+    cluster, kube_client, namespace, operator_factory, wait_for
+):
+    op = operator_factory(env={"REGISTRY_OPERATOR_NODE_TRUST_NAMESPACE": f"{namespace}-missing"})
+    cluster.apply(manifest("reg", namespace, {"auth": {"users": [{"name": "alice"}]}, "nodeTrust": {"enabled": True}}))
+    wait_for(lambda: (condition(kube_client, "reg", namespace, "NodeTrust") or {}).get("reason")
+             == "NodeAgentNotInstalled", timeout=60, what="NodeAgentNotInstalled")
+    time.sleep(2)
+    rv = registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"]
+    time.sleep(3)
+    assert registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"] == rv
+    assert op.log().count("NodeAgentNotInstalled") == 1
+    assert "Retry" not in op.log() and "NodeTrustWriteFailed" not in op.log()
+    cluster.kubectl("delete", "registry", "reg", "-n", namespace, "--timeout=30s")  # the finalizer lets go

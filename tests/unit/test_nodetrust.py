@@ -149,3 +149,17 @@ def test_crd_refuses_node_trust_without_tls():
 def test_the_agents_namespace_is_a_setting():
     assert Config().node_trust_namespace == "registry-operator-node-trust"
     assert load({"REGISTRY_OPERATOR_NODE_TRUST_NAMESPACE": "nt"}).node_trust_namespace == "nt"
+
+
+def test_no_agent_namespace_is_said_and_looked_at_again_not_retried():
+    from lightkube import ApiError
+    from lightkube.models.meta_v1 import Status
+
+    class Response:
+        def json(self):
+            return Status(code=404, reason="NotFound").to_dict()
+
+    result = publish.Published()
+    publish._trouble(result, "ConfigMap x/y", ApiError(response=Response()))
+    assert [p.reason for p in result.problems] == ["NodeAgentNotInstalled"] and not result.retry
+    assert result.recheck

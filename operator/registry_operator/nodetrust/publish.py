@@ -101,11 +101,16 @@ class Published:
 
 
 def _trouble(result: Published, what: str, exc: Exception) -> None:
-    """An API failure: said in status; retried unless the API server refused the object or the operator may not
-    touch that namespace (input to fix: sent again on the next change or resync, not in a backoff loop)."""
+    """An API failure: said in status; retried unless the API server refused the object, the agent's namespace
+    does not exist or the operator may not touch it (input to fix: sent again on the next change, resync or agent
+    check, not in a backoff loop)."""
     code = exc.status.code if isinstance(exc, ApiError) else None
     reason = f"{code} {exc.status.reason or ''}".strip() if isinstance(exc, ApiError) else type(exc).__name__
-    if code == 403:
+    if code == 404:  # the namespace: the agent was never installed (looked for again with the agent)
+        result.problems.append(Problem("NodeAgentNotInstalled", f"{what}: its namespace does not exist: no node "
+                                                                "applies the trust (kubectl apply -k "
+                                                                "manifests/node-trust/)"))
+    elif code == 403:
         result.problems.append(Problem("NodeTrustForbidden", f"{what}: the operator may not write there ({reason}): "
                                                              "node trust needs manifests/node-trust/"))
     elif refused_for_good(exc):
