@@ -385,8 +385,7 @@ async def _node_trust(
                 await _set_finalizer(ctx, body, NODE_TRUST_FINALIZER, present=True)
 
         hosts = node_trust.hosts(spec, ctx.config.cluster_domain, live.get(("Service", ChildNames(spec.name).service)))
-        desired = node_trust.config_map(spec, meta["uid"], namespace, mat.client_ca_pem, hosts)
-        published = await node_trust.sync(ctx.client, desired, meta["uid"], hold)
+        published = await node_trust.sync(ctx.client, spec, meta["uid"], namespace, mat.client_ca_pem, hosts, hold)
     if published.written:
         log.info("Registry %s/%s: node trust: %s", spec.namespace, spec.name, ", ".join(published.written))
     return published

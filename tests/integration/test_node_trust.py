@@ -153,3 +153,20 @@ def test_without_the_agents_namespace_it_is_said_once_and_nothing_loops(
     assert op.log().count("NodeAgentNotInstalled") == 1
     assert "Retry" not in op.log() and "NodeTrustWriteFailed" not in op.log()
     cluster.kubectl("delete", "registry", "reg", "-n", namespace, "--timeout=30s")  # the finalizer lets go
+
+
+def test_a_host_two_registries_name_stays_with_the_first(cluster, kube_client, namespace, operator, wait_for):
+    cluster.apply_rbac(REPO / "manifests" / "node-trust", service_account="registry-operator-node-trust")
+    spec = {"auth": {"users": [{"name": "alice"}]}, "tls": {"ipAddresses": [NODE_IP]}, "nodeTrust": {"enabled": True}}
+    cluster.apply(manifest("first", namespace, spec))
+    wait_for(lambda: config_map(kube_client, f"first.{namespace}-node-trust"), timeout=60, what="first ConfigMap")
+    cluster.apply(manifest("second", namespace, spec))
+    cond = wait_for(lambda: (c := condition(kube_client, "second", namespace, "NodeTrust")) and
+                    c["reason"] == "NodeTrustHostTaken" and c, timeout=60, what="NodeTrustHostTaken")
+    assert f"{NODE_IP}:5000 (Registry {namespace}/first)" in cond["message"]
+    assert config_map(kube_client, f"second.{namespace}-node-trust")["data"]["hosts"].split() == [
+        f"second.{namespace}.svc:5000", f"second.{namespace}.svc.cluster.local:5000"]
+    assert f"{NODE_IP}:5000" in config_map(kube_client, f"first.{namespace}-node-trust")["data"]["hosts"].split()
+    for name in ("first", "second"):
+        cluster.kubectl("delete", "registry", name, "-n", namespace, "--timeout=30s")
+    assert config_map(kube_client, f"second.{namespace}-node-trust") is None

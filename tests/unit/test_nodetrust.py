@@ -163,3 +163,25 @@ def test_no_agent_namespace_is_said_and_looked_at_again_not_retried():
     publish._trouble(result, "ConfigMap x/y", ApiError(response=Response()))
     assert [p.reason for p in result.problems] == ["NodeAgentNotInstalled"] and not result.retry
     assert result.recheck
+
+
+def stored(name: str, created: str, hosts: list[str], registry: str) -> dict:
+    return {"metadata": {"name": name, "creationTimestamp": created,
+                         "annotations": {"registry.operator.dev/registry": registry}},
+            "data": {DATA_HOSTS: "".join(f"{h}\n" for h in hosts)}}
+
+
+def test_a_host_stays_with_the_registry_that_published_it_first():
+    older = stored("a.ns-node-trust", "2026-12-01T10:00:00Z", ["10.250.0.1:5000", "a.ns.svc:5000"], "ns/a")
+    newer = stored("b.ns-node-trust", "2026-12-01T11:00:00Z", ["10.250.0.1:5000", "b.ns.svc:5000"], "ns/b")
+    free, problem = publish.claims(["10.250.0.1:5000", "b.ns.svc:5000"], newer, [older])
+    assert free == ["b.ns.svc:5000"]
+    assert problem.reason == "NodeTrustHostTaken" and "10.250.0.1:5000 (Registry ns/a)" in problem.message
+    assert publish.claims(["10.250.0.1:5000", "a.ns.svc:5000"], older, [newer]) == (
+        ["10.250.0.1:5000", "a.ns.svc:5000"], None)  # the older one keeps it
+    free, problem = publish.claims(["10.250.0.1:5000"], None, [newer])  # not stored yet: newer than all
+    assert free == [] and problem is not None
+    # The agent settles a moment's overlap the same way: the older ConfigMap wins.
+    want, problems = files.desired([{**newer, "data": {**newer["data"], DATA_CA: "new"}},
+                                    {**older, "data": {**older["data"], DATA_CA: "old"}}])
+    assert want["10.250.0.1:5000"][files.CA] == b"old" and problems

@@ -10,10 +10,21 @@ Two programs meet at one ConfigMap per trusting Registry, kept in the node agent
   in its namespace and makes the certs.d directories say the same (`files`), removing exactly the directories
   it made once their ConfigMap is gone. containerd reads them at the next pull: no restart.
 
-This module holds only the contract both sides read: the ConfigMap's keys.
+This module holds only the contract both sides read: the ConfigMap's keys, and which ConfigMap a host belongs
+to when two Registries name it (say both list a node's address in tls.ipAddresses): the one created first.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 DATA_CA = "ca.crt"  # the CA bundle clients must trust (two CAs while one rotates); absent: the system's roots
 DATA_HOSTS = "hosts"  # host:port names, one a line
+
+
+def seniority(config_map: Mapping[str, Any]) -> tuple[str, str]:
+    """Sort key: older ConfigMaps first (then by name). First come, first served: a host stays with the Registry
+    that published it first, and a newer Registry naming it never takes it over."""
+    meta = config_map["metadata"]
+    return str(meta.get("creationTimestamp") or ""), meta["name"]

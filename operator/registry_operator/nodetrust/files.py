@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..names import ANNOTATION_REGISTRY
-from . import DATA_CA, DATA_HOSTS
+from . import DATA_CA, DATA_HOSTS, seniority
 
 MARKER = ".registry-operator"
 HOSTS_TOML = "hosts.toml"
@@ -48,10 +48,11 @@ def hosts_toml(host: str, registry: str, ca: bool) -> str:
 
 def desired(config_maps: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Files], list[str]]:
     """(host -> the files of its directory, problems) for the node-trust ConfigMaps. A host two ConfigMaps
-    publish goes to the first by name (said in problems), as does a name that cannot be a directory."""
+    publish goes to the older one (`seniority`; the operator leaves it out of the newer, so this happens only
+    for a moment); that, and a name that cannot be a directory, is said in problems."""
     out: dict[str, Files] = {}
     problems = []
-    for cm in sorted(config_maps, key=lambda c: c["metadata"]["name"]):
+    for cm in sorted(config_maps, key=seniority):
         name = cm["metadata"]["name"]
         data = cm.get("data") or {}
         registry = (cm["metadata"].get("annotations") or {}).get(ANNOTATION_REGISTRY, name)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
-from lightkube import ApiError, AsyncClient
+from lightkube import ApiError, AsyncClient, operators
 from lightkube.resources.apps_v1 import DaemonSet
 from lightkube.resources.core_v1 import ConfigMap
 from lightkube.types import PatchType
@@ -41,7 +41,7 @@ from ..names import (
 )
 from ..pullsecrets import endpoints
 from ..spec import RegistrySpec
-from . import DATA_CA, DATA_HOSTS
+from . import DATA_CA, DATA_HOSTS, seniority
 
 Obj = dict[str, Any]
 AGENT_RECHECK_SECONDS = 60.0  # how soon a Registry whose trust nobody applies looks for the agent again
@@ -72,6 +72,24 @@ def config_map(spec: RegistrySpec, uid: str, namespace: str, ca_pem: bytes | Non
         },
         "data": data,
     })
+
+
+def claims(names: list[str], ours: Mapping[str, Any] | None, others: list[Obj]) -> tuple[list[str], Problem | None]:
+    """(the names this Registry may publish, a problem naming those an older node-trust ConfigMap publishes).
+    By `seniority`, so two Registries naming one host never both publish it nor take it from each other."""
+    mine = seniority(ours) if ours is not None else ("\uffff", "")  # not stored yet: newer than every other
+    taken: dict[str, str] = {}
+    for other in sorted(others, key=seniority):
+        if seniority(other) < mine:
+            owner = (other["metadata"].get("annotations") or {}).get(ANNOTATION_REGISTRY, other["metadata"]["name"])
+            for host in (other.get("data") or {}).get(DATA_HOSTS, "").split():
+                taken.setdefault(host, owner)
+    lost = [h for h in names if h in taken]
+    if not lost:
+        return names, None
+    said = ", ".join(f"{h} (Registry {taken[h]})" for h in lost)
+    return [h for h in names if h not in taken], Problem(
+        "NodeTrustHostTaken", f"left out, nodes already trust another Registry's CA for them: {said}")
 
 
 def agent_problem(daemonset: Mapping[str, Any] | None, namespace: str) -> Problem | None:
@@ -124,6 +142,12 @@ async def _ours(client: AsyncClient, namespace: str, uid: str) -> list[Obj]:
     return [cm.to_dict() async for cm in client.list(ConfigMap, namespace=namespace, labels={LABEL_NODE_TRUST_OF: uid})]
 
 
+async def _all(client: AsyncClient, namespace: str) -> list[Obj]:
+    """Every node-trust ConfigMap there, every Registry's."""
+    found = client.list(ConfigMap, namespace=namespace, labels={LABEL_NODE_TRUST_OF: operators.exists()})
+    return [cm.to_dict() async for cm in found]
+
+
 async def _agent(client: AsyncClient, namespace: str) -> Obj | None:
     try:
         return (await client.get(DaemonSet, NODE_AGENT, namespace=namespace)).to_dict()
@@ -134,16 +158,20 @@ async def _agent(client: AsyncClient, namespace: str) -> Obj | None:
 
 
 async def sync(
-    client: AsyncClient, desired: Obj, uid: str, hold: Callable[[], Awaitable[None]]
+    client: AsyncClient, spec: RegistrySpec, uid: str, namespace: str, ca_pem: bytes | None, names: list[str],
+    hold: Callable[[], Awaitable[None]],
 ) -> Published:
-    """Store `desired` (our ConfigMap) unless it is current; `hold` runs before it is first created (the
-    finalizer). A ConfigMap of that name that is not ours is never taken over."""
-    meta = desired["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
+    """Store our ConfigMap (the CA, and `names` but those an older one publishes) unless it is current; `hold`
+    runs before it is first created (the finalizer). One of that name that is not ours is never taken over."""
+    name = node_trust_name(spec.name, spec.namespace)
     what = f"ConfigMap {namespace}/{name}"
     result = Published()
     try:
-        current = next((cm for cm in await _ours(client, namespace, uid) if cm["metadata"]["name"] == name), None)
+        stored = await _all(client, namespace)
+        current = next((cm for cm in stored if cm["metadata"]["name"] == name
+                        and cm["metadata"]["labels"].get(LABEL_NODE_TRUST_OF) == uid), None)
+        free, taken = claims(names, current, [cm for cm in stored if cm["metadata"]["name"] != name])
+        desired = config_map(spec, uid, namespace, ca_pem, free)
         if current is None:
             try:
                 await client.get(ConfigMap, name, namespace=namespace)
@@ -164,9 +192,8 @@ async def sync(
     except (ApiError, httpx2.HTTPError) as exc:
         _trouble(result, what, exc)
         return result
-    result.hosts = desired["data"][DATA_HOSTS].split()
-    if problem is not None:
-        result.problems.append(problem)
+    result.hosts = free
+    result.problems += [p for p in (taken, problem) if p is not None]
     return result
 
 
