@@ -177,6 +177,7 @@ def test_a_host_stays_with_the_registry_that_published_it_first():
     free, problem = publish.claims(["10.250.0.1:5000", "b.ns.svc:5000"], newer, [older])
     assert free == ["b.ns.svc:5000"]
     assert problem.reason == "NodeTrustHostTaken" and "10.250.0.1:5000 (Registry ns/a)" in problem.message
+    assert publish.Published(problems=[problem]).recheck  # it gets the host once ns/a lets go
     assert publish.claims(["10.250.0.1:5000", "a.ns.svc:5000"], older, [newer]) == (
         ["10.250.0.1:5000", "a.ns.svc:5000"], None)  # the older one keeps it
     free, problem = publish.claims(["10.250.0.1:5000"], None, [newer])  # not stored yet: newer than all

@@ -114,8 +114,9 @@ class Published:
 
     @property
     def recheck(self) -> bool:
-        """Nobody applies the trust yet: worth a read again later (never a write)."""
-        return any(p.reason.startswith("NodeAgent") for p in self.problems)
+        """Nobody applies the trust yet, or a host is another Registry's until that one goes: worth a read again
+        later (no event of ours says when; a read, never a write, while nothing changed)."""
+        return any(p.reason.startswith("NodeAgent") or p.reason == "NodeTrustHostTaken" for p in self.problems)
 
 
 def _trouble(result: Published, what: str, exc: Exception) -> None:
