@@ -124,6 +124,9 @@ def test_config_map_lifecycle_and_the_agent_following_it(
         assert config_map(kube_client, name) is None
         wait_for(lambda: not (certs / host).exists(), timeout=30, what="certs.d entry removed with the Registry")
         print(f"Registry deleted -> certs.d entry gone in {time.monotonic() - started:.2f}s")
+        rss = next(line for line in Path(f"/proc/{agent.pid}/status").read_text().splitlines()
+                   if line.startswith("VmRSS"))
+        print(f"node agent {rss.split(':')[1].strip()} RSS")
         assert sorted(os.listdir(certs)) == ["docker.io"]
     finally:
         cluster.kubectl("delete", "registry", "reg", "-n", namespace, "--ignore-not-found", "--timeout=30s",
