@@ -12,7 +12,11 @@ one is still trusted) changes the ConfigMap, which the agents write at once.
 Whether anyone applies it is read from the agent's DaemonSet (its Ready pods); without one the `NodeTrust`
 condition says so and the Registry is read again a minute later (reads only: the status does not change).
 
-Decisions are pure (`hosts`, `config_map`, `agent_problem`, `status`); `sync` and `remove_all` do the I/O.
+A host another Registry's ConfigMap published first stays that Registry's (`claims`): nodes never trust two CAs
+for one host, and a newer Registry cannot take a host over; it is said, and looked at again likewise.
+
+Decisions are pure (`hosts`, `config_map`, `claims`, `agent_problem`, `status`); `sync` and `remove_all` do
+the I/O.
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from ..spec import RegistrySpec
 from . import DATA_CA, DATA_HOSTS, seniority
 
 Obj = dict[str, Any]
-AGENT_RECHECK_SECONDS = 60.0  # how soon a Registry whose trust nobody applies looks for the agent again
+AGENT_RECHECK_SECONDS = 60.0  # how soon a Registry waiting for the agent, or for a taken host, looks again
 
 
 def hosts(spec: RegistrySpec, cluster_domain: str, service: Mapping[str, Any] | None) -> list[str]:
