@@ -163,8 +163,9 @@ class RealNode:
 
     @classmethod
     def trust_registry(cls, workdir: Path, host: str, ca_pem: bytes) -> None:
-        """Make containerd trust a registry's CA for ``host`` (``<ip>:<port>``): what a node-trust feature
-        would write; containerd reads it at the next pull, without a restart."""
+        """Make containerd trust a registry's CA for ``host`` (``<ip>:<port>``) by hand, as the node agent of
+        ``spec.nodeTrust`` does (without its marker: the agent never touches this directory); containerd reads it
+        at the next pull, without a restart."""
         trust = cls.certs_dir(workdir) / host
         trust.mkdir(parents=True, exist_ok=True)
         (trust / "ca.crt").write_bytes(ca_pem)
