@@ -43,7 +43,8 @@ def test_config_map_lifecycle_and_the_agent_following_it(
     (certs / "docker.io" / "hosts.toml").write_text('server = "https://registry-1.docker.io"\n')
     path = os.pathsep.join([str(REPO / "operator"), os.environ.get("PYTHONPATH", "")])
     agent = subprocess.Popen(
-        [sys.executable, "-m", "registry_operator.nodetrust", "--namespace", AGENTS, "--certs-dir", str(certs)],
+        [sys.executable, "-m", "registry_operator.nodetrust", "--namespace", AGENTS, "--certs-dir", str(certs),
+         "--resync-seconds", "1"],
         env={**os.environ, "KUBECONFIG": str(agent_kubeconfig), "PYTHONPATH": path},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     op = operator_factory(kubeconfig=operator_rbac_kubeconfig)
@@ -76,6 +77,8 @@ def test_config_map_lifecycle_and_the_agent_following_it(
         wait_for(lambda: (certs / host / "ca.crt").is_file(), timeout=30, what=f"certs.d/{host}")
         assert (certs / host / "ca.crt").read_text() == ca
         assert 'ca = "ca.crt"' in (certs / host / "hosts.toml").read_text()
+        (certs / host / "ca.crt").unlink()  # removed on the node: the periodic resync puts it back
+        wait_for(lambda: (certs / host / "ca.crt").is_file(), timeout=10, what="ca.crt put back")
 
         # At rest: a restarted operator writes nothing (the agent check is a read).
         time.sleep(2)
@@ -110,7 +113,8 @@ def test_config_map_lifecycle_and_the_agent_following_it(
         wait_for(lambda: "registry.operator.dev/node-trust" not in (
             registry(kube_client, "reg", namespace)["metadata"].get("finalizers") or ()), timeout=30,
             what="finalizer removed")
-        assert condition(kube_client, "reg", namespace, "NodeTrust") is None
+        wait_for(lambda: condition(kube_client, "reg", namespace, "NodeTrust") is None, timeout=10,
+                 what="NodeTrust condition gone")  # written just after the finalizer's removal
         assert "nodeTrust" not in registry(kube_client, "reg", namespace)["status"]
 
         # Enabled again, then the Registry deleted: the finalizer removes the ConfigMap, the agent the files.

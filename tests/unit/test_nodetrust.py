@@ -12,6 +12,7 @@ from registry_operator import conditions, material, pki, spec
 from registry_operator.config import Config, load
 from registry_operator.names import APPLIED_HASH, LABEL_NODE_TRUST_OF, NODE_AGENT
 from registry_operator.nodetrust import DATA_CA, DATA_HOSTS, files, publish
+from registry_operator.nodetrust.agent import Agent
 
 NOW = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
 NODE_PORT = {"type": "NodePort"}
@@ -186,3 +187,17 @@ def test_a_host_stays_with_the_registry_that_published_it_first():
     want, problems = files.desired([{**newer, "data": {**newer["data"], DATA_CA: "new"}},
                                     {**older, "data": {**older["data"], DATA_CA: "old"}}])
     assert want["10.250.0.1:5000"][files.CA] == b"old" and problems
+
+
+def test_the_agent_writes_nothing_before_its_first_list_and_says_each_warning_once(tmp_path: Path, caplog):
+    (tmp_path / "mine:1").mkdir()  # not the agent's
+    agent = Agent(tmp_path)
+    assert not agent.sync()  # nothing known yet: an empty list would remove everything
+    agent.known = {"a": cm("a", ["h:1", "mine:1"])}
+    with caplog.at_level("WARNING"):
+        assert list(agent.sync().write) == ["h:1"]
+        (tmp_path / "h:1" / "ca.crt").unlink()
+        assert list(agent.sync().write) == ["h:1"]  # what a resync finds missing comes back
+        assert not agent.sync()
+    assert [r.message for r in caplog.records].count(
+        f"{tmp_path / 'mine:1'}: the directory exists and was not made by this agent; left alone") == 1

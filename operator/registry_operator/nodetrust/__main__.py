@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the ConfigMaps are (default: POD_NAMESPACE)")
     parser.add_argument("--certs-dir", default=CERTS_DIR, type=Path,
                         help=f"containerd's registry config_path (default {CERTS_DIR})")
+    parser.add_argument("--resync-seconds", default=300.0, type=float,
+                        help="re-check the directory this often without an event (default 300)")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     if not args.namespace:
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(__name__).error("%s is not a directory: is containerd's config_path mounted?",
                                           args.certs_dir)
         return 1
-    run(Client(), args.namespace, args.certs_dir)
+    run(Client(), args.namespace, args.certs_dir, args.resync_seconds)
     return 0
 
 
