@@ -47,7 +47,7 @@ from .config import Config
 from .kinds import Registry, RegistryIndex
 from .names import (
     INDEX_KIND,
-        LABEL_PULL_SECRET_OF,
+    LABEL_PULL_SECRET_OF,
     NODE_TRUST_FINALIZER,
     PULL_SECRETS_FINALIZER,
     ChildNames,
@@ -66,8 +66,7 @@ log = logging.getLogger(__name__)
 Event = tuple[str, str, str]  # (type, reason, message)
 
 # A deleted Registry keeps trying to remove its pull Secrets and node-trust ConfigMap from other namespaces this
-# long, then lets go
-# (and says so in the log): a finalizer must never block a deletion forever.
+# long, then lets go (and says so in the log): a finalizer must never block a deletion forever.
 RELEASE_AFTER = dt.timedelta(minutes=5)
 
 
