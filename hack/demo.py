@@ -1,9 +1,9 @@
 """The quickstart's last step: push and pull a real image through a Registry the operator created.
 
 With a real node (``hack/cluster up --real-node``): the Registry is a NodePort Service whose certificate names the
-node IP; crane pushes a busybox image to it through kube-proxy, containerd is told to trust the Registry's CA
-(``certs.d/<host:port>/``, as a node-trust feature would write it), and a pod on the real node runs that image,
-pulled by containerd from the Registry with an imagePullSecret.
+node IP, with ``spec.nodeTrust``; the node agent of manifests/node-trust/ (its hostPath the node's certs.d) makes
+containerd trust the Registry's CA, crane pushes a busybox image to it through kube-proxy, and a pod on the real
+node runs that image, pulled by containerd from the Registry over verified TLS with an imagePullSecret.
 
 Without one (kwok nodes only), the Registry's pod is run the way the e2e tests run it (tests/support/podrunner:
 the Deployment's pod template, its Secret and ConfigMap volumes, the real registry program on 127.0.0.1) and
@@ -30,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "hack"), str(REPO / "operator")]
 
+import yaml  # noqa: E402
 from lightkube import Client  # noqa: E402
 from lightkube.resources.core_v1 import Pod, Secret  # noqa: E402
 from localcluster import DEFAULT_WORKDIR, LocalCluster, bin_dir, read_versions, wait_until  # noqa: E402
@@ -51,7 +52,11 @@ def real_node_demo(client: Client, cluster: LocalCluster, namespace: str, name: 
         "service": {"type": "NodePort", "nodePort": NODE_PORT},
         "tls": {"ipAddresses": [NODE_IP]},
         "auth": {"users": [{"name": "demo"}]},
+        "nodeTrust": {"enabled": True},
     }
+    agent = RealNode.node_agent(cluster.render_manifests(REPO / "manifests" / "node-trust"), cluster.workdir)
+    cluster.apply(yaml.safe_dump_all(agent))
+    print("node agent: kubectl apply -k manifests/node-trust/, its hostPath the real node's certs.d")
     started = time.monotonic()
     client.apply(Registry(metadata={"name": name, "namespace": namespace}, spec=spec), force=True)
     reg = DeployedRegistry(client, namespace, name, work)
@@ -76,7 +81,9 @@ def real_node_demo(client: Client, cluster: LocalCluster, namespace: str, name: 
     subprocess.run([str(crane), "push", str(busybox), image], env=env, check=True, capture_output=True)
     print(f"pushed {image} with crane over TLS through kube-proxy in {time.monotonic() - step:.2f}s")
 
-    RealNode.trust_registry(cluster.workdir, host, reg.ca_pem())
+    entry = RealNode.certs_dir(cluster.workdir) / host
+    wait_until(lambda: (entry / "hosts.toml").is_file(), 60, f"the node agent writing {entry}")
+    print(f"the node agent wrote {entry}/ (hosts.toml, ca.crt): containerd trusts the Registry's CA")
     pull_secret = base64.b64encode(json.dumps(config).encode()).decode()
     secret = {"metadata": {"name": f"{name}-pull", "namespace": namespace}, "type": "kubernetes.io/dockerconfigjson",
               "data": {".dockerconfigjson": pull_secret}}  # fmt: skip

@@ -162,6 +162,27 @@ class RealNode:
         return workdir / "node" / "certs.d"
 
     @classmethod
+    def node_agent(cls, objects: list[dict], workdir: Path, namespace: str | None = None) -> list[dict]:
+        """manifests/node-trust/ (its rendered ``objects``) for this node: the agent's hostPath is the node's
+        certs.d, containerd's ``config_path`` here, and it runs on the real node only (not on kwok nodes). With
+        ``namespace``, everything goes there instead of its own namespace, whose object is left out (the caller
+        makes that one: Pod Security ``privileged``, and the real node's node-selector annotation if kwok nodes
+        are in the cluster)."""
+        objects = json.loads(json.dumps(objects))
+        own = next(o["metadata"]["name"] for o in objects if o["kind"] == "Namespace")
+        if namespace is not None:
+            objects = [o for o in objects if o["kind"] != "Namespace"]
+            for obj in objects:
+                for ref in [obj["metadata"], *obj.get("subjects", ())]:
+                    if ref.get("namespace") == own:
+                        ref["namespace"] = namespace
+        pod = next(o for o in objects if o["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+        pod["nodeSelector"] = {"kubernetes.io/hostname": NODE_NAME}
+        [volume] = [v for v in pod["volumes"] if "hostPath" in v]
+        volume["hostPath"]["path"] = str(cls.certs_dir(workdir))
+        return objects
+
+    @classmethod
     def trust_registry(cls, workdir: Path, host: str, ca_pem: bytes) -> None:
         """Make containerd trust a registry's CA for ``host`` (``<ip>:<port>``) by hand, as the node agent of
         ``spec.nodeTrust`` does (without its marker: the agent never touches this directory); containerd reads it

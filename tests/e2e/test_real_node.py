@@ -308,13 +308,9 @@ def node_agent(guarded_node: RealNode, cluster: Any, kube_client: Client) -> Ite
     name = f"nodetrust-agents-{secrets.token_hex(3)}"
     privileged = {"pod-security.kubernetes.io/enforce": "privileged"}  # hostPath, as manifests/node-trust/ says
     cluster.apply(namespace_manifest(name, labels=privileged, annotations={NODE_SELECTOR_ANNOTATION: NODE_LABEL}))
-    objs = [o for o in cluster.render_manifests(REPO / "manifests" / "node-trust") if o["kind"] != "Namespace"]
-    text = yaml.safe_dump_all(objs).replace("namespace: registry-operator-node-trust", f"namespace: {name}")
-    docs = list(yaml.safe_load_all(text))
+    manifests = cluster.render_manifests(REPO / "manifests" / "node-trust")
+    docs = RealNode.node_agent(manifests, guarded_node.cluster.workdir, name)
     daemonset = next(o for o in docs if o["kind"] == "DaemonSet")
-    pod = daemonset["spec"]["template"]["spec"]
-    pod["nodeSelector"] = {"kubernetes.io/hostname": NODE_NAME}  # not the session's kwok nodes
-    pod["volumes"][0]["hostPath"]["path"] = str(RealNode.certs_dir(guarded_node.cluster.workdir))
     started = time.monotonic()
     cluster.apply(yaml.safe_dump_all(docs))
     wait_until(lambda: (kube_client.get(DaemonSet, daemonset["metadata"]["name"], namespace=name).status.numberReady
