@@ -61,7 +61,7 @@ def test_config_map_lifecycle_and_the_agent_following_it(
         node_port = kube_client.get(Service, "reg", namespace=namespace).spec.ports[0].nodePort
         host = f"{NODE_IP}:{node_port}"
         assert cm["data"]["hosts"].split() == [
-            f"reg.{namespace}.svc:5000", f"reg.{namespace}.svc.cluster.local:5000", f"{NODE_IP}:5000", host]
+            f"reg.{namespace}.svc:5000", f"reg.{namespace}.svc.cluster.local:5000", host]
         ca = kube_client.get(ConfigMap, "reg-ca", namespace=namespace).data["ca.crt"]
         assert cm["data"]["ca.crt"] == ca
         assert "registry.operator.dev/node-trust" in registry(kube_client, "reg", namespace)["metadata"]["finalizers"]

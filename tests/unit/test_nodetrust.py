@@ -25,14 +25,15 @@ def test_spec_opts_in():
     assert spec.parse("reg", "ns", {"nodeTrust": {"enabled": True}}).node_trust
 
 
-def test_hosts_use_the_allocated_node_port_and_leave_wildcards_out():
+def test_hosts_use_the_allocated_node_port_and_leave_wildcards_and_unreachable_ports_out():
     s = spec.parse("reg", "ns", {"service": NODE_PORT,
                                  "tls": {"ipAddresses": ["10.250.0.1"], "dnsNames": ["*.corp", "reg.corp"]}})
     assert publish.hosts(s, "cluster.local", SERVICE) == [
-        "reg.ns.svc:5000", "reg.ns.svc.cluster.local:5000", "reg.corp:5000", "reg.corp:31234",
-        "10.250.0.1:5000", "10.250.0.1:31234"]
+        "reg.ns.svc:5000", "reg.ns.svc.cluster.local:5000", "reg.corp:31234", "10.250.0.1:31234"]
+    balanced = spec.parse("reg", "ns", {"service": {"type": "LoadBalancer"}, "tls": {"ipAddresses": ["10.9.9.9"]}})
+    assert publish.hosts(balanced, "cluster.local", SERVICE)[2:] == ["10.9.9.9:5000", "10.9.9.9:31234"]
     cluster_ip = spec.parse("reg", "ns", {"tls": {"ipAddresses": ["10.250.0.1"]}})
-    assert "10.250.0.1:31234" not in publish.hosts(cluster_ip, "cluster.local", SERVICE)
+    assert publish.hosts(cluster_ip, "cluster.local", SERVICE)[2:] == ["10.250.0.1:5000"]
 
 
 def test_every_published_host_is_in_the_server_certificate():
@@ -201,3 +202,4 @@ def test_the_agent_writes_nothing_before_its_first_list_and_says_each_warning_on
         assert not agent.sync()
     assert [r.message for r in caplog.records].count(
         f"{tmp_path / 'mine:1'}: the directory exists and was not made by this agent; left alone") == 1
+

@@ -54,10 +54,13 @@ AGENT_RECHECK_SECONDS = 60.0  # how soon a Registry waiting for the agent, or fo
 def hosts(spec: RegistrySpec, cluster_domain: str, service: Mapping[str, Any] | None) -> list[str]:
     """The host:port names nodes trust: those pull Secrets name (Service DNS names, tls.dnsNames and
     tls.ipAddresses on the Service port), and on the NodePort the API server allocated. All are in the
-    server certificate (`material` puts the Service names and tls.* into its SANs). A wildcard DNS name is
-    left out: a certs.d directory names one host."""
+    server certificate (`material` puts the Service names and tls.* into its SANs). Left out: a wildcard DNS
+    name (a certs.d directory names one host), and with a NodePort Service the tls.* names on the Service
+    port, where nothing listens on a node (and which every NodePort Registry naming a node would claim)."""
     ports = ((service or {}).get("spec") or {}).get("ports") or [{}]
-    return [h for h in endpoints(spec, cluster_domain, ports[0].get("nodePort")) if not h.startswith("*")]
+    own = f"{spec.name}.{spec.namespace}.svc"
+    return [h for h in endpoints(spec, cluster_domain, ports[0].get("nodePort")) if not h.startswith("*") and not (
+        spec.service.type == "NodePort" and h.endswith(f":{spec.service.port}") and not h.startswith(own))]
 
 
 def config_map(spec: RegistrySpec, uid: str, namespace: str, ca_pem: bytes | None, names: list[str]) -> Obj:
