@@ -19,6 +19,11 @@ from typing import Any
 from . import cron
 from .token.config import check_service_account
 
+# The robot credential of pull Secrets is a user of the Registry's own token service or htpasswd; a joined
+# Registry's users are its index's, which serves several Registries and holds no robot of theirs.
+PULL_SECRETS_JOINED = ("pullSecrets needs the Registry's own users: a Registry joined to a RegistryIndex "
+                       "(auth.indexRef) has no robot credential to hand out; give workloads a user of the index")
+
 # Pinned images: a Registry never floats to whatever `registry:3` means today.
 IMAGES = {"3": "registry:3.1.2", "2.8": "registry:2.8.3"}
 DEFAULT_VERSION = "3"
@@ -327,9 +332,11 @@ def _proxy(raw: Mapping[str, Any] | None, version: str, auth: Auth, gc: bool) ->
     )
 
 
-def _pull_secrets(raw: Mapping[str, Any] | None) -> PullSecrets | None:
+def _pull_secrets(raw: Mapping[str, Any] | None, auth: Auth) -> PullSecrets | None:
     if raw is None:
         return None
+    if auth.index is not None:
+        raise ValueError(PULL_SECRETS_JOINED)
     selector = raw.get("namespaceSelector")
     return PullSecrets(
         namespaces=tuple(sorted(set(raw.get("namespaces") or ()))),
@@ -392,7 +399,7 @@ def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistryS
             peers=tuple((raw.get("networkPolicy") or {}).get("from") or ()),
         ),
         garbage_collection=_garbage_collection(raw.get("garbageCollection") or {}, version, claim_raw is not None),
-        pull_secrets=_pull_secrets(raw.get("pullSecrets")),
+        pull_secrets=_pull_secrets(raw.get("pullSecrets"), auth),
         proxy=_proxy(raw.get("proxy"), version, auth, raw.get("garbageCollection") is not None),
         node_trust=bool((raw.get("nodeTrust") or {}).get("enabled", False)),
     )

@@ -203,6 +203,8 @@ def test_operator_with_its_own_rbac(cluster, kube_client, namespace, operator_wi
                     "deleteUntagged needs version 3"),
         ({"storage": {"persistentVolumeClaim": {}}, "garbageCollection": {"schedule": "@daily"}, **USERS},
          "spec.garbageCollection.schedule: Invalid value"),
+        ({"auth": {"mode": "token", "indexRef": {"name": "idx"}}, "pullSecrets": {"namespaces": ["apps"]}},
+         "spec.pullSecrets: Invalid value: pullSecrets needs the Registry's own users"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,
 )

@@ -65,3 +65,10 @@ def test_service_account_entries_are_checked_like_the_crd_does():
             with pytest.raises(ValueError, match="not namespace/name or namespace/"):
                 spec.parse("reg", "ns", raw)
     assert [e for e in SERVICE_ACCOUNTS if pattern.search(e)] == ["ns/ci", "ns/*", "a/b.c-d"]
+
+
+def test_pull_secrets_of_a_joined_registry_are_refused() -> None:
+    # Its users are the index's: no robot credential of its own (the CRD refuses it too, for an older schema).
+    raw = {"auth": {"mode": "token", "indexRef": {"name": "idx"}}, "pullSecrets": {"namespaces": ["apps"]}}
+    with pytest.raises(ValueError, match="pullSecrets needs the Registry's own users"):
+        spec.parse("reg", "ns", raw)
