@@ -79,7 +79,7 @@ def _config_problems(spec: RegistrySpec) -> list[Problem]:
         out.append(Problem(
             "ReplicasUnsupported",
             f"{spec.replicas} replicas requested, running 1: pods cannot share {storage} "
-            "(use a ReadWriteMany persistentVolumeClaim to scale out)",
+            "(use a ReadWriteMany persistentVolumeClaim or storage.s3 to scale out)",
         ))
     return out + access_problems(spec.auth)
 
@@ -112,7 +112,10 @@ def weaknesses(spec: RegistrySpec) -> list[Problem]:
     if spec.proxy is not None and spec.proxy.remote_url.startswith("http://"):
         out.append(Problem("PlainUpstream", "proxy.remoteURL is http://: images and the upstream login travel in "
                                             "clear text"))
-    if spec.storage.claim is None:
+    if spec.storage.s3 and (spec.storage.s3.endpoint or "").startswith("http://"):
+        out.append(Problem("PlainS3Endpoint", "storage.s3.endpoint is http://: image data and signed requests "
+                                              "travel in clear text"))
+    if not spec.storage.collectable:
         out.append(Problem("EphemeralStorage", "storage is an emptyDir: every image is lost when the pod is "
                                                "replaced (a new certificate or config rolls it)"))
     return out

@@ -144,10 +144,10 @@ def plan(spec: RegistrySpec, body: Mapping[str, Any], job: Mapping[str, Any] | N
     due_tick = tick is not None and tick <= now
     if not (due_request or due_tick):
         return Plan(False, None, False, status if len(status) > 1 else None, wake)
-    if spec.storage.claim is None:  # only a request can get here: the schema refuses a schedule on emptyDir
+    if not spec.storage.collectable:  # only a request can get here: the schema refuses a schedule on emptyDir
         status.update(lastRequest=requested, lastResult=FAILED,
-                      lastMessage="garbage collection needs storage.persistentVolumeClaim: a Job cannot see the "
-                                  "registry's emptyDir")
+                      lastMessage="garbage collection needs storage.persistentVolumeClaim or storage.s3: a Job "
+                                  "cannot see the registry's emptyDir")
         return Plan(False, None, False, status, wake)
     status["phase"] = READ_ONLY
     run = (requested if due_request else None, stamp(tick) if due_tick and tick else None)

@@ -14,6 +14,8 @@ temporarily broken.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 import json
 import secrets
 from collections.abc import Mapping
@@ -60,6 +62,7 @@ class Material:
     token_tls: pki.KeyPair | None = None
     robot: robot.Robot | None = None  # the pull Secrets' credential (spec.pullSecrets), see `robot`
     upstream: Mapping[str, bytes] | None = None  # spec.proxy: `username`, `password`, `ca.crt` as far as given
+    s3_credentials_digest: str | None = None  # of the S3 key pair the pods read at start (see `_s3_credentials`)
     problems: tuple[Problem, ...] = field(default_factory=tuple)
     rotations: tuple[Rotation, ...] = field(default_factory=tuple)
 
@@ -281,6 +284,29 @@ def _utf8(*values: bytes) -> bool:
     return True
 
 
+def _s3_credentials(spec: RegistrySpec, observed: Secrets, key: bytes, problems: list[Problem]) -> str | None:
+    """A digest of the S3 key pair in the user's Secret, keyed with `key` (the fingerprint key), or None (no
+    Secret named, or unusable: a Problem).
+
+    The registry reads the keys from its environment once, at start, so the digest goes into the pod template:
+    rotating the keys in the Secret rolls the pods. Keyed, like the upstream login's fingerprint: the pod
+    template never carries an unkeyed hash of a secret. Only the digest is kept, never the keys."""
+    ref = spec.storage.s3.credentials if spec.storage.s3 else None
+    if ref is None:
+        return None
+    data = observed.get(ref.name)
+    if data is None:
+        problems.append(Problem("S3CredentialsNotFound", f"S3 credentials Secret {ref.name!r} does not exist"))
+        return None
+    missing = [k for k in (ref.access_key_id_key, ref.secret_access_key_key) if not data.get(k)]
+    if missing:
+        problems.append(Problem("S3CredentialsInvalid", f"S3 credentials Secret {ref.name!r} has no (or an empty) "
+                                                        f"key {', '.join(map(repr, missing))}"))
+        return None
+    pair = data[ref.access_key_id_key] + b"\0" + data[ref.secret_access_key_key]
+    return hmac.new(key, pair, hashlib.sha256).hexdigest()
+
+
 @dataclass(frozen=True)
 class _Accounts:
     http_secret: str
@@ -391,6 +417,7 @@ def decide(
         if client_ca is not None:  # clients reach the index's token endpoint too: one bundle trusts both
             client_ca += joined.ca_pem
     upstream = _upstream(spec, observed, names, problems) if spec.proxy is not None else None
+    s3_digest = _s3_credentials(spec, observed, accounts.fingerprint_key, problems)
 
     return Material(
         http_secret=accounts.http_secret,
@@ -407,6 +434,7 @@ def decide(
         token_tls=token_tls,
         robot=bot,
         upstream=upstream,
+        s3_credentials_digest=s3_digest,
         problems=tuple(problems),
         rotations=tuple(rotations),
     )

@@ -32,12 +32,15 @@ class Observed:
 
 
 def referenced_secrets(spec: RegistrySpec | IndexSpec) -> set[str]:
-    """Secrets the user's spec names (not ours): password Secrets and a user-supplied TLS Secret."""
+    """Secrets the user's spec names (not ours): password Secrets, a user-supplied TLS Secret and the S3
+    credentials."""
     refs = {u.password_ref.name for u in spec.auth.users if u.password_ref}
     if spec.tls.mode == "Secret" and spec.tls.secret_name:
         refs.add(spec.tls.secret_name)
     if isinstance(spec, RegistrySpec) and spec.proxy is not None:
         refs |= {name for name in (spec.proxy.credentials_secret, spec.proxy.ca_secret) if name}
+    if isinstance(spec, RegistrySpec) and spec.storage.s3 and spec.storage.s3.credentials:
+        refs.add(spec.storage.s3.credentials.name)
     return refs
 
 
@@ -73,7 +76,9 @@ def candidates(
         out += [("apps/v1", "Deployment", n.token), ("v1", "Service", n.token), ("v1", "ConfigMap", n.token),
                 ("networking.k8s.io/v1", "NetworkPolicy", n.token)]
     if spec.storage.claim is not None:
-        out += [("v1", "PersistentVolumeClaim", n.claim), ("batch/v1", "Job", n.gc)]
+        out.append(("v1", "PersistentVolumeClaim", n.claim))
+    if spec.storage.collectable:
+        out.append(("batch/v1", "Job", n.gc))
     if spec.storage.shared:  # more than one replica: disruption budgets (render/disruption)
         out += [("policy/v1", "PodDisruptionBudget", n.deployment), ("policy/v1", "PodDisruptionBudget", n.token)]
     if pod_monitor:

@@ -112,6 +112,7 @@ def _published(
     keys = {user: password_key(user) for user in mat.passwords if password_key(user) != user}
     return {
         "endpoint": f"{names.service}.{spec.namespace}.svc:{spec.service.port}",
+        "storage": spec.storage.kind,
         "caSecretName": names.ca if mat.client_ca_pem else None,
         "caConfigMapName": names.ca if mat.client_ca_pem else None,
         "credentialsSecretName": names.passwords if mat.passwords else None,

@@ -96,15 +96,47 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class S3Credentials:
+    """A user's Secret holding an access key pair; the keys reach the pod as environment variables."""
+
+    name: str
+    access_key_id_key: str = "accessKeyId"
+    secret_access_key_key: str = "secretAccessKey"
+
+
+@dataclass(frozen=True)
+class S3:
+    bucket: str
+    region: str = "us-east-1"
+    endpoint: str | None = None  # None: AWS itself; else an S3-compatible server's URL (http:// or https://)
+    force_path_style: bool = False
+    root_directory: str | None = None
+    credentials: S3Credentials | None = None  # None: the pod's ambient identity (workload identity)
+    service_account: str | None = None  # the registry's and GC Job's ServiceAccount (None: the namespace default)
+    redirect: bool = False  # blob GETs redirect clients to presigned bucket URLs instead of passing through
+
+
+@dataclass(frozen=True)
 class Storage:
-    claim: Claim | None = None  # None: emptyDir
+    claim: Claim | None = None  # None (and no s3): emptyDir
     empty_dir_size_limit: str | None = None
     delete_enabled: bool = False
+    s3: S3 | None = None
+
+    @property
+    def kind(self) -> str:
+        """What holds the images, as published in status.storage."""
+        return "S3" if self.s3 else "PersistentVolumeClaim" if self.claim else "EmptyDir"
 
     @property
     def shared(self) -> bool:
-        """Whether several pods may use this storage at once (only a ReadWriteMany claim)."""
-        return self.claim is not None and "ReadWriteMany" in self.claim.access_modes
+        """Whether several pods may use this storage at once (a bucket, or a ReadWriteMany claim)."""
+        return self.s3 is not None or (self.claim is not None and "ReadWriteMany" in self.claim.access_modes)
+
+    @property
+    def collectable(self) -> bool:
+        """Whether a GC Job can reach the registry's storage (anything but the pod's own emptyDir)."""
+        return self.s3 is not None or self.claim is not None
 
 
 @dataclass(frozen=True)
@@ -177,7 +209,7 @@ class RegistrySpec:
 
     @property
     def effective_replicas(self) -> int:
-        """Replicas that can actually share the storage: one unless the claim is ReadWriteMany.
+        """Replicas that can actually share the storage: one unless it is a bucket or a ReadWriteMany claim.
 
         Two pods on one emptyDir each see their own blobs, and a ReadWriteOnce claim cannot attach to two
         nodes: both silently break pulls or deadlock a rollout, so we run one and say why in a condition.
@@ -286,15 +318,37 @@ def parse_index(name: str, namespace: str, raw: Mapping[str, Any] | None) -> Ind
     )
 
 
-def _garbage_collection(raw: Mapping[str, Any], version: str, claim: bool) -> GarbageCollection:
+def _s3(raw: Mapping[str, Any] | None) -> S3 | None:
+    if raw is None:
+        return None
+    ref = raw.get("credentialsSecretRef")
+    account = raw.get("serviceAccountName")
+    return S3(
+        bucket=raw["bucket"],
+        region=raw.get("region") or "us-east-1",
+        endpoint=raw.get("endpoint") or None,
+        force_path_style=bool(raw.get("forcePathStyle", False)),
+        root_directory=raw.get("rootDirectory") or None,
+        credentials=S3Credentials(
+            object_name(ref["name"], "storage.s3.credentialsSecretRef.name"),
+            ref.get("accessKeyIdKey") or "accessKeyId",
+            ref.get("secretAccessKeyKey") or "secretAccessKey",
+        ) if ref else None,
+        service_account=object_name(account, "storage.s3.serviceAccountName") if account else None,
+        redirect=bool(raw.get("redirect", False)),
+    )
+
+
+def _garbage_collection(raw: Mapping[str, Any], version: str, collectable: bool) -> GarbageCollection:
     """The GC settings; the same refusals as the CRD's rules, for a CRD installed without them."""
     gc = GarbageCollection(
         schedule=raw.get("schedule"),
         delete_untagged=bool(raw.get("deleteUntagged", False)),
         dry_run=bool(raw.get("dryRun", False)),
     )
-    if raw and not claim:
-        raise ValueError("garbageCollection needs storage.persistentVolumeClaim (a Job cannot see an emptyDir)")
+    if raw and not collectable:
+        raise ValueError("garbageCollection needs storage.persistentVolumeClaim or storage.s3 (a Job cannot see "
+                         "an emptyDir)")
     if gc.delete_untagged and version == "2.8":
         # distribution issue 3178: before 3.0 it deletes the children of multi-arch indexes.
         raise ValueError("garbageCollection.deleteUntagged needs version 3 (2.8 breaks multi-arch images)")
@@ -355,6 +409,9 @@ def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistryS
     service_raw = raw.get("service") or {}
     claim_raw = storage_raw.get("persistentVolumeClaim")
     auth = parse_auth(auth_raw)
+    s3 = _s3(storage_raw.get("s3"))
+    if s3 is not None and (claim_raw is not None or "emptyDir" in storage_raw):
+        raise ValueError("set exactly one of storage.emptyDir, storage.persistentVolumeClaim and storage.s3")
     return RegistrySpec(
         name=name,
         namespace=namespace,
@@ -374,6 +431,7 @@ def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistryS
             else None,
             empty_dir_size_limit=(storage_raw.get("emptyDir") or {}).get("sizeLimit"),
             delete_enabled=bool(storage_raw.get("deleteEnabled", False)),
+            s3=s3,
         ),
         service=Service(
             type=service_raw.get("type") or "ClusterIP",
@@ -398,7 +456,8 @@ def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistryS
             enabled=bool((raw.get("networkPolicy") or {}).get("enabled", True)),
             peers=tuple((raw.get("networkPolicy") or {}).get("from") or ()),
         ),
-        garbage_collection=_garbage_collection(raw.get("garbageCollection") or {}, version, claim_raw is not None),
+        garbage_collection=_garbage_collection(
+            raw.get("garbageCollection") or {}, version, claim_raw is not None or s3 is not None),
         pull_secrets=_pull_secrets(raw.get("pullSecrets"), auth),
         proxy=_proxy(raw.get("proxy"), version, auth, raw.get("garbageCollection") is not None),
         node_trust=bool((raw.get("nodeTrust") or {}).get("enabled", False)),

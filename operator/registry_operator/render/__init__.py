@@ -86,7 +86,7 @@ def obsolete(spec: RegistrySpec) -> list[tuple[str, str, str]]:
     if not spec.auth.own_token_service:
         out += [("apps/v1", "Deployment", names.token), ("v1", "Service", names.token),
                 ("v1", "ConfigMap", names.token)]
-    if spec.storage.shared:  # only a shared claim can have had more than one replica, hence budgets
+    if spec.storage.shared:  # only shared storage can have had more than one replica, hence budgets
         budget = ("policy/v1", "PodDisruptionBudget")
         if spec.effective_replicas <= 1:
             out.append((*budget, names.deployment))

@@ -39,11 +39,14 @@ def config_path(version: str) -> str:
 
 
 def env(spec: RegistrySpec, upstream: Mapping[str, bytes] | None = None) -> list[dict[str, Any]]:
-    """Environment variables the registry needs besides its config file. `upstream`: the data of the
-    `<name>-upstream` Secret of a pull-through cache, whose keys are handed to the registry from there: the
-    credentials through distribution's env overrides (never in the ConfigMap), and the CA as `SSL_CERT_FILE`,
-    which replaces only Go's bundle file: Go still loads every certificate in /etc/ssl/certs, where the image
-    keeps the public roots."""
+    """Environment variables the registry (and the GC Job on the same storage) needs besides its config file.
+
+    `upstream`: the data of the `<name>-upstream` Secret of a pull-through cache, whose keys are handed to the
+    registry from there: the credentials through distribution's env overrides (never in the ConfigMap), and the
+    CA as `SSL_CERT_FILE`, which replaces only Go's bundle file: Go still loads every certificate in
+    /etc/ssl/certs, where the image keeps the public roots. The S3 key pair comes from the user's Secret as
+    `REGISTRY_STORAGE_S3_*` overrides: never in the ConfigMap, never read by the operator into anything but a
+    keyed digest."""
     out: list[dict[str, Any]] = []
     if spec.version != "2.8":
         # 3.x exports OpenTelemetry traces to a collector that does not exist unless told not to.
@@ -54,7 +57,35 @@ def env(spec: RegistrySpec, upstream: Mapping[str, bytes] | None = None) -> list
                 for key in ("username", "password")]
     if upstream and "ca.crt" in upstream:
         out.append({"name": "SSL_CERT_FILE", "value": f"{UPSTREAM_DIR}/ca.crt"})
+    creds = spec.storage.s3.credentials if spec.storage.s3 else None
+    if creds is not None:
+        for param, key in (("ACCESSKEY", creds.access_key_id_key), ("SECRETKEY", creds.secret_access_key_key)):
+            out.append({"name": f"REGISTRY_STORAGE_S3_{param}",
+                        "valueFrom": {"secretKeyRef": {"name": creds.name, "key": key}}})
     return out
+
+
+def _driver(spec: RegistrySpec) -> dict[str, Any]:
+    """The storage driver's section (the same s3-aws keys in 2.8 and 3.x), plus `redirect` for a bucket.
+
+    Without an endpoint the driver talks to AWS over HTTPS; with one, `secure` follows its scheme. `redirect`
+    off (the default) makes the registry pass blob data through itself, so clients never need to reach the
+    bucket, only the registry."""
+    s3 = spec.storage.s3
+    if s3 is None:
+        return {"filesystem": {"rootdirectory": DATA_DIR}}
+    params: dict[str, Any] = {
+        "bucket": s3.bucket,
+        "region": s3.region,
+        "forcepathstyle": s3.force_path_style,
+        "secure": not (s3.endpoint or "").startswith("http://"),
+        "v4auth": True,
+    }
+    if s3.endpoint:
+        params["regionendpoint"] = s3.endpoint
+    if s3.root_directory:
+        params["rootdirectory"] = s3.root_directory
+    return {"s3": params, "redirect": {"disable": not s3.redirect}}
 
 
 def render(
@@ -83,7 +114,7 @@ def render(
         "version": 0.1,
         "log": {"level": spec.log_level, "formatter": "text", "accesslog": {"disabled": False}},
         "storage": {
-            "filesystem": {"rootdirectory": DATA_DIR},
+            **_driver(spec),
             # A cache expires manifests through the delete path; clients' deletes it refuses anyway (405).
             "delete": {"enabled": spec.storage.delete_enabled or spec.proxy is not None},
             "cache": {"blobdescriptor": "inmemory"},

@@ -24,6 +24,7 @@ from .pod import (
     resources,
     scheduling,
     secret_volume,
+    service_account,
 )
 
 TERMINATION_GRACE_SECONDS = cfg.DRAIN_SECONDS + 15
@@ -70,10 +71,11 @@ def volumes(
         mounts.append({"name": "upstream", "mountPath": cfg.UPSTREAM_DIR, "readOnly": True})
     if spec.storage.claim is not None:
         vols.append({"name": "data", "persistentVolumeClaim": {"claimName": names_.claim}})
-    else:
+    elif spec.storage.s3 is None:  # a bucket needs no volume
         empty: Obj = {"sizeLimit": spec.storage.empty_dir_size_limit} if spec.storage.empty_dir_size_limit else {}
         vols.append({"name": "data", "emptyDir": empty})
-    mounts.append({"name": "data", "mountPath": cfg.DATA_DIR})
+    if spec.storage.s3 is None:
+        mounts.append({"name": "data", "mountPath": cfg.DATA_DIR})
     vols.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
     return vols, mounts
@@ -109,6 +111,8 @@ def deployment(spec: RegistrySpec, material: Material, config_text: str, owner: 
         up = material.upstream
         restart_inputs += [up.get("ca.crt", b""), htpasswd.fingerprint(
             material.fingerprint_key, up.get("username", b"").decode(), up.get("password", b"").decode())]
+    if material.s3_credentials_digest:
+        restart_inputs.append(material.s3_credentials_digest)
     template_annotations = {**spec.pod_annotations, names.POD_INPUTS_HASH: inputs_hash(restart_inputs)}
     container: Obj = {
         "name": "registry",
@@ -155,6 +159,7 @@ def deployment(spec: RegistrySpec, material: Material, config_text: str, owner: 
                     "securityContext": pod_security_context(),
                     "containers": [container],
                     "volumes": volumes_,
+                    **service_account(spec),
                     **scheduling(spec),
                 },
             },

@@ -3,8 +3,8 @@
 It is created suspended the moment a collection is due, so its existence alone says "a collection is under
 way" (the registry is rendered read-only while it exists), and it is resumed only once every registry pod
 serves read-only. With a ReadWriteOnce claim the volume is attached to the registry pod's node, so the
-resumed Job is pinned there; a suspended Job that never ran may still change its scheduling fields, which
-is what makes pinning at resume possible.
+resumed Job is pinned there (a bucket or a ReadWriteMany claim needs no pinning); a suspended Job that never
+ran may still change its scheduling fields, which is what makes pinning at resume possible.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..spec import RegistrySpec
 from . import config as cfg
 from .common import Obj, metadata
 from .deployment import volumes
-from .pod import container_security_context, pod_security_context, resources, scheduling
+from .pod import container_security_context, pod_security_context, resources, scheduling, service_account
 
 # Longer than any collection should take; past it the Job fails and the registry returns to read-write.
 DEADLINE_SECONDS = 6 * 3600
@@ -84,6 +84,7 @@ def job(
                     "securityContext": pod_security_context(),
                     "containers": [container],
                     "volumes": [v for v in all_volumes if v["name"] in _MOUNTS],
+                    **service_account(spec),
                     **_pinned(spec, node),
                 },
             },

@@ -69,5 +69,13 @@ def scheduling(spec: RegistrySpec | IndexSpec) -> dict[str, Any]:
     return out
 
 
+def service_account(spec: RegistrySpec) -> dict[str, Any]:
+    """The ServiceAccount a bucket's workload identity is bound to (storage.s3.serviceAccountName), for the
+    registry and its GC Job. Its API token stays unmounted: cloud identity webhooks (EKS, Azure) project their
+    own token, GKE answers from its metadata server, and neither program talks to Kubernetes."""
+    s3 = spec.storage.s3
+    return {"serviceAccountName": s3.service_account} if s3 and s3.service_account else {}
+
+
 def resources(spec: RegistrySpec) -> dict[str, Any]:
     return dict(spec.resources) if spec.resources else DEFAULT_RESOURCES
