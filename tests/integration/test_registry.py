@@ -188,7 +188,7 @@ def test_operator_with_its_own_rbac(cluster, kube_client, namespace, operator_wi
         ({"auth": {"users": [{"name": "a"}], "access": [{"users": ["a"], "repositories": ["x"],
                                                          "actions": ["pull"]}]}},
          "auth.groups and auth.access are only used when auth.mode is token"),
-        ({"storage": {"emptyDir": {}, "persistentVolumeClaim": {}}, **USERS}, "set either storage.emptyDir"),
+        ({"storage": {"emptyDir": {}, "persistentVolumeClaim": {}}, **USERS}, "set only one of storage.emptyDir"),
         ({"service": {"nodePort": 30001}, **USERS}, "service.nodePort needs service.type NodePort"),
         ({"networkPolicy": {"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}, **USERS},
          "spec.networkPolicy.from[0].ipBlock.cidr: Invalid value"),
