@@ -13,6 +13,7 @@ from the real run's exit code, as the Job controller would from the real pod.
 from __future__ import annotations
 
 import base64
+import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,25 +76,33 @@ def _blob_keys(digests: list[str]) -> set[str]:
     return {f"{ROOT}/docker/registry/v2/blobs/sha256/{d[7:9]}/{d[7:]}/data" for d in digests}
 
 
+def _bucket_registry(s3: S3Server, cluster: Any, kube_client: Any, operator: Any, namespace: str, version: str,
+                     workdir: Path, **spec: Any) -> tuple[DeployedRegistry, str]:
+    """(a Ready Registry, the fresh bucket of `s3` it stores in), its keys in the user's Secret `s3-creds`; no
+    pod started."""
+    bucket = f"e2e-{VERSIONS[version].replace('.', '')}-{secrets.token_hex(4)}"
+    s3.create_bucket(bucket)
+    b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
+    cluster.apply(f"apiVersion: v1\nkind: Secret\nmetadata: {{name: s3-creds, namespace: {namespace}}}\n"
+                  f"data: {{accessKeyId: {b64(s3.access_key)}, secretAccessKey: {b64(s3.secret_key)}}}\n")
+    storage = {"deleteEnabled": True, "s3": {"bucket": bucket, "endpoint": s3.endpoint, "forcePathStyle": True,
+                                             "rootDirectory": f"/{ROOT}", "credentialsSecretRef": {"name": "s3-creds"}}}
+    try:
+        reg = create_registry(kube_client, namespace, "reg", registry_spec(version, storage=storage, **spec), workdir)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n--- operator log tail ---\n{operator.log()[-6000:]}") from None
+    return reg, bucket
+
+
 def test_push_pull_delete_and_collect_on_a_bucket(
     s3: S3Server, e2e_operator: Any, kube_client: Any, cluster: Any, make_namespace: Callable[[str], str],
     version: str, tmp_path: Path,
 ) -> None:
-    bucket = f"e2e-{VERSIONS[version].replace('.', '')}-{int(time.time() * 1000) % 10**8}"
-    s3.create_bucket(bucket)
     namespace = make_namespace(f"s3{VERSIONS[version].replace('.', '')}")
-    b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
-    cluster.apply(f"apiVersion: v1\nkind: Secret\nmetadata: {{name: s3-creds, namespace: {namespace}}}\n"
-                  f"data: {{accessKeyId: {b64(s3.access_key)}, secretAccessKey: {b64(s3.secret_key)}}}\n")
     undo = _no_job_pods(cluster, namespace)
-    storage = {"deleteEnabled": True, "s3": {"bucket": bucket, "endpoint": s3.endpoint, "forcePathStyle": True,
-                                             "rootDirectory": f"/{ROOT}", "credentialsSecretRef": {"name": "s3-creds"}}}
     reg: DeployedRegistry | None = None
     try:
-        try:
-            reg = create_registry(kube_client, namespace, "reg", registry_spec(version, storage=storage), tmp_path)
-        except AssertionError as e:
-            raise AssertionError(f"{e}\n--- operator log tail ---\n{e2e_operator.log()[-6000:]}") from None
+        reg, bucket = _bucket_registry(s3, cluster, kube_client, e2e_operator, namespace, version, tmp_path)
         # The keys are only referenced: neither in the ConfigMap nor in the pod template.
         config = reg.client.get(ConfigMap, f"{reg.name}-config", namespace=reg.namespace).data["config.yml"]
         assert s3.secret_key not in config and s3.secret_key not in str(reg.deployment())
@@ -155,3 +164,26 @@ def test_push_pull_delete_and_collect_on_a_bucket(
         if reg is not None:
             reg.stop()
         undo()
+
+
+def test_replicas_share_the_bucket(
+    s3: S3Server, e2e_operator: Any, kube_client: Any, cluster: Any, make_namespace: Callable[[str], str],
+    version: str, tmp_path: Path,
+) -> None:
+    """Two registry pods, one bucket: an image pushed through one pulls byte-identical from the other."""
+    namespace = make_namespace(f"s3r{VERSIONS[version].replace('.', '')}")
+    reg, _ = _bucket_registry(s3, cluster, kube_client, e2e_operator, namespace, version, tmp_path, replicas=2)
+    try:
+        assert reg.deployment()["spec"]["replicas"] == 2
+        one, two = reg.start_pod(), reg.start_pod()
+        ca, creds = reg.ca_pem(), ("alice", reg.passwords()["alice"])
+        image = ociimage.build(tmp_path / "img", tag="v1", layers=2, size=256 * 1024)
+        Crane(tmp_path / "c1", ca, one.address, creds).run("push", str(image.path), f"{one.address}/e2e/app:v1")
+        manifest = https.request(two.address, ca, reg.host, "GET", "/v2/e2e/app/manifests/v1", auth=creds,
+                                 headers={"Accept": ociimage.MANIFEST})
+        assert manifest.status == 200 and ociimage.sha256_digest(manifest.body) == image.manifest_digest
+        for digest in image.blob_digests:
+            blob = https.request(two.address, ca, reg.host, "GET", f"/v2/e2e/app/blobs/{digest}", auth=creds)
+            assert blob.body == (image.path / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_bytes()
+    finally:
+        reg.stop()
