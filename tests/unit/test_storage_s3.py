@@ -135,3 +135,14 @@ def test_status_names_the_storage_kind_and_warns_of_a_plain_endpoint():
     assert [w.reason for w in conditions.weaknesses(plain)] == ["PlainS3Endpoint"]
     tls = spec.parse("reg", "ns", {**USERS, "storage": {"s3": {**S3, "endpoint": "https://s3.example:9000"}}})
     assert conditions.weaknesses(tls) == []
+
+
+def test_a_bucket_gets_more_memory_by_default_and_the_users_resources_win(pipeline):
+    _, _, objects = pipeline.run({**USERS, "storage": {"s3": S3}}, {"s3-creds": KEYS})
+    assert _pod(objects)["containers"][0]["resources"] == {"requests": {"cpu": "50m", "memory": "128Mi"},
+                                                           "limits": {"memory": "1Gi"}}
+    _, _, volume = pipeline.run(USERS)
+    assert _pod(volume)["containers"][0]["resources"]["limits"] == {"memory": "512Mi"}
+    mine = {"limits": {"memory": "2Gi"}}
+    _, _, objects = pipeline.run({**USERS, "storage": {"s3": S3}, "resources": mine}, {"s3-creds": KEYS})
+    assert _pod(objects)["containers"][0]["resources"] == mine

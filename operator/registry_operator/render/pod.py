@@ -16,6 +16,9 @@ RUN_AS = 1000
 SECRET_MODE = 0o440  # readable by the pod's group (fsGroup), nobody else
 
 DEFAULT_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "512Mi"}}
+# The s3 driver buffers each upload's parts in memory: one 64 MiB layer pushed raised the registry's peak RSS from
+# 44 to 84 MiB (3.1.2) and from 24 to 105 MiB (2.8.2), where a volume stays under 50 MiB. Double the default.
+S3_RESOURCES = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}}
 
 
 def inputs_hash(parts: Iterable[str | bytes]) -> str:
@@ -78,4 +81,7 @@ def service_account(spec: RegistrySpec) -> dict[str, Any]:
 
 
 def resources(spec: RegistrySpec) -> dict[str, Any]:
-    return dict(spec.resources) if spec.resources else DEFAULT_RESOURCES
+    """The user's resources, else a default for the storage: a bucket costs memory, a volume does not."""
+    if spec.resources:
+        return dict(spec.resources)
+    return S3_RESOURCES if spec.storage.s3 else DEFAULT_RESOURCES
