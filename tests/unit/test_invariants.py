@@ -19,7 +19,8 @@ AUTH = {
     "joined": {"mode": "token", "indexRef": {"name": "idx"}},
 }
 TLS = {"SelfSigned": {}, "Secret": {"mode": "Secret", "secretName": "mine"}, "Disabled": {"mode": "Disabled"}}
-STORAGE = {"emptyDir": {}, "claim": {"persistentVolumeClaim": {"size": "1Gi"}}}
+STORAGE = {"emptyDir": {}, "claim": {"persistentVolumeClaim": {"size": "1Gi"}},
+           "s3": {"s3": {"bucket": "images", "credentialsSecretRef": {"name": "keys"}}}}
 PROXY = {"registry": None,
          "cache": {"remoteURL": "https://up:5000", "credentialsSecretName": "up", "caSecretName": "up-ca"}}
 
@@ -36,7 +37,7 @@ def test_every_rendered_child_is_observed(auth, tls, storage, proxy):
     for pod_monitor in (False, True):
         rendered = {(o["kind"], o["metadata"]["name"])
                     for o in render.desired(s, mat, OWNER, "img", pod_monitor, joined=joined)}
-        if s.storage.claim is not None:  # the GC Job, rendered by reconcile while a collection runs
+        if s.storage.collectable:  # the GC Job, rendered by reconcile while a collection runs
             rendered.add(_key(garbage_collection.job(s, OWNER, "r", None, suspend=True, node=None)))
         for token_was_on in (False, True):
             observed = {(kind, name) for _, kind, name in candidates(s, token_was_on, pod_monitor)}
