@@ -91,6 +91,9 @@ class Case:
             tls = _dict(spec.get("tls"))
             if "secretName" in tls:
                 tls["secretName"] = ref(tls["secretName"])
+            s3_ref = _dict(_dict(_dict(spec.get("storage")).get("s3")).get("credentialsSecretRef"))
+            if "name" in s3_ref:
+                s3_ref["name"] = ref(s3_ref["name"])
         secrets = tuple(replace(s, name=renames[s.name]) for s in self.secrets)
         return replace(self, spec=spec, secrets=secrets)
 
@@ -130,7 +133,8 @@ FLAWS = {
     "both-storages": 1, "service-type": 1, "port": 1, "node-port": 1, "node-port-with-cluster-ip": 1,
     "service-annotations": 1, "pod-annotations": 1, "huge-pod-annotations": 2, "pod-labels": 1,
     "node-selector": 1, "tolerations": 2, "affinity": 2, "version": 1, "image": 2, "replicas": 1,
-    "read-only": 1, "log-level": 1, "resources": 3, "typo": 1,
+    "read-only": 1, "log-level": 1, "resources": 3, "typo": 1, "s3-bucket": 1, "s3-endpoint": 1,
+    "s3-secret-ref": 2,
 }
 Flaw = str | None  # the one flawed place of a case, None for a clean case
 
@@ -474,24 +478,59 @@ def tls(draw: Draw, flaw: Flaw) -> tuple[Json, list[SecretSeed]]:
 
 
 @st.composite
-def storage(draw: Draw, flaw: Flaw) -> tuple[Json | None, bool]:
-    """(storage, whether it is a ReadWriteMany claim)."""
+def s3(draw: Draw, flaw: Flaw) -> tuple[Json, list[SecretSeed]]:
+    """storage.s3 and its credentials Secret: present, missing, lacking a key, or a path-like reference."""
+    out: dict[str, Json] = {"bucket": draw(pick(["images", "my.registry-bucket", "a" * 63],
+                                                ["Images", "ab", "-bad", "a" * 64, "bad_bucket"], flaw, "s3-bucket"))}
+    if include(draw, 2, flaw, "s3-endpoint"):
+        out["endpoint"] = draw(pick(["https://s3.example:9000", "http://minio.storage.svc:9000", "https://s3.x/p"],
+                                    ["ftp://s3.example", "s3.example", "https://", "http://a b"], flaw, "s3-endpoint"))
+    if sometimes(draw, 3):
+        out["region"] = draw(st.sampled_from(["eu-west-1", "us-east-1"]))
+    if sometimes(draw, 2):
+        out["forcePathStyle"] = draw(st.booleans())
+    if sometimes(draw, 3):
+        out["rootDirectory"] = draw(st.sampled_from(["/team", "a/b", "/x/"]))
+    if sometimes(draw, 3):
+        out["serviceAccountName"] = "registry-s3"
+    seeds: list[SecretSeed] = []
+    if flaw == "s3-secret-ref" or draw(st.booleans()):
+        name = draw(st.sampled_from(BAD_SECRET_NAMES)) if flaw == "s3-secret-ref" else "s3keys"
+        out["credentialsSecretRef"] = {"name": name}
+        # Runtime problems the schema cannot see: the Secret missing, a key missing or empty.
+        data = weighted(draw, [(6, {"accessKeyId": b"AKIAPROPERTY", "secretAccessKey": b"s3cr3t"}), (1, None),
+                               (1, {"accessKeyId": b"AKIAPROPERTY"}),
+                               (1, {"accessKeyId": b"", "secretAccessKey": b"x"})])
+        if data is not None and name == "s3keys":
+            seeds.append(SecretSeed(name, data))
+    return out, seeds
+
+
+@st.composite
+def storage(draw: Draw, flaw: Flaw) -> tuple[Json | None, bool, list[SecretSeed]]:
+    """(storage, whether several pods may share it: a ReadWriteMany claim or a bucket, the Secrets it names)."""
     size = pick(["10Gi", "1Gi", "500Mi", "1024Mi", "1.5Gi"], ["0", "1e3", "10GB", "", "-1Gi"], flaw, "size")
     if flaw == "both-storages":
-        choice = "both"
+        kinds = draw(st.sampled_from([("emptyDir", "claim"), ("s3", "claim"), ("emptyDir", "s3")]))
     elif flaw in ("access-mode", "reclaim"):
-        choice = "claim"
+        kinds = ("claim",)
     elif flaw == "size":
-        choice = draw(st.sampled_from(["emptyDir", "claim"]))
+        kinds = (draw(st.sampled_from(["emptyDir", "claim"])),)
+    elif flaw in ("s3-bucket", "s3-endpoint", "s3-secret-ref"):
+        kinds = ("s3",)
     else:
-        choice = weighted(draw, [(4, "none"), (2, "emptyDir"), (3, "claim")])
-    if choice == "none":
-        return None, False
+        kinds = (weighted(draw, [(4, "none"), (2, "emptyDir"), (3, "claim"), (2, "s3")]),)
+    if kinds == ("none",):
+        return None, False, []
     out: dict[str, Json] = {}
     rwx = False
-    if choice in ("emptyDir", "both"):
+    seeds: list[SecretSeed] = []
+    if "s3" in kinds:
+        out["s3"], seeds = draw(s3(flaw))
+        rwx = True
+    if "emptyDir" in kinds:
         out["emptyDir"] = {"sizeLimit": draw(size)} if flaw == "size" or draw(st.booleans()) else {}
-    if choice in ("claim", "both"):
+    if "claim" in kinds:
         modes = draw(st.lists(st.sampled_from(["ReadWriteOnce", "ReadWriteMany"]), max_size=2, unique=True))
         if flaw == "access-mode":
             modes = draw(st.sampled_from([["ReadOnly"], ["ReadWriteMany", "ReadWriteOncePod"], []]))
@@ -502,11 +541,11 @@ def storage(draw: Draw, flaw: Flaw) -> tuple[Json | None, bool]:
             claim["reclaimPolicy"] = draw(pick(["Retain", "Delete"], ["Keep", "retain"], flaw, "reclaim"))
         if modes or flaw == "access-mode":
             claim["accessModes"] = modes
-        rwx = "ReadWriteMany" in modes
+        rwx = rwx or "ReadWriteMany" in modes
         out["persistentVolumeClaim"] = claim
     if draw(st.booleans()):
         out["deleteEnabled"] = draw(st.booleans())
-    return out, rwx
+    return out, rwx, seeds
 
 
 @st.composite
@@ -567,7 +606,7 @@ def cases(draw: Draw) -> Case:
     name = draw(registry_name(flaw))
     auth_spec, auth_seeds = draw(auth(flaw))
     tls_spec, tls_seeds = draw(tls(flaw))
-    storage_spec, rwx = draw(storage(flaw))
+    storage_spec, rwx, storage_seeds = draw(storage(flaw))
     spec: dict[str, Json] = {}
     if flaw != "no-auth":
         spec["auth"] = auth_spec
@@ -585,7 +624,7 @@ def cases(draw: Draw) -> Case:
             ["mirror.example.com/library/registry:3.1.2", "registry@sha256:" + "a" * 64, "UPPER/Case:tag"],
             ["", " registry:3", "registry:3 ", "x" * 513, "registry:3\n"], flaw, "image"))
     if include(draw, 4, flaw, "replicas"):
-        # Several pods only with a ReadWriteMany claim: kept small so they fit the nodes.
+        # Several pods only with a ReadWriteMany claim or a bucket: kept small so they fit the nodes.
         spec["replicas"] = draw(pick([1, 2, 3] if rwx else [1], [0, 21, -1] if rwx else [2, 0, 21, -1], flaw,
                                      "replicas"))
     if include(draw, 6, flaw, "read-only"):
@@ -607,7 +646,7 @@ def cases(draw: Draw) -> Case:
         kind, suffix = draw(st.sampled_from([("Service", ""), ("Secret", "-tls"), ("ConfigMap", "-config"),
                                              ("Secret", "-passwords")]))
         squatters = (Squatter(kind, name + suffix),)
-    return Case(name, spec, tuple(auth_seeds + tls_seeds), squatters, flaw)
+    return Case(name, spec, tuple(auth_seeds + tls_seeds + storage_seeds), squatters, flaw)
 
 
 def mode_combinations() -> list[Case]:
@@ -693,6 +732,7 @@ def hazards(case: Case) -> list[str]:
         out.append("unrelated object has a child's name")
     refs = [_dict(u.get("passwordSecretRef")).get("name") for u in _list(auth_spec.get("users")) if isinstance(u, dict)]
     refs.append(_dict(spec.get("tls")).get("secretName"))
+    refs.append(_dict(_dict(_dict(spec.get("storage")).get("s3")).get("credentialsSecretRef")).get("name"))
     if any(isinstance(r, str) and "/" in r for r in refs):
         out.append("Secret reference with '/' (a path)")
     return out
