@@ -7,7 +7,7 @@ import base64
 import time
 
 import pytest
-from lightkube.resources.core_v1 import Secret
+from lightkube.resources.core_v1 import Secret, ServiceAccount
 from lightkube.types import PatchType
 from registries import condition, get, is_ready, manifest, owned, registry
 
@@ -51,7 +51,12 @@ def test_a_bucket_allows_replicas_and_garbage_collection(cluster, namespace):
 
 
 def test_bucket_registry_objects_status_and_credentials(cluster, kube_client, namespace, operator, wait_for):
-    cluster.apply(manifest("reg", namespace, {**USERS, "replicas": 2, "storage": {"s3": S3}}))
+    # Workload identity as a user sets it up: their own ServiceAccount, bound to a cloud role by annotation.
+    cluster.apply(f"apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: registry-s3\n  namespace: {namespace}\n"
+                  "  annotations: {eks.amazonaws.com/role-arn: 'arn:aws:iam::111122223333:role/registry'}\n")
+    account_rv = kube_client.get(ServiceAccount, "registry-s3", namespace=namespace).metadata.resourceVersion
+    s3 = {**S3, "serviceAccountName": "registry-s3"}
+    cluster.apply(manifest("reg", namespace, {**USERS, "replicas": 2, "storage": {"s3": s3}}))
 
     # The credentials Secret does not exist yet: said, with its name, and nothing about keys.
     c = wait_for(lambda: (d := condition(kube_client, "reg", namespace, "Degraded")) and d["status"] == "True" and d,
@@ -72,6 +77,9 @@ def test_bucket_registry_objects_status_and_credentials(cluster, kube_client, na
     assert env["REGISTRY_STORAGE_S3_SECRETKEY"]["valueFrom"]["secretKeyRef"] == {"name": "s3-creds",
                                                                                   "key": "secretAccessKey"}
     assert "data" not in {v["name"] for v in pod["volumes"]}
+    assert pod["serviceAccountName"] == "registry-s3" and pod["automountServiceAccountToken"] is False
+    # The operator runs pods as the user's ServiceAccount and never writes it.
+    assert kube_client.get(ServiceAccount, "registry-s3", namespace=namespace).metadata.resourceVersion == account_rv
     config = get(kube_client, "ConfigMap", "reg-config", namespace)["data"]["config.yml"]
     assert "regionendpoint: https://s3.example:9000" in config and "bucket: images" in config
     assert SECRET_KEY not in config and SECRET_KEY not in str(status) and SECRET_KEY not in operator.log()
