@@ -253,3 +253,17 @@ def test_more_than_one_replica_gets_budgets_and_two_token_pods(pipeline):
     assert not [o for o in objects if o["kind"] == "PodDisruptionBudget"]
     assert by_key(objects)[("Deployment", "reg-token")]["spec"]["replicas"] == 1
     assert {("policy/v1", "PodDisruptionBudget", n) for n in ("reg", "reg-token")} <= set(render.obsolete(single))
+
+
+def test_replicas_spread_over_nodes_without_ever_waiting_for_one(pipeline):
+    shared = {"replicas": 2, "storage": {"persistentVolumeClaim": {"accessModes": ["ReadWriteMany"]}},
+              "auth": {"mode": "token", "users": [{"name": "alice"}]}}
+    _, _, objects = pipeline.run(shared)
+    for name, component in (("reg", names.COMPONENT_REGISTRY), ("reg-token", names.COMPONENT_TOKEN)):
+        [rule] = by_key(objects)[("Deployment", name)]["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert rule["topologyKey"] == "kubernetes.io/hostname" and rule["maxSkew"] == 1
+        assert rule["whenUnsatisfiable"] == "ScheduleAnyway"  # a one-node cluster still runs every replica
+        assert rule["labelSelector"]["matchLabels"] == names.selector("reg", component)
+    _, _, objects = pipeline.run({**shared, "replicas": 1})
+    assert not any("topologySpreadConstraints" in by_key(objects)[("Deployment", n)]["spec"]["template"]["spec"]
+                   for n in ("reg", "reg-token"))

@@ -25,6 +25,7 @@ from .pod import (
     scheduling,
     secret_volume,
     service_account,
+    spread,
 )
 
 TERMINATION_GRACE_SECONDS = cfg.DRAIN_SECONDS + 15
@@ -161,6 +162,7 @@ def deployment(spec: RegistrySpec, material: Material, config_text: str, owner: 
                     "volumes": volumes_,
                     **service_account(spec),
                     **scheduling(spec),
+                    **spread(selector, spec.effective_replicas),
                 },
             },
         },

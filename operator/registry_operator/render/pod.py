@@ -80,6 +80,19 @@ def service_account(spec: RegistrySpec) -> dict[str, Any]:
     return {"serviceAccountName": s3.service_account} if s3 and s3.service_account else {}
 
 
+def spread(selector: dict[str, str], replicas: int) -> dict[str, Any]:
+    """Several replicas are there to survive a node: ask the scheduler to put them on different nodes, but
+    never to leave one pending for it (ScheduleAnyway: a one-node cluster still runs them all)."""
+    if replicas <= 1:
+        return {}
+    return {"topologySpreadConstraints": [{
+        "maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": dict(selector)},
+    }]}
+
+
 def resources(spec: RegistrySpec) -> dict[str, Any]:
     """The user's resources, else a default for the storage: a bucket costs memory, a volume does not."""
     if spec.resources:

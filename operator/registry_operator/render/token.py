@@ -19,7 +19,7 @@ from ..spec import IndexSpec, RegistrySpec
 from ..token import config as token_config
 from . import monitoring
 from .common import Obj, metadata
-from .pod import container_security_context, inputs_hash, pod_security_context, scheduling, secret_volume
+from .pod import container_security_context, inputs_hash, pod_security_context, scheduling, secret_volume, spread
 
 PORT = token_config.DEFAULT_PORT
 CONFIG_DIR, AUTH_DIR, SIGNING_DIR, TLS_DIR = (
@@ -149,6 +149,7 @@ def render(
                     "containers": [container],
                     "volumes": volumes,
                     **scheduling(spec),
+                    **spread(names.selector(spec.name, COMPONENT_TOKEN), replicas),
                 },
             },
         },
