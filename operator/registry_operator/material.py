@@ -368,6 +368,19 @@ def _token(
     return signing, trust, tls
 
 
+def _redis_password(spec: RegistrySpec, observed: Secrets, problems: list[Problem]) -> None:
+    """A Redis password Secret the pods cannot read keeps them from starting (the kubelet refuses an env var
+    from a missing Secret or key): say so, instead of leaving a rollout that never ends unexplained."""
+    ref = spec.redis.password_ref if spec.redis else None
+    if ref is None:
+        return
+    data = observed.get(ref.name)
+    if data is None:
+        problems.append(Problem("RedisPasswordSecretNotFound", f"redis: Secret {ref.name!r} does not exist"))
+    elif ref.key not in data:
+        problems.append(Problem("RedisPasswordSecretKeyMissing", f"redis: Secret {ref.name!r} has no key {ref.key!r}"))
+
+
 def decide(
     spec: RegistrySpec, observed: Secrets, cluster_domain: str = "cluster.local", now: dt.datetime | None = None,
     rotation: str | None = None, propagation: dt.timedelta = dt.timedelta(seconds=120), retire: bool = False,
@@ -392,6 +405,7 @@ def decide(
         if retire:
             bot = bot.retire()
     accounts = _accounts(spec.auth, observed, names, problems, {c.user: c.password for c in bot.valid} if bot else {})
+    _redis_password(spec, observed, problems)
 
     token = spec.auth.own_token_service
     needs_ca = spec.tls.mode == "SelfSigned" or (token and spec.tls_enabled)

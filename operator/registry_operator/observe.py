@@ -32,9 +32,11 @@ class Observed:
 
 
 def referenced_secrets(spec: RegistrySpec | IndexSpec) -> set[str]:
-    """Secrets the user's spec names (not ours): password Secrets, a user-supplied TLS Secret and the S3
-    credentials."""
+    """Secrets the user's spec names (not ours): password Secrets, a user-supplied TLS Secret, the S3
+    credentials and the Redis password's."""
     refs = {u.password_ref.name for u in spec.auth.users if u.password_ref}
+    if isinstance(spec, RegistrySpec) and spec.redis and spec.redis.password_ref:
+        refs.add(spec.redis.password_ref.name)
     if spec.tls.mode == "Secret" and spec.tls.secret_name:
         refs.add(spec.tls.secret_name)
     if isinstance(spec, RegistrySpec) and spec.proxy is not None:

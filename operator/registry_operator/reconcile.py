@@ -316,7 +316,7 @@ async def _gc_job(
     ready = garbage_collection.serves(deployment, children.get(("Deployment", names.deployment)))
     node = await registry_node(ctx.client, spec) if ready and not spec.storage.shared else None
     resume = ready and (spec.storage.shared or node is not None)
-    return gc_render.job(spec, body, *run, suspend=not resume, node=node)
+    return gc_render.job(spec, body, *run, suspend=not resume, node=node, operator_image=ctx.config.operator_image)
 
 
 async def _set_finalizer(ctx: Context, body: dict[str, Any], finalizer: str, present: bool) -> None:

@@ -161,6 +161,16 @@ class GarbageCollection:
 
 
 @dataclass(frozen=True)
+class Redis:
+    """A Redis the registry keeps its blob-descriptor cache in (`spec.redis`), so several replicas share one
+    cache instead of each warming its own. It is only a cache: uploads and pulls work without it."""
+
+    address: str  # host:port
+    db: int = 0
+    password_ref: SecretKeyRef | None = None
+
+
+@dataclass(frozen=True)
 class PullSecrets:
     """Where the operator keeps an image pull Secret for this Registry: namespaces named or selected by labels
     (a Kubernetes LabelSelector, kept raw), and the ServiceAccounts there that get it in imagePullSecrets."""
@@ -206,6 +216,7 @@ class RegistrySpec:
     pull_secrets: PullSecrets | None = None
     proxy: Proxy | None = None
     node_trust: bool = False  # spec.nodeTrust.enabled: nodes' containerd trusts this registry (`nodetrust`)
+    redis: Redis | None = None
 
     @property
     def effective_replicas(self) -> int:
@@ -399,6 +410,24 @@ def _pull_secrets(raw: Mapping[str, Any] | None, auth: Auth) -> PullSecrets | No
     )
 
 
+def _redis(raw: Mapping[str, Any] | None, persistent: bool) -> Redis | None:
+    """The Redis cache; refused on an emptyDir (as by the CRD): a new pod starts with empty storage while the
+    cache still describes the old pod's blobs."""
+    if raw is None:
+        return None
+    if not persistent:
+        raise ValueError("redis needs storage.persistentVolumeClaim or storage.s3 (an emptyDir is lost with its pod)")
+    ref = raw.get("passwordSecretRef")
+    return Redis(
+        address=str(raw["address"]),
+        db=int(raw.get("db", 0)),
+        password_ref=(
+            SecretKeyRef(object_name(ref["name"], "redis.passwordSecretRef.name"), ref.get("key") or "password")
+            if ref else None
+        ),
+    )
+
+
 def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistrySpec:
     """Build the typed spec, applying the same defaults as the CRD schema."""
     raw = raw or {}
@@ -461,4 +490,5 @@ def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistryS
         pull_secrets=_pull_secrets(raw.get("pullSecrets"), auth),
         proxy=_proxy(raw.get("proxy"), version, auth, raw.get("garbageCollection") is not None),
         node_trust=bool((raw.get("nodeTrust") or {}).get("enabled", False)),
+        redis=_redis(raw.get("redis"), claim_raw is not None or s3 is not None),
     )

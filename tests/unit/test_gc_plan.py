@@ -165,7 +165,7 @@ def test_serves_needs_the_read_only_template_fully_rolled_out():
 
 def test_job_runs_garbage_collect_on_the_same_storage_image_and_config():
     s = reg({"deleteUntagged": True, "dryRun": True})
-    job_ = gc_render.job(s, OWNER, "r1", None, suspend=True, node=None)
+    job_ = gc_render.job(s, OWNER, "r1", None, suspend=True, node=None, operator_image="img")
     pod = job_["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["args"] == ["garbage-collect", "--delete-untagged", "--dry-run", "/etc/distribution/config.yml"]
@@ -175,7 +175,8 @@ def test_job_runs_garbage_collect_on_the_same_storage_image_and_config():
     assert {v["name"] for v in pod["volumes"]} == {"config", "data", "tmp"}  # no TLS key, no passwords
     assert job_["metadata"]["ownerReferences"][0]["controller"] is True
     assert job_["metadata"]["annotations"] == {names.GC_JOB_REQUEST: "r1"}
-    pinned = gc_render.job(s, OWNER, "r1", None, suspend=False, node="node-7")["spec"]["template"]["spec"]
+    pinned = gc_render.job(s, OWNER, "r1", None, suspend=False, node="node-7",
+                           operator_image="img")["spec"]["template"]["spec"]
     terms = pinned["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-7"]}]}]
     assert gc_render.args(reg(version="2.8"))[-1] == "/etc/docker/registry/config.yml"

@@ -38,7 +38,8 @@ def test_every_rendered_child_is_observed(auth, tls, storage, proxy):
         rendered = {(o["kind"], o["metadata"]["name"])
                     for o in render.desired(s, mat, OWNER, "img", pod_monitor, joined=joined)}
         if s.storage.collectable:  # the GC Job, rendered by reconcile while a collection runs
-            rendered.add(_key(garbage_collection.job(s, OWNER, "r", None, suspend=True, node=None)))
+            rendered.add(_key(garbage_collection.job(s, OWNER, "r", None, suspend=True, node=None,
+                                                     operator_image="img")))
         for token_was_on in (False, True):
             observed = {(kind, name) for _, kind, name in candidates(s, token_was_on, pod_monitor)}
             assert rendered <= observed, rendered - observed
@@ -51,7 +52,7 @@ def _children(name: str, token: bool = True) -> set[tuple[str, str]]:
     generated password, a pull-through cache's upstream Secret."""
     s = spec.parse(name, "ns", {"auth": AUTH["token" if token else "htpasswd"], "storage": STORAGE["claim"],
                                 "proxy": PROXY["cache"]})
-    gc_job = garbage_collection.job(s, OWNER, "r", None, suspend=True, node=None)
+    gc_job = garbage_collection.job(s, OWNER, "r", None, suspend=True, node=None, operator_image="img")
     return {_key(o) for o in [*render.desired(s, material.decide(s, {}), OWNER, "img"), gc_job]}
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from .. import cacheflush
 from ..names import ChildNames
 from ..spec import RegistrySpec
 from ..token import config as token_service_config
@@ -19,6 +20,9 @@ from ..token import config as token_service_config
 PORT = 5000
 DEBUG_PORT = 5001  # metrics, health and pprof: never on the Service
 DRAIN_SECONDS = 25
+# A Redis that stops answering must cost a request little: the registry then falls back to its storage.
+REDIS_TIMEOUT = "1s"
+REDIS_PASSWORD_ENV = cacheflush.PASSWORD_ENV  # from the user's Secret: never in the ConfigMap
 
 TLS_DIR = "/etc/registry/tls"
 AUTH_DIR = "/etc/registry/auth"
@@ -117,7 +121,7 @@ def render(
             **_driver(spec),
             # A cache expires manifests through the delete path; clients' deletes it refuses anyway (405).
             "delete": {"enabled": spec.storage.delete_enabled or spec.proxy is not None},
-            "cache": {"blobdescriptor": "inmemory"},
+            "cache": {"blobdescriptor": "redis" if spec.redis else "inmemory"},
             "maintenance": {
                 "uploadpurging": {"enabled": True, "age": "168h", "interval": "24h", "dryrun": False},
                 "readonly": {"enabled": spec.read_only},
@@ -131,6 +135,8 @@ def render(
         config["proxy"] = {"remoteurl": spec.proxy.remote_url}
         if spec.version != "2.8":  # 2.8 has no ttl: it keeps cached content 7 days
             config["proxy"]["ttl"] = spec.proxy.ttl or PROXY_TTL
+    if spec.redis is not None:
+        config["redis"] = redis(spec)
     if spec.auth.mode == "htpasswd":
         config["auth"] = {"htpasswd": {"realm": spec.name, "path": f"{AUTH_DIR}/htpasswd"}}
     elif spec.auth.mode == "token":
@@ -144,6 +150,16 @@ def render(
             token["autoredirect"] = False  # 3.x only: keep the realm we publish, never rewrite it per request
         config["auth"] = {"token": token}
     return config
+
+
+def redis(spec: RegistrySpec) -> dict[str, Any]:
+    """The `redis` section: 2.8 takes one `addr`, 3.x go-redis's universal options (`addrs`, a list). The
+    password comes through the environment (`REDIS_PASSWORD_ENV`), which both versions read over the file."""
+    assert spec.redis is not None
+    timeouts = {k: REDIS_TIMEOUT for k in ("dialtimeout", "readtimeout", "writetimeout")}
+    if spec.version == "2.8":
+        return {"addr": spec.redis.address, "db": spec.redis.db, **timeouts}
+    return {"addrs": [spec.redis.address], "db": spec.redis.db, **timeouts}
 
 
 def dump(config: dict[str, Any]) -> str:

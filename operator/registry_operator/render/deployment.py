@@ -93,6 +93,14 @@ def _probe(spec: RegistrySpec, period: int, failures: int) -> Obj:
     }
 
 
+def redis_password(spec: RegistrySpec) -> list[Obj]:
+    """The Redis password, from the user's Secret through the environment (see render/config.redis)."""
+    if spec.redis is None or spec.redis.password_ref is None:
+        return []
+    ref = spec.redis.password_ref
+    return [{"name": cfg.REDIS_PASSWORD_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+
+
 def _strategy(spec: RegistrySpec) -> Obj:
     if spec.storage.claim is not None and not spec.storage.shared:
         # A ReadWriteOnce claim cannot be attached to the old and the new pod at once.
@@ -126,6 +134,7 @@ def deployment(spec: RegistrySpec, material: Material, config_text: str, owner: 
                 "name": "REGISTRY_HTTP_SECRET",
                 "valueFrom": {"secretKeyRef": {"name": names_.http_secret, "key": "secret"}},
             },
+            *redis_password(spec),
             *cfg.env(spec, material.upstream),
         ],
         "ports": [

@@ -5,6 +5,11 @@ way" (the registry is rendered read-only while it exists), and it is resumed onl
 serves read-only. With a ReadWriteOnce claim the volume is attached to the registry pod's node, so the
 resumed Job is pinned there (a bucket or a ReadWriteMany claim needs no pinning); a suspended Job that never
 ran may still change its scheduling fields, which is what makes pinning at resume possible.
+
+With `spec.redis` the registry's blob-descriptor cache outlives the pods' restart, so garbage-collect runs as
+an init container and the Job's container then flushes that cache (registry_operator.cacheflush, from the
+operator's image): the Job only completes, and the registry only goes read-write, once both have succeeded.
+A dry run deletes nothing, so it flushes nothing.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ from ..names import COMPONENT_GC, ChildNames
 from ..spec import RegistrySpec
 from . import config as cfg
 from .common import Obj, metadata
-from .deployment import volumes
+from .deployment import redis_password, volumes
 from .pod import container_security_context, pod_security_context, resources, scheduling, service_account
 
 # Longer than any collection should take; past it the Job fails and the registry returns to read-write.
 DEADLINE_SECONDS = 6 * 3600
 _MOUNTS = {"config", "data", "tmp"}  # the config and the storage: no TLS key, no passwords
+FLUSH_RESOURCES = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}
 
 
 def args(spec: RegistrySpec) -> list[str]:
@@ -42,6 +48,24 @@ def _pinned(spec: RegistrySpec, node: str | None) -> dict[str, Any]:
     return out
 
 
+def flush_container(spec: RegistrySpec, operator_image: str) -> Obj | None:
+    """The container that empties the Redis cache after a collection, if there is one to empty."""
+    if spec.redis is None or spec.garbage_collection.dry_run:
+        return None
+    container: Obj = {
+        "name": "flush-cache",
+        "image": operator_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", "registry_operator.cacheflush"],
+        "args": ["--address", spec.redis.address, "--db", str(spec.redis.db)],
+        "resources": FLUSH_RESOURCES,
+        "securityContext": container_security_context(),
+    }
+    if password := redis_password(spec):
+        container["env"] = password
+    return container
+
+
 def job(
     spec: RegistrySpec,
     owner: Mapping[str, Any],
@@ -49,6 +73,7 @@ def job(
     scheduled: str | None,
     suspend: bool,
     node: str | None,
+    operator_image: str,
 ) -> Obj:
     """`request`: the gc-requested value it serves; `scheduled`: the schedule tick it serves (either may be
     None); both are kept on the Job so an operator restarted mid-way knows what the run was for."""
@@ -67,6 +92,8 @@ def job(
     }
     if cfg.env(spec):  # an empty list is not stored, and would never compare equal
         container["env"] = cfg.env(spec)
+    flush = flush_container(spec, operator_image)
+    containers = {"initContainers": [container], "containers": [flush]} if flush else {"containers": [container]}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -82,7 +109,7 @@ def job(
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": pod_security_context(),
-                    "containers": [container],
+                    **containers,
                     "volumes": [v for v in all_volumes if v["name"] in _MOUNTS],
                     **service_account(spec),
                     **_pinned(spec, node),
