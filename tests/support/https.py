@@ -51,6 +51,7 @@ def request(
     *,
     auth: tuple[str, str] | None = None,
     headers: dict[str, str] | None = None,
+    body: bytes | None = None,
 ) -> Response:
     host, port = address.rsplit(":", 1)
     conn = VerifiedHTTPSConnection(host, int(port), tls_context(ca_pem), server_hostname)
@@ -58,7 +59,7 @@ def request(
     if auth is not None:
         hdrs["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
     try:
-        conn.request(method, path, headers=hdrs)
+        conn.request(method, path, body=body, headers=hdrs)
         resp = conn.getresponse()
         return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
     finally:

@@ -13,7 +13,8 @@ registry, ``--listen``/``--metrics-listen`` for the token service). A pod with `
 gets what the ServiceAccount admission plugin and the kubelet give it: its ServiceAccount's token (TokenRequest,
 the plugin's 3607 s), ``ca.crt`` and ``namespace`` at ``/var/run/secrets/kubernetes.io/serviceaccount``, and
 ``KUBERNETES_SERVICE_HOST``/``PORT`` naming the API server, here on loopback. Anything else it cannot reproduce (unknown
-volume types, initContainers, unknown images or fields) raises ``Unfaithful`` rather than being approximated.
+volume types, initContainers of a pod that is start()ed, unknown images or fields) raises ``Unfaithful`` rather
+than being approximated.
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ _POD_FIELDS = {
     "containers", "volumes", "securityContext", "restartPolicy", "terminationGracePeriodSeconds", "dnsPolicy",
     "schedulerName", "serviceAccountName", "serviceAccount", "automountServiceAccountToken",
     "enableServiceLinks", "affinity", "nodeSelector", "tolerations", "topologySpreadConstraints",
-    "priorityClassName", "imagePullSecrets",
+    "priorityClassName", "imagePullSecrets", "initContainers",
 }  # fmt: skip
 _CONTAINER_FIELDS = {
     "name", "image", "command", "args", "env", "envFrom", "volumeMounts", "ports", "securityContext",
@@ -384,11 +385,9 @@ class PodRunner:
         self.argv: list[str] = []  # what the container runs (argv[0] as the image names it), set by start()
         self.env: dict[str, str] = {}
         pod = self.template["spec"]
-        if pod.get("initContainers"):
-            raise Unfaithful("initContainers are not run by this harness")
         if unknown := _present(pod) - _POD_FIELDS:
             raise Unfaithful(f"pod spec fields not reproduced: {sorted(unknown)}")
-        self.container = self._pick_container(pod["containers"], container)
+        self.container = self._pick_container(pod["containers"], pod.get("initContainers") or [], container)
         if unknown := _present(self.container) - _CONTAINER_FIELDS:
             raise Unfaithful(f"container fields not reproduced: {sorted(unknown)}")
         self.program = resolve_image(self.container["image"])
@@ -404,13 +403,16 @@ class PodRunner:
         self.log_path = self._pod_dir / "container.log"
 
     @staticmethod
-    def _pick_container(containers: list[dict[str, Any]], name: str | None) -> dict[str, Any]:
+    def _pick_container(containers: list[dict[str, Any]], init: list[dict[str, Any]], name: str | None
+                        ) -> dict[str, Any]:
+        """The only container, or the one named; an init container only by name, to run() to its end (the
+        caller runs a Job's containers in order)."""
         if name is None and len(containers) == 1:
             return containers[0]
-        for c in containers:
+        for c in [*init, *containers]:
             if c["name"] == name:
                 return c
-        raise Unfaithful(f"container {name!r} not found among {[c['name'] for c in containers]}")
+        raise Unfaithful(f"container {name!r} not found among {[c['name'] for c in [*init, *containers]]}")
 
     def _security(self, key: str) -> Any:
         value = self.container_security.get(key)
@@ -628,6 +630,8 @@ class PodRunner:
         ``server_hostname`` defaults to the Service name ``<name>.<namespace>.svc``, which the operator's
         certificate must carry. A registry that serves plain HTTP (a mistyped TLS key) fails here.
         """
+        if self.template["spec"].get("initContainers"):
+            raise Unfaithful("a pod with initContainers: start() would skip them")
         env = self._env()
         argv = self._argv(env)
         self._spawn(argv, self._listen(argv, env), env)
@@ -636,10 +640,13 @@ class PodRunner:
     def run(self, timeout: float = 120) -> int:
         """Run a container that ends by itself (a Job's) to its end; its exit code.
 
-        Only the registry's `garbage-collect` is understood: it opens no listener, so nothing is moved."""
+        Only the registry's `garbage-collect` and the operator image's cache flush are understood: they open no
+        listener, so nothing is moved. A Job's containers (init ones first) are each run by their own runner."""
         env = self._env()
         argv = self._argv(env)
-        if self.program.kind != "registry" or argv[1:2] != ["garbage-collect"]:
+        collect = self.program.kind == "registry" and argv[1:2] == ["garbage-collect"]
+        flush = self.program.kind == "operator" and argv[1:3] == ["-m", "registry_operator.cacheflush"]
+        if not (collect or flush):
             raise Unfaithful(f"run-to-completion of {argv} not reproduced")
         self._spawn(argv, [*self.program.executables[argv[0]], *argv[1:]], env)
         assert self.process is not None
