@@ -22,7 +22,7 @@ def _config(objects):
 
 
 @pytest.mark.parametrize(("version", "section"), [
-    ("3", {"addrs": ["redis.cache.svc:6379"], "db": 3}),
+    ("3", {"addrs": ["redis.cache.svc:6379"], "db": 3, "maxretries": -1}),
     ("2.8", {"addr": "redis.cache.svc:6379", "db": 3}),
 ])
 def test_config_names_redis_as_the_cache_per_version(pipeline, version, section):

@@ -159,7 +159,9 @@ def redis(spec: RegistrySpec) -> dict[str, Any]:
     timeouts = {k: REDIS_TIMEOUT for k in ("dialtimeout", "readtimeout", "writetimeout")}
     if spec.version == "2.8":
         return {"addr": spec.redis.address, "db": spec.redis.db, **timeouts}
-    return {"addrs": [spec.redis.address], "db": spec.redis.db, **timeouts}
+    # go-redis retries a failed command 3 times with backoff: with Redis down every blob lookup took about
+    # 590 ms instead of 2 ms before falling back to storage. A cache miss is cheap; no retries.
+    return {"addrs": [spec.redis.address], "db": spec.redis.db, "maxretries": -1, **timeouts}
 
 
 def dump(config: dict[str, Any]) -> str:
