@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
+import secrets
 import shutil
 import subprocess
 import time
@@ -26,39 +26,50 @@ import pytest
 from lightkube import ApiError
 from lightkube.resources.batch_v1 import Job
 from lightkube.types import PatchType
+from localcluster import log_tail, pick_free_ports, set_pdeathsig, terminate
 
 from registry_operator.names import GC_REQUESTED
 from tests.support import https, ociimage
 from tests.support.clients import Crane
 from tests.support.deployed import VERSIONS, DeployedRegistry, create_registry, wait_for
-from tests.support.podrunner import ApiSources, PodRunner, free_port
+from tests.support.podrunner import ApiSources, PodRunner
 
-pytestmark = pytest.mark.parametrize("version", sorted(VERSIONS), ids=VERSIONS.get)
-REDIS_SERVER = shutil.which("redis-server")
+REDIS_SERVER, REDIS_CLI = shutil.which("redis-server"), shutil.which("redis-cli")
+pytestmark = [
+    pytest.mark.skipif(not (REDIS_SERVER and REDIS_CLI),
+                       reason="redis-server not found: Debian's redis-server package (hack/install-deps installs it)"),
+    pytest.mark.parametrize("version", sorted(VERSIONS), ids=VERSIONS.get),
+]  # fmt: skip
 REDIS_DB = 1
 
 
 class Redis:
     """A redis-server on a loopback port, configured as the CRD asks (allkeys-lru, a maxmemory, no
-    persistence), a direct child of the test and stopped by its PID."""
+    persistence), with a password, stopped by PID at the end."""
 
     def __init__(self, workdir: Path, password: str) -> None:
-        self.port = free_port()
+        self.port = pick_free_ports(["redis"])["redis"]
         self.password = password
-        argv = [str(REDIS_SERVER), "--bind", "127.0.0.1", "--port", str(self.port), "--requirepass", password,
-                "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru", "--save", "", "--appendonly", "no",
-                "--dir", str(workdir)]  # fmt: skip
-        self.log = workdir / "redis.log"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-        wait_for(lambda: self.cli("PING") == "PONG", "redis-server answering", timeout=10)
+        self.log_path = workdir / "redis.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [str(REDIS_SERVER), "--bind", "127.0.0.1", "--port", str(self.port), "--requirepass", password,
+                 "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru", "--save", "", "--appendonly", "no",
+                 "--dir", str(workdir)],
+                cwd=workdir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, preexec_fn=set_pdeathsig,
+            )  # fmt: skip
+        wait_for(self._ready, "redis-server answering", timeout=10)
+
+    def _ready(self) -> bool:
+        assert self.process.poll() is None, f"redis-server exited:\n{log_tail(self.log_path, 30)}"
+        return self.cli("PING") == "PONG"
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def cli(self, *args: str) -> str:
-        result = subprocess.run(["redis-cli", "-p", str(self.port), "-n", str(REDIS_DB), "--no-auth-warning",
+        result = subprocess.run([str(REDIS_CLI), "-p", str(self.port), "-n", str(REDIS_DB), "--no-auth-warning",
                                  "-a", self.password, *args], capture_output=True, text=True, timeout=10)  # fmt: skip
         return result.stdout.strip()
 
@@ -66,16 +77,12 @@ class Redis:
         return int(self.cli("DBSIZE") or -1)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
+        terminate(self.process.pid, popen=self.process)
 
 
 @pytest.fixture
 def redis(tmp_path: Path) -> Iterator[Redis]:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed (hack/install-deps installs Debian's)")
-    server = Redis(tmp_path, base64.b32encode(hashlib.sha256(str(tmp_path).encode()).digest()).decode()[:24])
+    server = Redis(tmp_path, secrets.token_hex(16))
     yield server
     server.stop()
 
@@ -211,6 +218,7 @@ def test_two_replicas_share_uploads_and_a_redis_cache_flushed_after_gc(
             Crane(tmp_path / f"no-redis-{n}", ca, runner.address, creds).run(
                 "pull", "--format=oci", f"{runner.address}/e2e/ha:kept", str(tmp_path / f"no-redis-{n}"))
         assert per_lookup_ms < 300, f"{per_lookup_ms:.0f} ms per blob lookup without Redis"
+        assert all(https.request(r.address, ca, reg.host, "GET", "/").status == 200 for r in (a, b))  # still Ready
         print(f"{version}: Ready and two replicas serving {ready - started:.2f}s; whole test "
               f"{time.monotonic() - started:.2f}s; flush {flush_seconds:.2f}s; stale before flush: "
               f"{stale.count(200)}/{len(stale)} HEADs; blob HEAD without Redis {per_lookup_ms:.1f} ms")
