@@ -148,12 +148,14 @@ def compute(
     pull_problems: Sequence[Problem] | None = None,
     upstream_problems: Sequence[Problem] | None = None,
     node_problems: Sequence[Problem] | None = None,
+    redis_problems: Sequence[Problem] | None = None,
 ) -> Obj:
     """The Registry's status. `workloads`: Deployment name -> live object; `published`: endpoint, Secrets;
     `retrying`: a write failed and will be tried again; `pull_problems`: what keeps the pull Secrets from being
     everywhere spec.pullSecrets asks (None: no pull Secrets asked for); `upstream_problems`: what the probe of
     a pull-through cache's upstream found (None: not a cache, or not probed); `node_problems`: what keeps the
-    trust of spec.nodeTrust from the nodes (None: not asked for)."""
+    trust of spec.nodeTrust from the nodes (None: not asked for); `redis_problems`: what the probe of spec.redis
+    found (see redisprobe; None: no Redis, or not probed)."""
     problems = [*problems, *_config_problems(spec)]
     rollouts = {name: Rollout.of(obj) for name, obj in workloads.items()}
     progressing, rollout_reason, rollout_message = _rollout_state(rollouts)
@@ -209,6 +211,13 @@ def compute(
         conditions.append(
             _condition("Upstream", False, upstream_problems[0].reason, upstream_problems[0].message, generation)
             if upstream_problems else _condition("Upstream", True, "Reachable", upstream_message(spec), generation))
+
+    if spec.redis is not None and redis_problems is not None:
+        # Its own condition, not Degraded: without its cache the registry serves from storage, only slower.
+        conditions.append(
+            _condition("Redis", False, redis_problems[0].reason, redis_problems[0].message, generation)
+            if redis_problems else _condition("Redis", True, "Reachable", f"blob-descriptor cache in Redis "
+                                              f"{spec.redis.address} db {spec.redis.db}", generation))
 
     stamped = _stamp(conditions, (previous or {}).get("conditions") or (), now)
     status: Obj = {
@@ -285,7 +294,7 @@ def transitions(previous: Mapping[str, Any] | None, current: Mapping[str, Any]) 
         if (old.get("status"), old.get("reason")) == (c["status"], c["reason"]):
             continue
         if (c["type"] in ("Degraded", "Warning") and c["status"] == "True") or (
-                c["type"] in ("PullSecrets", "Upstream", "NodeTrust") and c["status"] == "False"):
+                c["type"] in ("PullSecrets", "Upstream", "NodeTrust", "Redis") and c["status"] == "False"):
             events.append(("Warning", c["reason"], c["message"]))
         elif c["type"] == "Ready" and c["status"] == "True":
             events.append(("Normal", "Ready", c["message"]))

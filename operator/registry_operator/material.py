@@ -63,6 +63,7 @@ class Material:
     robot: robot.Robot | None = None  # the pull Secrets' credential (spec.pullSecrets), see `robot`
     upstream: Mapping[str, bytes] | None = None  # spec.proxy: `username`, `password`, `ca.crt` as far as given
     s3_credentials_digest: str | None = None  # of the S3 key pair the pods read at start (see `_s3_credentials`)
+    redis_password: str | None = None  # spec.redis.passwordSecretRef's value, for the operator's probe only
     problems: tuple[Problem, ...] = field(default_factory=tuple)
     rotations: tuple[Rotation, ...] = field(default_factory=tuple)
 
@@ -368,17 +369,21 @@ def _token(
     return signing, trust, tls
 
 
-def _redis_password(spec: RegistrySpec, observed: Secrets, problems: list[Problem]) -> None:
-    """A Redis password Secret the pods cannot read keeps them from starting (the kubelet refuses an env var
-    from a missing Secret or key): say so, instead of leaving a rollout that never ends unexplained."""
+def _redis_password(spec: RegistrySpec, observed: Secrets, problems: list[Problem]) -> str | None:
+    """The Redis password, for the operator's probe (the pods read it from the Secret themselves). A Secret the
+    pods cannot read keeps them from starting (the kubelet refuses an env var from a missing Secret or key):
+    say so, instead of leaving a rollout that never ends unexplained."""
     ref = spec.redis.password_ref if spec.redis else None
     if ref is None:
-        return
+        return None
     data = observed.get(ref.name)
     if data is None:
         problems.append(Problem("RedisPasswordSecretNotFound", f"redis: Secret {ref.name!r} does not exist"))
     elif ref.key not in data:
         problems.append(Problem("RedisPasswordSecretKeyMissing", f"redis: Secret {ref.name!r} has no key {ref.key!r}"))
+    else:
+        return data[ref.key].decode(errors="replace")
+    return None
 
 
 def decide(
@@ -405,7 +410,7 @@ def decide(
         if retire:
             bot = bot.retire()
     accounts = _accounts(spec.auth, observed, names, problems, {c.user: c.password for c in bot.valid} if bot else {})
-    _redis_password(spec, observed, problems)
+    redis_password = _redis_password(spec, observed, problems)
 
     token = spec.auth.own_token_service
     needs_ca = spec.tls.mode == "SelfSigned" or (token and spec.tls_enabled)
@@ -449,6 +454,7 @@ def decide(
         robot=bot,
         upstream=upstream,
         s3_credentials_digest=s3_digest,
+        redis_password=redis_password,
         problems=tuple(problems),
         rotations=tuple(rotations),
     )

@@ -37,6 +37,7 @@ from . import (
     metrics,
     pki,
     pullsecrets,
+    redisprobe,
     render,
     robot,
     upstream,
@@ -272,13 +273,18 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         found = await upstream.probe(spec.proxy, mat.upstream, spec.version)
         upstream_problems = [found] if found else []
 
+    redis_problems = None
+    if spec.redis is not None and (spec.redis.password_ref is None or mat.redis_password is not None):
+        found = await redisprobe.probe(spec.redis, mat.redis_password)
+        redis_problems = [found] if found else []
+
     workload_names = [names.deployment] + ([names.token] if spec.auth.own_token_service else [])
     workloads = {n: applied.live.get(("Deployment", n)) for n in workload_names}
     status = conditions.compute(
         spec, generation, [*mat.problems, *applied.problems], workloads, published,
         body.get("status"), now, retrying=bool(applied.retry), pull_problems=pull_problems,
         upstream_problems=upstream_problems,
-        node_problems=node_problems,
+        node_problems=node_problems, redis_problems=redis_problems,
     )
     if gc.status is not None:
         status["garbageCollection"] = gc.status

@@ -1,7 +1,8 @@
 """Two registry replicas on one storage directory with their blob-descriptor cache in a real Redis (Debian's
 redis-server on 127.0.0.1, password-protected): an upload started on one replica finishes on the other, the
 image pulls from both, after a garbage collection the GC Job's flush leaves no deleted blob served from the
-cache, and with Redis stopped both keep serving from storage.
+cache, and with Redis stopped both keep serving from storage. The operator's probe of that Redis (password,
+allkeys-lru) reports it Reachable in the `Redis` condition.
 
 podrunner plays the kubelet for both registry pods (one claim directory, as a ReadWriteMany volume) and for
 the GC Job's two containers, in order. kwok would complete the Job's pod at once without running anything;
@@ -146,6 +147,8 @@ def test_two_replicas_share_uploads_and_a_redis_cache_flushed_after_gc(
     try:
         a, b = reg.start_pod(), reg.start_pod()
         ready = time.monotonic()
+        redis_condition = {c["type"]: c for c in reg.get()["status"]["conditions"]}["Redis"]
+        assert (redis_condition["status"], redis_condition["reason"]) == ("True", "Reachable"), redis_condition
         ca, creds = reg.ca_pem(), ("alice", reg.passwords()["alice"])
 
         # A blob upload started on A (POST, PATCH) and finished on B (PUT): the shared http secret.

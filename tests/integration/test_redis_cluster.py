@@ -1,17 +1,26 @@
-"""spec.redis on the real API server: what the schema refuses, what the operator renders from it, and a
-missing password Secret reported as Degraded until it appears."""
+"""spec.redis on the real API server: what the schema refuses, what the operator renders from it, a missing
+password Secret reported as Degraded until it appears, and an unreachable Redis in the `Redis` condition (a
+closed loopback port: never DNS)."""
 
 from __future__ import annotations
 
 import base64
+import socket
 
 import pytest
 import yaml
-from registries import condition, get, is_ready, manifest
+from registries import condition, get, is_ready, manifest, registry
 
 USERS = {"auth": {"users": [{"name": "alice"}]}}
 CLAIM = {"storage": {"persistentVolumeClaim": {"size": "1Gi"}}}
-REDIS = {"address": "redis.cache.svc:6379", "db": 2, "passwordSecretRef": {"name": "redis-auth", "key": "pw"}}
+
+
+def _closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        return server.getsockname()[1]
+
+
+REDIS = {"address": f"127.0.0.1:{_closed_port()}", "db": 2, "passwordSecretRef": {"name": "redis-auth", "key": "pw"}}
 
 
 @pytest.mark.parametrize(
@@ -40,7 +49,7 @@ def test_redis_cache_rendered_and_a_missing_password_secret_reported(
                         and c, timeout=60, what="Degraded while the password Secret is missing")  # fmt: skip
     assert degraded["reason"] == "RedisPasswordSecretNotFound", degraded
     config = yaml.safe_load(get(kube_client, "ConfigMap", "reg-config", namespace)["data"]["config.yml"])
-    assert config["redis"]["addrs"] == ["redis.cache.svc:6379"] and config["redis"]["db"] == 2
+    assert config["redis"]["addrs"] == [REDIS["address"]] and config["redis"]["db"] == 2
     assert config["storage"]["cache"]["blobdescriptor"] == "redis" and "password" not in config["redis"]
     pod = get(kube_client, "Deployment", "reg", namespace)["spec"]["template"]["spec"]
     env = {e["name"]: e for e in pod["containers"][0]["env"]}
@@ -52,3 +61,6 @@ def test_redis_cache_rendered_and_a_missing_password_secret_reported(
     wait_for(lambda: is_ready(kube_client, "reg", namespace)
              and condition(kube_client, "reg", namespace, "Degraded")["status"] == "False",
              timeout=60, what="Ready and no longer Degraded once the Secret exists")  # fmt: skip
+    redis = condition(kube_client, "reg", namespace, "Redis")
+    assert (redis["status"], redis["reason"]) == ("False", "RedisUnreachable"), redis  # Ready all the same
+    assert "redis-password" not in str(registry(kube_client, "reg", namespace))

@@ -1,6 +1,9 @@
 """spec.redis: the blob-descriptor cache in a user's Redis, rendered for 2.8 and 3.x, its password kept out of
-the ConfigMap, a missing password Secret reported, and the GC Job that flushes it after a collection."""
+the ConfigMap, a missing password Secret reported, the GC Job that flushes it after a collection, and the
+probe behind the `Redis` condition."""
 
+import asyncio
+import datetime as dt
 import socket
 import threading
 
@@ -8,7 +11,7 @@ import pytest
 import yaml
 from builders import OWNER, by_key
 
-from registry_operator import cacheflush, material, observe, spec
+from registry_operator import cacheflush, conditions, material, observe, redisprobe, spec
 from registry_operator.render import garbage_collection as gc_render
 
 CLAIM = {"persistentVolumeClaim": {"accessModes": ["ReadWriteMany"]}}
@@ -113,3 +116,50 @@ def test_flush_speaks_resp_and_reports_refusals_without_the_password():
     with pytest.raises(cacheflush.RedisError, match="not host:port"):
         cacheflush.flush("redis", 0, None)
     assert cacheflush.split_address("[::1]:6379") == ("::1", 6379)
+
+
+def _probe(replies: list[bytes], password: str | None = None):
+    server = _FakeRedis(replies)
+    found = asyncio.run(redisprobe.probe(spec.Redis(server.address, 3), password))
+    server.thread.join(5)
+    return found, server.received
+
+
+def _info(policy: str) -> bytes:
+    body = f"# Memory\r\nused_memory:1024\r\nmaxmemory:67108864\r\nmaxmemory_policy:{policy}\r\n".encode()
+    return b"$%d\r\n%s\r\n" % (len(body), body)
+
+
+def test_probe_accepts_a_cache_and_names_what_is_wrong_without_the_password():
+    found, sent = _probe([b"+OK\r\n", b"+OK\r\n", _info("allkeys-lru")], "pw")
+    assert found is None and sent.endswith(b"*2\r\n$4\r\nINFO\r\n$6\r\nmemory\r\n")
+    found, _ = _probe([b"+OK\r\n", _info("noeviction")])
+    assert found.reason == "RedisNotACache" and "noeviction" in found.message
+    found, _ = _probe([b"-WRONGPASS invalid username-password pair\r\n"], "the-wrong-password")
+    assert found.reason == "RedisAuthFailed" and "the-wrong-password" not in found.message
+    found, _ = _probe([b"-NOAUTH Authentication required.\r\n"])
+    assert found.reason == "RedisAuthRequired"
+    closed = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    assert asyncio.run(redisprobe.probe(spec.Redis(address), None)).reason == "RedisUnreachable"
+
+
+def test_redis_condition_is_its_own_and_warns_when_false():
+    s = spec.parse("reg", "ns", RAW)
+    deployment = {"metadata": {"generation": 1}, "spec": {"replicas": 2}, "status": {
+        "observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "readyReplicas": 2, "availableReplicas": 2}}
+    now = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+
+    def status(problems):
+        return conditions.compute(s, 1, [], {"reg": deployment}, {"endpoint": "reg.ns.svc:5000"}, None, now,
+                                  redis_problems=problems)
+
+    up = {c["type"]: c for c in status([])["conditions"]}
+    assert up["Redis"]["status"] == "True" and "redis.cache.svc:6379 db 3" in up["Redis"]["message"]
+    down = status([material.Problem("RedisUnreachable", "Redis redis.cache.svc:6379: cannot connect")])
+    found = {c["type"]: c for c in down["conditions"]}
+    assert found["Redis"]["reason"] == "RedisUnreachable" and found["Ready"]["status"] == "True"  # storage serves
+    assert ("Warning", "RedisUnreachable", "Redis redis.cache.svc:6379: cannot connect") in conditions.transitions(
+        status([]), down)
+    assert "Redis" not in {c["type"] for c in status(None)["conditions"]}  # not probed: nothing said
