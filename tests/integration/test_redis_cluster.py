@@ -10,6 +10,9 @@ import socket
 import pytest
 import yaml
 from registries import condition, get, is_ready, manifest, registry
+from test_safe_writes import run
+
+from registry_operator.reconcile import reconcile
 
 USERS = {"auth": {"users": [{"name": "alice"}]}}
 CLAIM = {"storage": {"persistentVolumeClaim": {"size": "1Gi"}}}
@@ -64,3 +67,20 @@ def test_redis_cache_rendered_and_a_missing_password_secret_reported(
     redis = condition(kube_client, "reg", namespace, "Redis")
     assert (redis["status"], redis["reason"]) == ("False", "RedisUnreachable"), redis  # Ready all the same
     assert "redis-password" not in str(registry(kube_client, "reg", namespace))
+
+
+def test_replicas_with_redis_settle_with_no_writes(cluster, kube_client, kubeconfig, namespace, wait_for):
+    """Spread constraints, the password's secretKeyRef and the probe's condition add nothing to rewrite."""
+    password = base64.b64encode(b"redis-password").decode()
+    cluster.apply(f"apiVersion: v1\nkind: Secret\nmetadata:\n  name: redis-auth\n  namespace: {namespace}\n"
+                  f"data:\n  pw: {password}\n")  # fmt: skip
+    shared = {"storage": {"persistentVolumeClaim": {"size": "1Gi", "accessModes": ["ReadWriteMany"]}}}
+    cluster.apply(manifest("reg", namespace, {**USERS, **shared, "replicas": 2, "redis": REDIS}))
+    first = run(kubeconfig, lambda ctx: reconcile(ctx, namespace, "reg"))
+    assert ("Deployment", "reg") in first.written
+    wait_for(lambda: (get(kube_client, "Deployment", "reg", namespace).get("status") or {}).get("availableReplicas")
+             == 2, what="two replicas available")  # fmt: skip
+    run(kubeconfig, lambda ctx: reconcile(ctx, namespace, "reg"))  # status catches up with the rollout
+    settled = run(kubeconfig, lambda ctx: reconcile(ctx, namespace, "reg"))
+    assert settled.written == [] and not settled.status_written
+    assert condition(kube_client, "reg", namespace, "Redis")["reason"] == "RedisUnreachable"
