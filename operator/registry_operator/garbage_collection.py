@@ -133,7 +133,13 @@ def plan(spec: RegistrySpec, body: Mapping[str, Any], job: Mapping[str, Any] | N
             created = job["metadata"].get("creationTimestamp")
             timeout = (_time(created) + READ_ONLY_TIMEOUT - now).total_seconds() if suspended and created else None
             return Plan(True, (request, scheduled) if suspended else None, False, status, timeout)
-        status.update(lastResult=outcome.result, lastMessage=outcome.message)
+        message = outcome.message
+        ran = not (job.get("spec") or {}).get("suspend")
+        if outcome.result == FAILED and ran and spec.redis is not None and not gc.dry_run:
+            # Either container may have failed: after garbage-collect, an unflushed cache serves deleted blobs.
+            message += (f"; the Redis cache ({spec.redis.address} db {spec.redis.db}) may still describe deleted "
+                        "blobs: request another collection (it flushes again) or FLUSHDB it by hand")
+        status.update(lastResult=outcome.result, lastMessage=message)
         for key, value in (("lastStartTime", outcome.start), ("lastEndTime", outcome.end),
                            ("lastRequest", request), ("lastScheduleTime", scheduled)):
             if value:

@@ -1,5 +1,6 @@
 """Garbage collection decided from what exists: the Job (or its absence), the request annotation, last status."""
 
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -106,6 +107,14 @@ def test_failed_job_releases_read_only_with_a_warning():
     assert not plan.hold_read_only and plan.delete_job
     assert plan.status["lastResult"] == "Failed" and "DeadlineExceeded: too long" in plan.status["lastMessage"]
     assert gc.events({"phase": gc.COLLECTING}, plan.status)[0][:2] == ("Warning", "GarbageCollectionFailed")
+
+
+def test_a_failed_run_with_redis_says_the_cache_may_be_stale():
+    redis = dataclasses.replace(reg(), redis=spec.Redis("10.0.0.9:6379", 2))
+    plan = gc.plan(redis, body("r1"), job(condition=("Failed", "BackoffLimitExceeded", "pod failed")), NOW)
+    assert "Redis cache (10.0.0.9:6379 db 2) may still describe deleted blobs" in plan.status["lastMessage"]
+    timed_out = gc.plan(redis, body("r1"), job(suspend=True, created=NOW - gc.READ_ONLY_TIMEOUT), NOW)
+    assert "Redis" not in timed_out.status["lastMessage"]  # it never ran: nothing collected, nothing stale
 
 
 def test_read_only_switch_that_takes_too_long_is_abandoned_read_write():
