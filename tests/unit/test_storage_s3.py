@@ -69,7 +69,8 @@ def test_workload_identity_runs_the_pods_as_the_named_service_account_without_it
     s, _, objects = pipeline.run(raw)
     pod = _pod(objects)
     assert pod["serviceAccountName"] == "registry-s3" and pod["automountServiceAccountToken"] is False
-    job = gc_render.job(s, OWNER, "r1", None, suspend=False, node=None, operator_image="img")["spec"]["template"]["spec"]
+    job = gc_render.job(s, OWNER, "r1", None, suspend=False, node=None, operator_image="img")
+    job = job["spec"]["template"]["spec"]
     assert job["serviceAccountName"] == "registry-s3" and job["automountServiceAccountToken"] is False
     _, _, plain = pipeline.run({**USERS, "storage": {"s3": {"bucket": "images"}}})
     assert "serviceAccountName" not in _pod(plain)
@@ -115,7 +116,8 @@ def test_garbage_collection_runs_on_a_bucket_unpinned_with_the_credentials(pipel
     annotated = {"metadata": {"annotations": {names.GC_REQUESTED: "now"}}}
     plan = garbage_collection.plan(s, annotated, None, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     assert plan.hold_read_only and plan.job == ("now", None)
-    pod = gc_render.job(s, OWNER, "now", None, suspend=False, node=None, operator_image="img")["spec"]["template"]["spec"]
+    job = gc_render.job(s, OWNER, "now", None, suspend=False, node=None, operator_image="img")
+    pod = job["spec"]["template"]["spec"]
     assert "affinity" not in pod and {v["name"] for v in pod["volumes"]} == {"config", "tmp"}
     env = {e["name"] for e in pod["containers"][0]["env"]}
     assert {"REGISTRY_STORAGE_S3_ACCESSKEY", "REGISTRY_STORAGE_S3_SECRETKEY"} <= env
