@@ -11,7 +11,7 @@ from cryptography import x509
 from registry_operator import conditions, material, pki, spec
 from registry_operator.config import Config, load
 from registry_operator.names import APPLIED_HASH, LABEL_NODE_TRUST_OF, NODE_AGENT
-from registry_operator.nodetrust import DATA_CA, DATA_HOSTS, files, publish
+from registry_operator.nodetrust import DATA_CA, DATA_HOSTS, DATA_MIRROR_OF, files, publish
 from registry_operator.nodetrust.agent import Agent
 
 NOW = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
@@ -203,3 +203,32 @@ def test_the_agent_writes_nothing_before_its_first_list_and_says_each_warning_on
     assert [r.message for r in caplog.records].count(
         f"{tmp_path / 'mine:1'}: the directory exists and was not made by this agent; left alone") == 1
 
+
+
+def test_a_cache_names_its_upstream_as_image_names_spell_it():
+    def mirror(url: str) -> str | None:
+        return publish.mirror_of(spec.parse("m", "ns", {"proxy": {"remoteURL": url}}))
+
+    assert mirror("https://registry-1.docker.io") == "docker.io"
+    assert mirror("https://quay.io:443") == "quay.io" and mirror("https://origin.corp:5000") == "origin.corp:5000"
+    assert publish.mirror_of(spec.parse("reg", "ns", {})) is None
+    s = spec.parse("m", "ns", {"proxy": {"remoteURL": "https://origin.corp:5000"}, "nodeTrust": {"enabled": True}})
+    assert publish.config_map(s, "u", "agents", CA, ["a:1"])["data"][DATA_MIRROR_OF] == "origin.corp:5000"
+    assert DATA_MIRROR_OF not in publish.config_map(s, "u", "agents", CA, [])["data"]  # nothing to mirror to
+
+
+def test_the_upstream_directory_sends_pulls_to_the_cache_first():
+    cache = cm("m", ["m.ns.svc:5000", "10.250.0.1:31000"], registry="ns/m")
+    cache["data"][DATA_MIRROR_OF] = "origin.corp:5000"
+    want, problems = files.desired([cache])
+    assert problems == [] and sorted(want) == ["10.250.0.1:31000", "m.ns.svc:5000", "origin.corp:5000"]
+    toml = want["origin.corp:5000"][files.HOSTS_TOML].decode()
+    assert 'server = "https://origin.corp:5000"' in toml  # the fallback when no mirror answers
+    # A node resolves the IP, not a cluster-only name: it is tried first.
+    assert toml.index('[host."https://10.250.0.1:31000"]') < toml.index('[host."https://m.ns.svc:5000"]')
+    assert toml.count('ca = "ca.crt"') == 2 and want["origin.corp:5000"][files.CA] == CA
+    # An upstream that an older Registry already publishes keeps its own directory.
+    origin = cm("o", ["origin.corp:5000"], registry="ns/origin")
+    origin["metadata"]["creationTimestamp"], cache["metadata"]["creationTimestamp"] = "2026-01-01", "2026-02-01"
+    want, problems = files.desired([origin, cache])
+    assert want["origin.corp:5000"][files.MARKER] == b"o\n" and "its mirror skipped" in problems[0]

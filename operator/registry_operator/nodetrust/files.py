@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..names import ANNOTATION_REGISTRY
-from . import DATA_CA, DATA_HOSTS, seniority
+from . import DATA_CA, DATA_HOSTS, DATA_MIRROR_OF, seniority
 
 MARKER = ".registry-operator"
 HOSTS_TOML = "hosts.toml"
@@ -30,6 +30,7 @@ Files = dict[str, bytes]  # file name -> content, within one host's directory
 # host:port as a directory name: a DNS name or IPv4 address, or a bracketed IPv6 address, and a port. Nothing
 # that could climb out of certs.d (no '/', no leading '.').
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):[0-9]{1,5}")
+_UPSTREAM = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?)(:[0-9]{1,5})?")  # port optional
 
 
 def hosts_toml(host: str, registry: str, ca: bool) -> str:
@@ -43,6 +44,20 @@ def hosts_toml(host: str, registry: str, ca: bool) -> str:
     ]
     if ca:
         lines.append(f'  ca = "{CA}"')
+    return "\n".join(lines) + "\n"
+
+
+def mirror_toml(upstream: str, mirrors: list[str], registry: str, ca: bool) -> str:
+    """containerd's hosts.toml for a pull-through cache's `upstream`: the cache's hosts first, in order (names
+    a node can resolve before cluster-only `*.svc` ones), then the upstream itself when none answers. The CA
+    in this directory is the cache's: the upstream, reached as a fallback, is checked against the node's
+    roots."""
+    lines = [f"# Written by registry-operator's node agent: Registry {registry} caches {upstream}.",
+             f'server = "https://{upstream}"']
+    for host in sorted(mirrors, key=lambda h: h.partition(":")[0].endswith(".svc")):
+        lines += ["", f'[host."https://{host}"]', '  capabilities = ["pull", "resolve"]']
+        if ca:
+            lines.append(f'  ca = "{CA}"')
     return "\n".join(lines) + "\n"
 
 
@@ -69,6 +84,20 @@ def desired(config_maps: Iterable[Mapping[str, Any]]) -> tuple[dict[str, Files],
             if ca:
                 files[CA] = ca.encode()
             out[host] = files
+        upstream = data.get(DATA_MIRROR_OF)
+        marker = f"{name}\n".encode()
+        mirrors = [h for h in (data.get(DATA_HOSTS) or "").split() if h in out and out[h][MARKER] == marker]
+        if upstream and mirrors:
+            if not _UPSTREAM.fullmatch(upstream):
+                problems.append(f"ConfigMap {name}: mirror of {upstream!r}, which is not a host[:port], skipped")
+            elif upstream in out:
+                problems.append(f"ConfigMap {name}: {upstream} is already published by "
+                                f"{out[upstream][MARKER].decode().strip()}, its mirror skipped")
+            else:
+                files = {HOSTS_TOML: mirror_toml(upstream, mirrors, registry, bool(ca)).encode(), MARKER: marker}
+                if ca:
+                    files[CA] = ca.encode()
+                out[upstream] = files
     return out, problems
 
 

@@ -21,6 +21,7 @@ the I/O.
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +46,7 @@ from ..names import (
 )
 from ..pullsecrets import endpoints
 from ..spec import RegistrySpec
-from . import DATA_CA, DATA_HOSTS, seniority
+from . import DATA_CA, DATA_HOSTS, DATA_MIRROR_OF, seniority
 
 Obj = dict[str, Any]
 AGENT_RECHECK_SECONDS = 60.0  # how soon a Registry waiting for the agent, or for a taken host, looks again
@@ -63,11 +64,23 @@ def hosts(spec: RegistrySpec, cluster_domain: str, service: Mapping[str, Any] | 
         spec.service.type == "NodePort" and h.endswith(f":{spec.service.port}") and not h.startswith(own))]
 
 
+def mirror_of(spec: RegistrySpec) -> str | None:
+    """The upstream of a pull-through cache as image names spell its host (the certs.d directory containerd
+    looks up): `host` or `host:port`, and Docker Hub's `registry-1.docker.io` as `docker.io`."""
+    if spec.proxy is None:
+        return None
+    host = urllib.parse.urlsplit(spec.proxy.remote_url).netloc.rpartition("@")[2].removesuffix(":443")
+    return "docker.io" if host in ("registry-1.docker.io", "index.docker.io") else host
+
+
 def config_map(spec: RegistrySpec, uid: str, namespace: str, ca_pem: bytes | None, names: list[str]) -> Obj:
     """The ConfigMap the agents read (with the intent hash, so a settled Registry costs no write)."""
     data = {DATA_HOSTS: "".join(f"{h}\n" for h in names)}
     if ca_pem:
         data[DATA_CA] = ca_pem.decode()
+    mirror = mirror_of(spec)
+    if mirror and names:
+        data[DATA_MIRROR_OF] = mirror
     return with_intent_hash({
         "apiVersion": "v1",
         "kind": "ConfigMap",
