@@ -54,9 +54,13 @@ def real_node_demo(client: Client, cluster: LocalCluster, namespace: str, name: 
         "auth": {"users": [{"name": "demo"}]},
         "nodeTrust": {"enabled": True},
     }
-    agent = RealNode.node_agent(cluster.render_manifests(REPO / "manifests" / "node-trust"), cluster.workdir)
-    cluster.apply(yaml.safe_dump_all(agent))
-    print("node agent: kubectl apply -k manifests/node-trust/, its hostPath the real node's certs.d")
+    if RealNode.shares_certs_dir(cluster.workdir):  # as users do, so their own apply later changes nothing
+        cluster.kubectl("apply", "-k", str(REPO / "manifests" / "node-trust"))
+        print("node agent: kubectl apply -k manifests/node-trust/ (/etc/containerd/certs.d is the node's certs.d)")
+    else:
+        agent = RealNode.node_agent(cluster.render_manifests(REPO / "manifests" / "node-trust"), cluster.workdir)
+        cluster.apply(yaml.safe_dump_all(agent))
+        print("node agent: manifests/node-trust/, its hostPath patched to the real node's certs.d")
     started = time.monotonic()
     client.apply(Registry(metadata={"name": name, "namespace": namespace}, spec=spec), force=True)
     reg = DeployedRegistry(client, namespace, name, work)

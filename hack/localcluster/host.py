@@ -29,7 +29,8 @@ SYSCTLS = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables", "vm/over
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 JOURNAL = Path("/run/registry-operator/real-node.json")
 HOST_PATHS = ("/var/lib/kubelet", "/var/log/containers", "/var/log/pods", "/var/lib/cni", "/run/containerd",
-              "/var/run/netns", "/run/netns", "/etc/cni", "/opt/cni", "/var/lib/containerd")  # fmt: skip
+              "/var/run/netns", "/run/netns", "/etc/cni", "/opt/cni", "/var/lib/containerd",
+              "/etc/containerd/certs.d")  # fmt: skip
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 IPTABLES = ("iptables", "ip6tables")
 TABLES = ("filter", "nat", "mangle")

@@ -58,6 +58,9 @@ KWOK_LABEL = "type=kwok"
 # this annotation with NODE_LABEL.
 NODE_SELECTOR_ANNOTATION = "scheduler.alpha.kubernetes.io/node-selector"
 CNI_BIN = Path("/usr/lib/cni")
+# The hostPath of manifests/node-trust/'s agent (containerd's usual config_path): the node's certs.d is mounted
+# there, so `kubectl apply -k manifests/node-trust/` unchanged, as the README says, works on this node too.
+HOST_CERTS_DIR = Path("/etc/containerd/certs.d")
 NODE_COMPONENTS = ("containerd", "coredns", "kubelet", "kube-proxy", netpol.NAME)  # start order
 Log = Callable[[str], None]
 
@@ -162,6 +165,14 @@ class RealNode:
         return workdir / "node" / "certs.d"
 
     @classmethod
+    def shares_certs_dir(cls, workdir: Path) -> bool:
+        """Whether HOST_CERTS_DIR is this node's certs.d (``up`` mounts it there unless the host has its own)."""
+        try:
+            return os.path.samefile(HOST_CERTS_DIR, cls.certs_dir(workdir))
+        except OSError:
+            return False
+
+    @classmethod
     def node_agent(cls, objects: list[dict], workdir: Path, namespace: str | None = None) -> list[dict]:
         """manifests/node-trust/ (its rendered ``objects``) for this node: the agent's hostPath is the node's
         certs.d, containerd's ``config_path`` here, and it runs on the real node only (not on kwok nodes). With
@@ -219,6 +230,7 @@ class RealNode:
         assert_egress_guard()  # before any pod can start
         self._write_pki_and_kubeconfigs()
         self._write_configs()
+        self._share_certs_dir(log)
         step = time.monotonic()
         self._start_containerd()
         _wait(lambda: self._alive("containerd") and self.ctr("version", check=False).returncode == 0, 30, "containerd")
@@ -357,6 +369,23 @@ class RealNode:
             f"    kubernetes cluster.local in-addr.arpa ip6.arpa {{\n        kubeconfig {self.cluster.kubeconfig}\n"
             "        pods insecure\n        ttl 5\n    }\n    cache 5\n}\n"
         )
+
+    def _share_certs_dir(self, log: Log) -> None:
+        """Mount the node's certs.d on HOST_CERTS_DIR, so the node agent installed exactly as users do (its
+        hostPath unpatched) writes what this containerd reads. Without it that agent created and filled the
+        host's /etc/containerd/certs.d, which no containerd here reads and which ``down`` did not remove, while
+        the Registry said ``Published``. The directory is in the journal's paths (absent before: removed by
+        ``down``) and the mount is recorded; a host that has its own is left alone (``RealNode.node_agent``
+        then patches the hostPath instead)."""
+        if HOST_CERTS_DIR.exists() or not HOST_CERTS_DIR.parent.is_dir():
+            log(
+                f"{HOST_CERTS_DIR} exists (or its parent does not): left alone; install the node agent with "
+                "RealNode.node_agent (its hostPath the node's certs.d), not manifests/node-trust/ as it is"
+            )
+            return
+        HOST_CERTS_DIR.mkdir()
+        run("mount", "--bind", str(self.certs_dir(self.cluster.workdir)), str(HOST_CERTS_DIR))
+        self.changes.add_mount(str(HOST_CERTS_DIR))
 
     def _start_containerd(self) -> None:
         """containerd sees our empty resolv.conf as /etc/resolv.conf (a mount namespace of its own): a registry

@@ -27,9 +27,10 @@ from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.types import PatchType
 from localcluster import namespace_manifest, netpol, volumes, wait_until
 from localcluster.binaries import REPO
+from localcluster.host import JOURNAL, HostChanges
 from localcluster.images import BUSYBOX_IMAGE, IMAGE_DIR, IMAGES
 from localcluster.network import NODE_IP, egress_guard_problem
-from localcluster.node import NODE_LABEL, NODE_NAME, NODE_SELECTOR_ANNOTATION, RealNode
+from localcluster.node import HOST_CERTS_DIR, NODE_LABEL, NODE_NAME, NODE_SELECTOR_ANNOTATION, RealNode
 
 from tests.support import https, ociimage
 from tests.support.clients import CRANE, Crane, Skopeo, docker_config
@@ -299,6 +300,24 @@ def test_images_outlive_the_pod_on_a_local_volume(
     blobs = [p for p in files if p.name == "data" and p.parent.name in {d.split(":")[1] for d in pushed if ":" in d}]
     assert len(blobs) == len(pushed) - 1, f"every pushed blob is on the node under {root}"
     assert {(p.stat().st_uid, p.stat().st_gid) for p in files} == {(1000, 1000)}, f"files under {root}"
+
+
+def test_the_node_agent_manifest_as_it_is_writes_the_nodes_certs_d(guarded_node: RealNode, cluster: Any) -> None:
+    """`kubectl apply -k manifests/node-trust/`, as the README says, works on this node unchanged: the agent's
+    hostPath is the node's certs.d (mounted there by up), not a host directory no containerd here reads."""
+    changes = HostChanges.load(JOURNAL)
+    if changes is None or str(HOST_CERTS_DIR) not in changes.absent_paths:
+        pytest.skip(f"{HOST_CERTS_DIR} was the host's own before up: left alone")
+    assert RealNode.shares_certs_dir(guarded_node.cluster.workdir)
+    manifests = cluster.render_manifests(REPO / "manifests" / "node-trust")
+    pod = next(o for o in manifests if o["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+    assert [v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v] == [str(HOST_CERTS_DIR)]
+    written = HOST_CERTS_DIR / f"probe-{secrets.token_hex(3)}:5000"
+    written.mkdir()
+    try:
+        assert (RealNode.certs_dir(guarded_node.cluster.workdir) / written.name).is_dir(), "what containerd reads"
+    finally:
+        written.rmdir()
 
 
 @pytest.fixture
