@@ -19,6 +19,19 @@ from . import allocator, handlers, metrics, permissions
 from . import config as config_
 from .leader import Elector
 
+# Below DEBUG these say one line per API request, per handled child event, and per liveness probe or metrics
+# scrape (aiohttp's access log: two lines a minute per replica, forever, from a settled operator).
+CHATTY_LOGGERS = ("httpx2", "httpx", "kopf.objects", "aiohttp.access")
+
+
+def configure_logging(level: str) -> None:
+    """Log at ``level``; the chatty loggers only from WARNING unless ``level`` is DEBUG, so what matters is not
+    drowned."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level.upper() != "DEBUG":
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
 
 @contextlib.asynccontextmanager
 async def _standby_liveness(url: str | None) -> AsyncIterator[None]:
@@ -86,12 +99,7 @@ def main() -> None:
                              "(default: REGISTRY_OPERATOR_LEADER_ELECTION, else off)")
     args = parser.parse_args()
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.log_level.upper() != "DEBUG":
-        # One line per API request and per handled child event would drown what matters.
-        logging.getLogger("httpx2").setLevel(logging.WARNING)
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    configure_logging(args.log_level)
     try:
         config = config_.load(namespaces=args.namespace, leader_election=args.leader_elect)
     except config_.ConfigError as exc:
