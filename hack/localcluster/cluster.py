@@ -87,14 +87,18 @@ class Cluster:
         return self.kubectl(*args, input=manifest).stdout
 
     def install_crds(self, crd_dir: Path = REPO / "crds", timeout: float = 30) -> list[str]:
-        """Apply crds/*.yaml and wait until they are Established. No files yet: nothing to do."""
+        """Apply crds/*.yaml and wait until they are Established. No files yet: nothing to do.
+
+        A client-side `kubectl apply`, as users install (`kubectl apply -k manifests/`, which includes crds/):
+        applied server-side, the CRDs lacked kubectl's last-applied annotation and the README's install
+        printed a warning per CRD on every cluster `hack/cluster up` made."""
         files = crd_files(crd_dir)
         if not files:
             return []
         args = []
         for f in files:
             args += ["-f", str(f)]
-        self.kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", *args)
+        self.kubectl("apply", *args)
         out = self.kubectl("get", *args, "-o", "name")
         names = [n.split("/", 1)[-1] for n in out.stdout.split() if n.startswith("customresourcedefinition")]
         if names:

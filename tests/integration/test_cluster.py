@@ -24,6 +24,15 @@ RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"t
 RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
+def test_the_readme_install_finds_the_crds_applied_as_it_applies_them(cluster) -> None:
+    """`kubectl apply -k manifests/` (the README's install, the quickstart's) on a cluster whose CRDs the
+    fixtures installed: no warning about a missing last-applied annotation, nothing to change."""
+    res = cluster.kubectl("apply", "-k", str(REPO / "crds"), "--dry-run=server")  # the CRDs of manifests/
+    assert "last-applied-configuration" not in res.stderr
+    crds = [line for line in res.stdout.splitlines() if line.startswith("customresourcedefinition")]
+    assert crds and all(line.endswith("unchanged (server dry run)") for line in crds), crds
+
+
 def test_namespace_is_active(kube_client: Client, namespace: str) -> None:
     ns = kube_client.get(Namespace, namespace)
     assert ns.status.phase == "Active"
