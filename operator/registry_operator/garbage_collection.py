@@ -30,6 +30,8 @@ READ_ONLY_TIMEOUT = dt.timedelta(minutes=15)
 
 IDLE, READ_ONLY, COLLECTING = "Idle", "SwitchingToReadOnly", "Collecting"
 SUCCEEDED, FAILED = "Succeeded", "Failed"
+# What `registry garbage-collect` (3.1.2 and 2.8) says, and fails with, on a storage nothing was pushed to yet.
+NO_REPOSITORIES = "Path not found: /docker/registry/v2/repositories"
 
 
 def stamp(when: dt.datetime) -> str:
@@ -50,8 +52,16 @@ class Outcome:
     end: str | None
 
 
-def finished(job: Mapping[str, Any], now: dt.datetime) -> Outcome | None:
-    """The outcome of the GC Job, or None while it is still waiting or running."""
+def failed(job: Mapping[str, Any]) -> bool:
+    """Whether the GC Job has failed (then its container's last line is worth a read: `finished`)."""
+    return any(c.get("type") == "Failed" and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or ())
+
+
+def finished(job: Mapping[str, Any], now: dt.datetime, last_line: str | None = None) -> Outcome | None:
+    """The outcome of the GC Job, or None while it is still waiting or running. `last_line`: what a failed
+    Job's container said last. A storage without any repository (nothing pushed yet) makes distribution's
+    garbage-collect fail; there is nothing to collect there, so that is a success, not a Warning."""
     meta, spec, status = job["metadata"], job.get("spec") or {}, job.get("status") or {}
     for c in status.get("conditions") or ():
         if c.get("status") != "True" or c.get("type") not in ("Complete", "Failed"):
@@ -60,8 +70,11 @@ def finished(job: Mapping[str, Any], now: dt.datetime) -> Outcome | None:
         start = meta.get("creationTimestamp")  # when pushes started to be refused, not when the pod started
         if c["type"] == "Complete":
             return Outcome(SUCCEEDED, "garbage-collect finished", start, end)
+        if last_line and NO_REPOSITORIES in last_line:
+            return Outcome(SUCCEEDED, "nothing to collect: the storage holds no repository yet", start, end)
         why = ": ".join(x for x in (c.get("reason"), c.get("message")) if x)
-        return Outcome(FAILED, f"garbage-collect failed ({why or 'no reason given'})", start, end)
+        said = f": {last_line}" if last_line else ""
+        return Outcome(FAILED, f"garbage-collect failed ({why or 'no reason given'}){said}", start, end)
     created = meta.get("creationTimestamp")
     if spec.get("suspend") and created and now - _time(created) >= READ_ONLY_TIMEOUT:
         minutes = int(READ_ONLY_TIMEOUT.total_seconds() // 60)
@@ -112,8 +125,10 @@ def _next_tick(schedule: cron.Cron | None, previous: Mapping[str, Any], job: Map
     return schedule.next_after(now)
 
 
-def plan(spec: RegistrySpec, body: Mapping[str, Any], job: Mapping[str, Any] | None, now: dt.datetime) -> Plan:
-    """Decide from the Registry (`body`: its annotations and last status) and the live GC Job (None: none)."""
+def plan(spec: RegistrySpec, body: Mapping[str, Any], job: Mapping[str, Any] | None, now: dt.datetime,
+         last_line: str | None = None) -> Plan:
+    """Decide from the Registry (`body`: its annotations and last status) and the live GC Job (None: none);
+    `last_line`: what a failed Job's container said last (`finished`)."""
     gc = spec.garbage_collection
     previous: Mapping[str, Any] = (body.get("status") or {}).get("garbageCollection") or {}
     schedule = cron.Cron.parse(gc.schedule) if gc.schedule else None
@@ -126,7 +141,7 @@ def plan(spec: RegistrySpec, body: Mapping[str, Any], job: Mapping[str, Any] | N
     if job is not None:
         annotations = job["metadata"].get("annotations") or {}
         request, scheduled = annotations.get(names.GC_JOB_REQUEST), annotations.get(names.GC_JOB_SCHEDULED)
-        outcome = finished(job, now)
+        outcome = finished(job, now, last_line)
         if outcome is None:
             suspended = bool((job.get("spec") or {}).get("suspend"))
             status["phase"] = READ_ONLY if suspended else COLLECTING

@@ -17,8 +17,10 @@ from lightkube.resources.core_v1 import Pod
 
 from .kinds import RegistryIndex, resource
 from .material import Secrets
-from .names import COMPONENT_REGISTRY, LABEL_WATCH, ChildNames, selector
+from .names import COMPONENT_GC, COMPONENT_REGISTRY, LABEL_WATCH, ChildNames, selector
 from .spec import IndexSpec, RegistrySpec
+
+GC_LINE_LIMIT = 300  # of a failed GC's last log line, in status and its Event
 
 Obj = dict[str, Any]
 Key = tuple[str, str]
@@ -120,6 +122,22 @@ async def registry_node(client: AsyncClient, spec: RegistrySpec) -> str | None:
     async for pod in client.list(Pod, namespace=spec.namespace, labels=selector(spec.name, COMPONENT_REGISTRY)):
         if pod.spec and pod.spec.nodeName and pod.status and pod.status.phase == "Running":
             return pod.spec.nodeName
+    return None
+
+
+async def gc_failure_line(client: AsyncClient, spec: RegistrySpec) -> str | None:
+    """The last line a failed GC Job's container wrote (its termination message: the Job renders
+    `FallbackToLogsOnError`), or None. Read only while a failed Job waits for its result to reach status, so
+    the status says why instead of only the Job's `BackoffLimitExceeded`."""
+    async for pod in client.list(Pod, namespace=spec.namespace, labels=selector(spec.name, COMPONENT_GC)):
+        status = pod.status
+        # With spec.redis, garbage-collect is an init container and the cache flush the container.
+        for container in [*((status.initContainerStatuses or []) if status else []),
+                          *((status.containerStatuses or []) if status else [])]:
+            ended = container.state.terminated if container.state else None
+            lines = [line for line in ((ended.message or "") if ended else "").splitlines() if line.strip()]
+            if ended and ended.exitCode and lines:
+                return lines[-1].strip()[:GC_LINE_LIMIT]
     return None
 
 

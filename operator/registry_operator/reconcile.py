@@ -57,7 +57,15 @@ from .names import (
     password_key,
 )
 from .nodetrust import publish as node_trust
-from .observe import candidates, index_candidates, joined_index, observe, observe_index, registry_node
+from .observe import (
+    candidates,
+    gc_failure_line,
+    index_candidates,
+    joined_index,
+    observe,
+    observe_index,
+    registry_node,
+)
 from .render import garbage_collection as gc_render
 from .render import token as token_render
 from .spec import RegistrySpec, parse, parse_index
@@ -216,7 +224,9 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     mat = await asyncio.to_thread(material.decide, spec, secrets, ctx.config.cluster_domain, now, pull_rotation,
                                   propagation, False, joined)
     names = ChildNames(spec.name)
-    gc = garbage_collection.plan(spec, body, observed.children.get(("Job", names.gc)), now)
+    gc_job = observed.children.get(("Job", names.gc))
+    gc_line = await gc_failure_line(ctx.client, spec) if gc_job and garbage_collection.failed(gc_job) else None
+    gc = garbage_collection.plan(spec, body, gc_job, now, gc_line)
     outcome.wake_after = gc.wake_after
     desired = render.desired(gc.effective(spec), mat, body, ctx.config.operator_image, ctx.pod_monitors, joined)
     if gc.job is not None:

@@ -117,6 +117,26 @@ def test_a_failed_run_with_redis_says_the_cache_may_be_stale():
     assert "Redis" not in timed_out.status["lastMessage"]  # it never ran: nothing collected, nothing stale
 
 
+def test_failed_job_says_what_garbage_collect_said_last():
+    failed = job(condition=("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit"))
+    assert gc.failed(failed) and not gc.failed(job()) and not gc.failed(job(condition=("Complete", "", "")))
+    plan = gc.plan(reg(), body("r1"), failed, NOW, "failed to garbage collect: failed to mark: disk full")
+    assert plan.status["lastResult"] == "Failed"
+    assert plan.status["lastMessage"].endswith("backoff limit): failed to garbage collect: failed to mark: disk full")
+
+
+def test_nothing_pushed_yet_is_nothing_to_collect_not_a_failure():
+    """Seen on the real node: `kubectl annotate ... gc-requested` on examples/garbage-collection.yaml before any
+    push. distribution's garbage-collect exits 1 on a storage without repositories."""
+    said = "failed to garbage collect: failed to mark: filesystem: Path not found: /docker/registry/v2/repositories"
+    failed = job(condition=("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit"))
+    plan = gc.plan(reg(), body("r1"), failed, NOW, said)
+    assert not plan.hold_read_only and plan.delete_job
+    assert plan.status["lastResult"] == "Succeeded" and "no repository" in plan.status["lastMessage"]
+    assert [e[:2] for e in gc.events({"phase": gc.COLLECTING}, plan.status)] == [
+        ("Normal", "GarbageCollectionSucceeded")]
+
+
 def test_read_only_switch_that_takes_too_long_is_abandoned_read_write():
     created = NOW - gc.READ_ONLY_TIMEOUT - dt.timedelta(seconds=1)
     plan = gc.plan(reg(), body("r1"), job(suspend=True, created=created), NOW)
@@ -179,6 +199,7 @@ def test_job_runs_garbage_collect_on_the_same_storage_image_and_config():
     container = pod["containers"][0]
     assert container["args"] == ["garbage-collect", "--delete-untagged", "--dry-run", "/etc/distribution/config.yml"]
     assert container["image"] == s.image and job_["spec"]["suspend"] is True
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"  # its last line reaches status
     assert {v["name"]: v for v in pod["volumes"]}["data"] == {"name": "data",
                                                                "persistentVolumeClaim": {"claimName": "reg-data"}}
     assert {v["name"] for v in pod["volumes"]} == {"config", "data", "tmp"}  # no TLS key, no passwords

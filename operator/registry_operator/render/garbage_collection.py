@@ -58,6 +58,7 @@ def flush_container(spec: RegistrySpec, operator_image: str) -> Obj | None:
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-m", "registry_operator.cacheflush"],
         "args": ["--address", spec.redis.address, "--db", str(spec.redis.db)],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "resources": FLUSH_RESOURCES,
         "securityContext": container_security_context(),
     }
@@ -86,6 +87,7 @@ def job(
         "imagePullPolicy": "IfNotPresent",
         "command": ["registry"],
         "args": args(spec),
+        "terminationMessagePolicy": "FallbackToLogsOnError",  # its last line says why it failed (status)
         "resources": resources(spec),
         "securityContext": container_security_context(),
         "volumeMounts": [m for m in all_mounts if m["name"] in _MOUNTS],
