@@ -42,7 +42,10 @@ async def _standby_liveness(url: str | None) -> AsyncIterator[None]:
         return
     parts = urllib.parse.urlsplit(url)
     app = web.Application()
-    app.router.add_get(parts.path or "/", lambda _: web.json_response({"standby": True}))
+    async def standby(_: web.Request) -> web.Response:
+        return web.json_response({"standby": True})
+
+    app.router.add_get(parts.path or "/", standby)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, parts.hostname, parts.port).start()
