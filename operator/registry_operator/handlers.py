@@ -188,7 +188,8 @@ def watch_namespaces() -> None:
 def _owners(memo: kopf.Memo) -> list[watches.Watch]:
     """The kinds followed by `watches` rather than kopf (it would keep a memory and a worker per object), each
     with the function that names whom an event of theirs wakes."""
-    children = [watches.Watch(kind, lambda type_, meta: _child_changed(memo, type_, meta), OURS) for kind in CHILDREN]
+    children = [watches.Watch(kind, lambda type_, meta, kind=kind.__name__: _child_changed(memo, kind, type_, meta),
+                              OURS) for kind in CHILDREN]  # fmt: skip
     return [
         *children,  # filtered by the API server: we never receive other controllers' objects
         watches.Watch(Secret, lambda type_, meta: _secret_changed(memo, type_, meta), {names.LABEL_WATCH: "true"}),
@@ -215,7 +216,13 @@ def _index_owner(meta: ObjectMeta) -> str | None:
     return None
 
 
-def _child_changed(memo: kopf.Memo, type_: str | None, meta: ObjectMeta) -> None:
+def _echo(memo: kopf.Memo, owner: tuple[str, ...], kind: str, type_: str, meta: ObjectMeta) -> bool:
+    """Whether the event only reports a write of the reconcile of `owner` (see `Memory.echoes`)."""
+    memory = memo.ctx.memories.get(owner)
+    return memory is not None and memory.echoes((kind, meta.name), type_, meta.resourceVersion)
+
+
+def _child_changed(memo: kopf.Memo, kind: str, type_: str | None, meta: ObjectMeta) -> None:
     if type_ is None:  # listed at start, when everything is reconciled anyway
         return
     labels, owner = meta.labels or {}, (meta.annotations or {}).get(names.ANNOTATION_REGISTRY, "")
@@ -227,8 +234,9 @@ def _child_changed(memo: kopf.Memo, type_: str | None, meta: ObjectMeta) -> None
         return
     index = _index_owner(meta)
     if index is None:
-        memo.coalescer.trigger((meta.namespace, registry))
-    else:
+        if not _echo(memo, (meta.namespace, registry), kind, type_, meta):
+            memo.coalescer.trigger((meta.namespace, registry))
+    elif not _echo(memo, (meta.namespace, index, names.INDEX_KIND), kind, type_, meta):
         memo.indexes.trigger((meta.namespace, index))
 
 
@@ -249,7 +257,9 @@ def _secret_changed(memo: kopf.Memo, type_: str | None, meta: ObjectMeta) -> Non
         memo.indexes.trigger((namespace, index))
         targets |= {(namespace, registry) for registry in memo.joins.registries(namespace, index)}
     elif labels.get(names.LABEL_MANAGED_BY) == names.MANAGED_BY and labels.get(names.LABEL_INSTANCE):
-        targets.add((namespace, labels[names.LABEL_INSTANCE]))
+        owner_key = (namespace, labels[names.LABEL_INSTANCE])
+        if not _echo(memo, owner_key, "Secret", type_, meta):  # (an index's are never: joined ones must hear)
+            targets.add(owner_key)
     owner = annotations.get(names.ANNOTATION_REGISTRY, "")
     if labels.get(names.LABEL_PULL_SECRET_OF) and owner.count("/") == 1:  # a pull Secret of ours elsewhere
         targets.add(tuple(owner.split("/")))

@@ -87,6 +87,15 @@ class Memory:
     pending: dict[str, dict[str, bytes]] = field(default_factory=dict)  # Secret -> decided data not yet stored
     unsent: list[Event] = field(default_factory=list)  # Events whose post failed
     refused: dict[Key, tuple[str, material.Problem]] = field(default_factory=dict)  # see Applied.refused
+    written: dict[Key, str] = field(default_factory=dict)  # child -> resourceVersion our last write gave it
+
+    def echoes(self, child: Key, event: str, version: str | None) -> bool:
+        """Whether a watch event of `child` only reports our own last write to it: the reconcile that wrote it
+        already had the result, so another would read a dozen objects to learn nothing. Each write is matched
+        once; any event of the child forgets it (events of one object arrive in order, so a later one means
+        the echo has passed or will never come)."""
+        ours = self.written.pop(child, None)
+        return event != "DELETED" and version is not None and ours == version
 
 
 @dataclass
@@ -153,7 +162,10 @@ async def _write_status(ctx: Context, body: Mapping[str, Any], status: dict[str,
 
 
 def _remember(memory: Memory, desired: list[dict[str, Any]], applied: Applied) -> None:
-    """Keep the decided data of every Secret that could not be stored; forget what now is."""
+    """Keep the decided data of every Secret that could not be stored; forget what now is. Note the version
+    each write produced (`Memory.echoes`)."""
+    for k in applied.written:
+        memory.written[k] = applied.live[k]["metadata"]["resourceVersion"]
     for obj in desired:
         if obj["kind"] != "Secret":
             continue
