@@ -175,7 +175,8 @@ def _intent(obj: Obj) -> str:
 
 
 async def _apply(
-    client: AsyncClient, obj: Obj, current: Obj | None, refused: tuple[str, Problem] | None, result: Applied
+    client: AsyncClient, obj: Obj, current: Obj | None, refused: tuple[str, Problem] | None, result: Applied,
+    versions: dict[Key, str],
 ) -> None:
     k = key(obj)
     if up_to_date(obj, current):
@@ -213,6 +214,7 @@ async def _apply(
         return
     result.written.append(k)
     result.live[k] = live.to_dict()
+    versions[k] = result.live[k]["metadata"]["resourceVersion"]  # at once: its watch event may be next
 
 
 async def apply_all(
@@ -221,13 +223,16 @@ async def apply_all(
     observed: Mapping[Key, Obj | None],
     registry: Mapping[str, Any],
     refused: Mapping[Key, tuple[str, Problem]] | None = None,
+    versions: dict[Key, str] | None = None,
 ) -> Applied:
     """Apply what changed: everything but the workloads at once, then the workloads if all of that was stored.
 
     Nothing else here depends on creation order, and one round trip instead of a dozen is most of a new
-    Registry's convergence time. `refused`: what an earlier pass was refused (`Applied.refused`).
+    Registry's convergence time. `refused`: what an earlier pass was refused (`Applied.refused`). `versions`
+    gets the resourceVersion of each write the moment it is made (see `reconcile.Memory.echoes`).
     """
     refused = refused or {}
+    versions = {} if versions is None else versions
     result = Applied()
     result.problems = conflicts([key(obj) for obj in desired], observed, registry)
     if result.problems:
@@ -235,7 +240,8 @@ async def apply_all(
     intents = [with_intent_hash(obj) for obj in desired]
     first = [obj for obj in intents if obj["kind"] != "Deployment"]
     workloads = [obj for obj in intents if obj["kind"] == "Deployment"]
-    await asyncio.gather(*(_apply(client, obj, observed.get(key(obj)), refused.get(key(obj)), result) for obj in first))
+    await asyncio.gather(
+        *(_apply(client, obj, observed.get(key(obj)), refused.get(key(obj)), result, versions) for obj in first))
     if result.failed:
         for obj in workloads:  # keep what runs; status reports the failures above
             live = observed.get(key(obj))
@@ -243,7 +249,8 @@ async def apply_all(
                 result.live[key(obj)] = live
     else:
         await asyncio.gather(
-            *(_apply(client, obj, observed.get(key(obj)), refused.get(key(obj)), result) for obj in workloads))
+            *(_apply(client, obj, observed.get(key(obj)), refused.get(key(obj)), result, versions)
+              for obj in workloads))
     order = {key(obj): i for i, obj in enumerate(intents)}
     result.written.sort(key=order.__getitem__)
     return result

@@ -162,10 +162,7 @@ async def _write_status(ctx: Context, body: Mapping[str, Any], status: dict[str,
 
 
 def _remember(memory: Memory, desired: list[dict[str, Any]], applied: Applied) -> None:
-    """Keep the decided data of every Secret that could not be stored; forget what now is. Note the version
-    each write produced (`Memory.echoes`)."""
-    for k in applied.written:
-        memory.written[k] = applied.live[k]["metadata"]["resourceVersion"]
+    """Keep the decided data of every Secret that could not be stored; forget what now is."""
     for obj in desired:
         if obj["kind"] != "Secret":
             continue
@@ -243,7 +240,8 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     desired = render.desired(gc.effective(spec), mat, body, ctx.config.operator_image, ctx.pod_monitors, joined)
     if gc.job is not None:
         desired.append(await _gc_job(ctx, spec, body, gc.job, desired, observed.children))
-    applied = await apply_all(ctx.client, desired, observed.children, body, memory.refused)
+    memory.written.clear()  # echoes of an earlier reconcile have come by now, or will not
+    applied = await apply_all(ctx.client, desired, observed.children, body, memory.refused, memory.written)
     memory.refused = applied.refused
     _remember(memory, desired, applied)
     outcome.written = applied.written
@@ -262,7 +260,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         jobs = [o for o in desired if o["kind"] == "Job"]  # the GC Job does not depend on the robot
         desired = render.desired(
             gc.effective(spec), mat, body, ctx.config.operator_image, ctx.pod_monitors, joined) + jobs
-        retired = await apply_all(ctx.client, desired, applied.live, body, memory.refused)
+        retired = await apply_all(ctx.client, desired, applied.live, body, memory.refused, memory.written)
         _remember(memory, desired, retired)
         applied.written += [k for k in retired.written if k not in applied.written]
         applied.problems += retired.problems
@@ -499,7 +497,8 @@ async def reconcile_index(ctx: Context, namespace: str, name: str) -> Outcome:
     secrets = {**observed.secrets, **memory.pending}
     mat = await asyncio.to_thread(material.decide_index, spec, secrets, ctx.config.cluster_domain, now)
     desired = render.index_desired(spec, mat, body, ctx.config.operator_image, sorted(joined))
-    applied = await apply_all(ctx.client, desired, observed.children, body, memory.refused)
+    memory.written.clear()  # echoes of an earlier reconcile have come by now, or will not
+    applied = await apply_all(ctx.client, desired, observed.children, body, memory.refused, memory.written)
     memory.refused = applied.refused
     _remember(memory, desired, applied)
     outcome.written = applied.written
