@@ -15,7 +15,8 @@ from lightkube import ApiError
 from lightkube.resources.core_v1 import ConfigMap, Secret, Service
 from lightkube.types import PatchType
 from localcluster.cluster import REPO
-from registries import condition, manifest, registry
+from registries import condition, get, manifest, registry
+from test_metrics import scrape, value
 
 from registry_operator.kinds import Registry
 
@@ -159,6 +160,14 @@ def test_without_the_agents_namespace_it_is_said_once_and_nothing_loops(
     assert registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"] == rv
     assert op.log().count("NodeAgentNotInstalled") == 1
     assert "Retry" not in op.log() and "NodeTrustWriteFailed" not in op.log()
+    # A reconcile (here: a child deleted by hand; at rest: the agent check every minute) asks whether the
+    # namespace exists with a read, and sends no apply the API server can only refuse.
+    applies = value(scrape(op.metrics_url), "registry_operator_api_writes_total", kind="ConfigMap", verb="apply")
+    kube_client.delete(Service, "reg", namespace=namespace)
+    wait_for(lambda: get(kube_client, "Service", "reg", namespace), timeout=30, what="Service restored")
+    time.sleep(1)
+    assert value(scrape(op.metrics_url), "registry_operator_api_writes_total", kind="ConfigMap",
+                 verb="apply") == applies
     cluster.kubectl("delete", "registry", "reg", "-n", namespace, "--timeout=30s")  # the finalizer lets go
 
 

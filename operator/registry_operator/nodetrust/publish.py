@@ -29,7 +29,7 @@ from typing import Any
 import httpx2
 from lightkube import ApiError, AsyncClient, operators
 from lightkube.resources.apps_v1 import DaemonSet
-from lightkube.resources.core_v1 import ConfigMap
+from lightkube.resources.core_v1 import ConfigMap, Namespace
 from lightkube.types import PatchType
 
 from .. import metrics
@@ -145,10 +145,8 @@ def _trouble(result: Published, what: str, exc: Exception) -> None:
     check, not in a backoff loop)."""
     code = exc.status.code if isinstance(exc, ApiError) else None
     reason = f"{code} {exc.status.reason or ''}".strip() if isinstance(exc, ApiError) else type(exc).__name__
-    if code == 404:  # the namespace: the agent was never installed (looked for again with the agent)
-        result.problems.append(Problem("NodeAgentNotInstalled", f"{what}: its namespace does not exist: no node "
-                                                                "applies the trust (kubectl apply -k "
-                                                                "manifests/node-trust/)"))
+    if code == 404:  # the namespace went between our read and the write (looked for again with the agent)
+        result.problems.append(_no_namespace(what))
     elif code == 403:
         result.problems.append(Problem("NodeTrustForbidden", f"{what}: the operator may not write there ({reason}): "
                                                              "node trust needs manifests/node-trust/"))
@@ -157,6 +155,25 @@ def _trouble(result: Published, what: str, exc: Exception) -> None:
     else:
         result.problems.append(Problem("NodeTrustWriteFailed", f"{what}: {reason}"))
         result.retry.append(f"{what}: {reason}")
+
+
+def _no_namespace(what: str) -> Problem:
+    return Problem("NodeAgentNotInstalled", f"{what}: its namespace does not exist: no node applies the trust "
+                                            "(kubectl apply -k manifests/node-trust/)")
+
+
+async def _namespace_exists(client: AsyncClient, namespace: str) -> bool:
+    """Whether the agent's namespace exists, asked with a read: an apply there would be a write the API server
+    refuses (404) once a minute for as long as the agent is not installed. An install that may not read
+    Namespaces (403) finds out by writing, as before."""
+    try:
+        await client.get(Namespace, namespace)
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return False
+        if exc.status.code != 403:
+            raise
+    return True
 
 
 async def _ours(client: AsyncClient, namespace: str, uid: str) -> list[Obj]:
@@ -202,6 +219,9 @@ async def sync(
             else:
                 result.problems.append(Problem("NodeTrustConflict", f"{what} exists and is not this Registry's; "
                                                                     "delete it (the operator will not take it over)"))
+                return result
+            if not await _namespace_exists(client, namespace):
+                result.problems.append(_no_namespace(what))
                 return result
             await hold()
         if not up_to_date(desired, current):
