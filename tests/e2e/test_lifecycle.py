@@ -79,6 +79,20 @@ def test_users_change_without_restart(deploy: Callable[..., DeployedRegistry], v
     assert reg.inputs_hash() == inputs_hash
 
 
+def test_user_names_with_plus_and_any_script_log_in(
+    deploy: Callable[..., DeployedRegistry], version: str
+) -> None:
+    """E-mail sub-addresses and non-ASCII names are real user names: the schema takes them, their passwords sit
+    under the keys status.passwordKeys names, and the registry checks them as UTF-8 HTTP Basic credentials."""
+    users = ["ci+bot@corp.example", "jürgen", "用户"]
+    reg = deploy(version, auth={"mode": "htpasswd", "users": [{"name": u} for u in users]})
+    ca, passwords, keys = reg.ca_pem(), reg.passwords(), reg.get()["status"]["passwordKeys"]
+    assert htpasswd_users(reg) == set(users)
+    for user in users:
+        assert login(reg, ca, user, passwords[keys[user]]) == 200, user
+    assert login(reg, ca, "jurgen", passwords[keys["jürgen"]]) == 401
+
+
 def served(reg: DeployedRegistry, ca: bytes) -> x509.Certificate:
     return https.peer_certificate(reg.address, ca, reg.host)[0]
 
