@@ -136,6 +136,7 @@ def _describe(obj: Mapping[str, Any], reason: str) -> str:
 
 
 _TYPED_PATCH = "failed to create typed patch object"
+_QUOTA = "exceeded quota: "  # the ResourceQuota admission's 403, which is no missing permission
 
 
 def _terminating(exc: ApiError) -> bool:
@@ -164,6 +165,9 @@ def _failure(obj: Mapping[str, Any], exc: Exception) -> tuple[Problem, bool]:
             return Problem("ApplyRefused", _describe(obj, f"the API server refused it: {detail}")), False
         if code == 403 and _terminating(exc):
             return Problem("NamespaceTerminating", _describe(obj, "its namespace is being deleted")), True
+        quota = (exc.status.message or "").partition(_QUOTA)[2]
+        if code == 403 and quota:  # the quota's own words (names and counts, never values): not RBAC
+            return Problem("QuotaExceeded", _describe(obj, f"a ResourceQuota refuses it: {_QUOTA}{quota}")), True
         if code == 403:
             return Problem("Forbidden", _describe(obj, f"the operator may not write it: {detail}")), True
         return Problem("ApplyFailed", _describe(obj, f"{code} {detail}".strip())), True

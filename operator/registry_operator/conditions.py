@@ -57,6 +57,7 @@ class Rollout:
 # Problems that stop the spec from being applied (the others degrade a Registry that is otherwise applied).
 WRITE_BLOCKERS = {
     "InvalidSpec", "InvalidName", "ImageNotAllowed", "NameConflict", "ApplyRefused", "ApplyFailed", "Forbidden",
+    "QuotaExceeded",
     "IndexNotFound", "IndexInOtherNamespace", "IndexNotReady",
 }
 

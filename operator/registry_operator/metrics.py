@@ -33,7 +33,7 @@ RECONCILE_SECONDS = Histogram(
 RECONCILE_ERRORS = Counter(
     f"{PREFIX}_reconcile_errors_total",
     "Failed reconciles (each is retried with backoff), by reason: the failed write's problem reason "
-    "(ApplyFailed, Forbidden, NamespaceTerminating, EventNotPosted) or the exception's class.",
+    "(ApplyFailed, Forbidden, QuotaExceeded, NamespaceTerminating, EventNotPosted) or the exception's class.",
     ["reason"],
 )
 API_WRITES = Counter(

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from admission import refusing_webhook
 from lightkube import AsyncClient, KubeConfig
+from lightkube.resources.core_v1 import ResourceQuota
 from localcluster import namespace_manifest
 from registries import get, manifest, registry
 
@@ -373,3 +374,27 @@ def test_a_refused_pull_secret_is_said_and_not_retried(cluster, kube_client, kub
     finally:
         cluster.kubectl("delete", "registry", "reg", "-n", namespace, "--wait=false", check=False)
         cluster.kubectl("delete", "namespace", target, "--wait=false", check=False)
+
+
+def test_a_quota_refusal_is_named_as_one(cluster, kube_client, kubeconfig, namespace, wait_for):
+    """A ResourceQuota on Secrets refuses most of a new Registry's Secrets: Degraded QuotaExceeded quoting the
+    quota, not "may not write", which sends users hunting for RBAC."""
+    cluster.apply(f"apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: few, namespace: {namespace}}}\n"
+                  "spec: {hard: {secrets: '2'}}\n")
+    wait_for(lambda: kube_client.get(ResourceQuota, "few", namespace=namespace).status.hard, timeout=30,
+             what="the quota controller's status")
+    cluster.apply(manifest("reg", namespace, USERS))
+
+    async def attempt(ctx: Context) -> None:
+        with pytest.raises(Retry):
+            await reconcile(ctx, namespace, "reg")
+
+    run(kubeconfig, attempt)
+    degraded = conditions(kube_client, "reg", namespace)["Degraded"]
+    assert degraded["reason"] == "QuotaExceeded", degraded
+    assert "a ResourceQuota refuses it: exceeded quota: few" in degraded["message"], degraded
+    assert "may not write" not in degraded["message"]
+
+    cluster.kubectl("delete", "resourcequota", "few", "-n", namespace)
+    run(kubeconfig, lambda ctx: reconcile(ctx, namespace, "reg"))  # the quota gone: no Retry
+    assert conditions(kube_client, "reg", namespace)["Degraded"]["reason"] != "QuotaExceeded"
