@@ -257,6 +257,10 @@ async def apply_all(
               for obj in workloads))
     order = {key(obj): i for i, obj in enumerate(intents)}
     result.written.sort(key=order.__getitem__)
+    # The writes answer in any order: sorted, the same failures make the same status and the same log line,
+    # so a retry that fails alike writes nothing and says nothing again.
+    result.problems.sort(key=lambda p: (p.reason, p.message))
+    result.retry.sort()
     return result
 
 

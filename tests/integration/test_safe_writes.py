@@ -398,3 +398,27 @@ def test_a_quota_refusal_is_named_as_one(cluster, kube_client, kubeconfig, names
     cluster.kubectl("delete", "resourcequota", "few", "-n", namespace)
     run(kubeconfig, lambda ctx: reconcile(ctx, namespace, "reg"))  # the quota gone: no Retry
     assert conditions(kube_client, "reg", namespace)["Degraded"]["reason"] != "QuotaExceeded"
+
+
+def test_failures_alike_write_no_status_whatever_order_they_answer_in(cluster, kube_client, kubeconfig, namespace,
+                                                                       wait_for):
+    """Several of a Registry's writes refused at once (a quota on Secrets) answer in any order: retries that fail
+    alike change neither status nor the retry message (which the coalescer logs again only when it changes)."""
+    cluster.apply(f"apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: few, namespace: {namespace}}}\n"
+                  "spec: {hard: {secrets: '2'}}\n")
+    wait_for(lambda: kube_client.get(ResourceQuota, "few", namespace=namespace).status.hard, timeout=30,
+             what="the quota controller's status")
+    cluster.apply(manifest("reg", namespace, USERS))
+
+    async def attempts(ctx: Context) -> tuple[set[str], set[str]]:
+        errors, versions = set(), set()
+        for attempt in range(6):
+            with pytest.raises(Retry) as err:
+                await reconcile(ctx, namespace, "reg")
+            if attempt:  # the first pass stores what the quota admits and writes the status
+                errors.add(str(err.value))
+                versions.add(registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"])
+        return errors, versions
+
+    errors, versions = run(kubeconfig, attempts)
+    assert len(errors) == 1 and len(versions) == 1, (errors, versions)
