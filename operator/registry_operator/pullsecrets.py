@@ -186,8 +186,22 @@ def _trouble(result: Synced, what: str, exc: Exception) -> None:
     result.retry.append(f"{what}: {reason}")
 
 
+# A ServiceAccount patch tests the resourceVersion it read, so another Registry's entry (or anyone's change)
+# landing first fails it with 422: read again and retry that many times before leaving it to the backoff.
+ACCOUNT_ATTEMPTS = 4
+
+
 async def _accounts(client: AsyncClient, namespace: str) -> list[Obj]:
     return [sa.to_dict() async for sa in client.list(ServiceAccount, namespace=namespace)]
+
+
+async def _account(client: AsyncClient, namespace: str, name: str) -> Obj | None:
+    try:
+        return (await client.get(ServiceAccount, name, namespace=namespace)).to_dict()
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return None
+        raise
 
 
 async def _patch_accounts(
@@ -198,17 +212,29 @@ async def _patch_accounts(
     accounts = await _accounts(client, namespace)
     for account in accounts:
         sa = account["metadata"]["name"]
-        ops = append_ops(account, name) if sa in keep else remove_ops(account, name)
-        if ops is None:
-            continue
-        try:
-            metrics.API_WRITES.labels("ServiceAccount", "patch").inc()
-            await client.patch(ServiceAccount, sa, ops, namespace=namespace, patch_type=PatchType.JSON)
-        except (ApiError, httpx2.HTTPError) as exc:
-            if not (isinstance(exc, ApiError) and exc.status.code == 404):
-                _trouble(result, f"ServiceAccount {namespace}/{sa}", exc)
-            continue
-        result.written.append(f"ServiceAccount {namespace}/{sa}")
+        for attempt in range(ACCOUNT_ATTEMPTS):
+            ops = append_ops(account, name) if sa in keep else remove_ops(account, name)
+            if ops is None:
+                break
+            try:
+                metrics.API_WRITES.labels("ServiceAccount", "patch").inc()
+                await client.patch(ServiceAccount, sa, ops, namespace=namespace, patch_type=PatchType.JSON)
+            except (ApiError, httpx2.HTTPError) as exc:
+                code = exc.status.code if isinstance(exc, ApiError) else None
+                if code == 422 and attempt + 1 < ACCOUNT_ATTEMPTS:  # the account changed since it was read
+                    fresh = await _account(client, namespace, sa)
+                    if fresh is not None:
+                        account = fresh
+                        continue
+                elif code == 422:  # still changing under us: a conflict, worth a retry, never input to fix
+                    what = f"ServiceAccount {namespace}/{sa}: changed while being patched"
+                    result.problems.append(Problem("PullSecretWriteFailed", what))
+                    result.retry.append(what)
+                elif code != 404:
+                    _trouble(result, f"ServiceAccount {namespace}/{sa}", exc)
+                break
+            result.written.append(f"ServiceAccount {namespace}/{sa}")
+            break
     return sorted(keep - {a["metadata"]["name"] for a in accounts})
 
 

@@ -244,3 +244,26 @@ def test_namespaces_outside_the_operator_setting_get_nothing(cluster, kube_clien
                         check=False)
         for ns in (allowed, refused):
             cluster.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
+
+
+def test_registries_sharing_an_account_add_and_remove_every_entry(cluster, kube_client, namespace, operator,
+                                                                   wait_for):
+    """Six Registries created and deleted at once, all with an entry in one ServiceAccount: their JSON patches
+    race, and one that finds the account changed since it read it (422) reads it again instead of taking that
+    for a refusal, so no entry is missing after creation and none is left pointing at a deleted Secret."""
+    target = f"t-pull-race-{secrets.token_hex(3)}"
+    make_namespace(cluster, target)
+    try:
+        wait_default_sa(cluster, wait_for, target)
+        names = [f"r{i}" for i in range(6)]
+        spec = {"auth": {"users": [{"name": "alice"}]}, "pullSecrets": {"namespaces": [target]}}
+        cluster.apply("---\n".join(manifest(n, namespace, spec) for n in names))
+        want = sorted(f"{n}.{namespace}-pull" for n in names)
+        wait_for(lambda: sorted(entries(kube_client, target)) == want, timeout=60, what="every entry")
+        cluster.kubectl("delete", "registry", *names, "-n", namespace, "--timeout=60s")
+        assert entries(kube_client, target) == []
+        assert all(pull_secret(kube_client, target, name) is None for name in want)
+        assert "PullSecretRefused" not in operator.log()
+    finally:
+        cluster.kubectl("delete", "registry", "--all", "-n", namespace, "--timeout=30s", check=False)
+        cluster.kubectl("delete", "namespace", target, "--wait=false", "--ignore-not-found", check=False)
