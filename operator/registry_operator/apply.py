@@ -39,6 +39,11 @@ Key = tuple[str, str]  # (kind, name)
 # Keys whose values are resource quantities, compared by value.
 _QUANTITY_PARENTS = {"requests", "limits"}
 _QUANTITY_KEYS = {"sizeLimit"}
+# Lists of named items that server-side apply merges by key (listType map): an item another field manager
+# added (a Service port or a sidecar added by hand) survives our apply, so it must not make the object look
+# stale, or every resync would send an apply that changes nothing. Other lists (args, tolerations, and a
+# NetworkPolicy's unnamed ports, which are atomic) are compared whole: an edit there is taken back.
+_MERGED_LISTS = {"ports", "containers", "initContainers", "volumes", "volumeMounts", "env"}
 
 
 def key(obj: Mapping[str, Any]) -> Key:
@@ -59,11 +64,15 @@ def _same_quantity(observed: Any, desired: Any) -> bool:
 
 
 def contains(observed: Any, desired: Any, _key: str | None = None, _parent: str | None = None) -> bool:
-    """Whether every field in `desired` has the same value in `observed` (lists: same length, element-wise)."""
+    """Whether every field in `desired` has the same value in `observed` (lists: same length, element-wise;
+    merged lists: each desired item present)."""
     if isinstance(desired, Mapping):
         return isinstance(observed, Mapping) and all(
             k in observed and contains(observed[k], v, k, _key) for k, v in desired.items()
         )
+    if isinstance(desired, list) and _key in _MERGED_LISTS and all(isinstance(d, Mapping) and "name" in d
+                                                                   for d in desired):
+        return isinstance(observed, list) and _each_in(observed, desired)
     if isinstance(desired, list):
         return (
             isinstance(observed, list)
@@ -73,6 +82,17 @@ def contains(observed: Any, desired: Any, _key: str | None = None, _parent: str 
     if observed == desired:
         return True
     return (_key in _QUANTITY_KEYS or _parent in _QUANTITY_PARENTS) and _same_quantity(observed, desired)
+
+
+def _each_in(observed: list[Any], desired: list[Any]) -> bool:
+    """Every desired item contained in its own observed item, in any order and among others' items."""
+    free = list(observed)
+    for item in desired:
+        match = next((i for i, o in enumerate(free) if contains(o, item)), None)
+        if match is None:
+            return False
+        del free[match]
+    return True
 
 
 def up_to_date(desired: Obj, observed: Obj | None) -> bool:

@@ -422,3 +422,22 @@ def test_failures_alike_write_no_status_whatever_order_they_answer_in(cluster, k
 
     errors, versions = run(kubeconfig, attempts)
     assert len(errors) == 1 and len(versions) == 1, (errors, versions)
+
+
+def test_a_port_added_by_hand_is_left_alone_and_costs_no_write(cluster, kube_client, kubeconfig, namespace):
+    """Server-side apply keeps a port another manager added to our Service, so applying again changes nothing:
+    the Service counts as current (ours restored if edited, the extra one tolerated) and is not re-sent."""
+    from registry_operator import metrics
+
+    def service_applies() -> float:
+        return metrics.API_WRITES.labels("Service", "apply")._value.get()
+
+    cluster.apply(manifest("reg", namespace, USERS))
+    run(kubeconfig, lambda ctx: reconcile(ctx, namespace, "reg"))
+    cluster.kubectl("patch", "service", "reg", "-n", namespace, "-p",
+                    '{"spec": {"ports": [{"name": "extra", "port": 6000, "targetPort": 5000}]}}')
+    before = service_applies()
+    run(kubeconfig, lambda ctx: reconcile(ctx, namespace, "reg"))
+    assert service_applies() == before
+    ports = {p["name"]: p["port"] for p in get(kube_client, "Service", "reg", namespace)["spec"]["ports"]}
+    assert ports == {"extra": 6000, "registry": 5000}

@@ -33,3 +33,17 @@ def test_contains_compares_lists_elementwise():
     assert contains({"l": [{"a": 1, "x": 2}]}, {"l": [{"a": 1}]})
     assert not contains({"l": [{"a": 1}, {"a": 2}]}, {"l": [{"a": 1}]})
     assert not contains({"l": [{"a": 2}]}, {"l": [{"a": 1}]})
+
+
+def test_merged_lists_ignore_items_other_managers_added_but_not_missing_or_edited_ones():
+    ours = {"spec": {"ports": [{"name": "registry", "port": 5000}]}}
+    by_hand = {"spec": {"ports": [{"name": "https", "port": 6000}, {"name": "registry", "port": 5000}]}}
+    assert contains(by_hand, ours)  # an apply would leave the hand-added port: no write at rest
+    assert not contains({"spec": {"ports": [{"name": "https", "port": 6000}]}}, ours)
+    assert not contains({"spec": {"ports": [{"name": "registry", "port": 5001}]}}, ours)
+    two = {"volumeMounts": [{"name": "v", "mountPath": "/a"}, {"name": "v", "mountPath": "/b"}]}
+    assert not contains({"volumeMounts": [{"name": "v", "mountPath": "/a"}]}, two)  # one item per item
+    # Atomic lists are compared whole: an extra argument or a port opened in a NetworkPolicy rule is an edit to
+    # take back.
+    assert not contains({"args": ["serve", "--debug"]}, {"args": ["serve"]})
+    assert not contains({"ports": [{"port": 22}, {"port": 5000}]}, {"ports": [{"port": 5000}]})
