@@ -233,7 +233,8 @@ def test_hack_build_knows_every_component_and_the_control_plane_is_current() -> 
 
     dirs = subprocess.run([REPO / "hack" / "build", "--print-dirs"], capture_output=True, text=True, check=True)
     names = [line.split("=", 1)[0] for line in dirs.stdout.splitlines()]
-    assert names == ["k8s", "etcd", "kwok", "distribution", "crane", "oci-conformance", "docker_auth"], dirs
+    expected = ["k8s", "etcd", "kwok", "distribution", "crane", "oci-conformance", "versitygw", "docker_auth"]
+    assert names == expected, dirs
     check = subprocess.run([REPO / "hack" / "build", "--check", "all"], capture_output=True, text=True)
     assert "command not found" not in check.stderr, check.stderr
     check = subprocess.run([REPO / "hack" / "build", "--check", "control-plane"], capture_output=True, text=True)
