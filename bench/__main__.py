@@ -163,13 +163,12 @@ async def run(plan: Plan, workdir: Path, skip: set[str]) -> dict[str, Any]:
             await b.start_operator()
             await b.settle(at_least=grown, quiet=3.0)
             res["grow"] = await phases.grow(b, "bench-mem", grown, plan.memory_top - grown)
-            memory.append({"registries": plan.memory_top, "when": "after growing", **phases.rss_now(b)})
+            memory.append({"registries": plan.memory_top, "when": "after growing", **await phases.steady_rss(b)})
             if not plan.restart_top:
                 return res
             log(f"restart with {plan.memory_top} Registries")
             res["restart_top"] = await phases.restart(b, plan.memory_top)
-            memory.append({"registries": plan.memory_top, "when": "after restart", "rss": res["restart_top"]["rss"],
-                           "hwm": res["restart_top"]["hwm"]})  # fmt: skip
+            memory.append({"registries": plan.memory_top, "when": "after restart", **await phases.steady_rss(b)})
         return res
     finally:
         if b.operator is not None:

@@ -392,3 +392,14 @@ def rss_now(b: Bench) -> dict[str, int]:
     assert b.operator is not None
     rss, hwm = b.operator.rss()
     return {"rss": rss, "hwm": hwm}
+
+
+# The operator gives freed memory back (allocator.Trimmer) 2 s after its queue drains, but at most every 30 s:
+# after a burst of reconciles the last trim may come up to 30 s after the last reconcile.
+TRIM_SETTLE = 32.0
+
+
+async def steady_rss(b: Bench) -> dict[str, int]:
+    """RSS once the operator is at rest: no reconcile for `TRIM_SETTLE` seconds (its peak is VmHWM)."""
+    await b.settle(quiet=TRIM_SETTLE)
+    return rss_now(b)
