@@ -175,7 +175,7 @@ def test_owner_reference_garbage_collection_with_custom_resource_owner(
     wait_for(child_gone, timeout=20, what=f"the garbage collector to delete the child of a {obj['kind']}")
 
 
-def test_rbac_denies_an_unprivileged_service_account(cluster, namespace: str, tmp_path: Path) -> None:
+def test_rbac_denies_an_unprivileged_service_account(cluster, namespace: str, tmp_path: Path, wait_for) -> None:
     cluster.kubectl("create", "serviceaccount", "nobody", "-n", namespace)
     path = cluster.token_kubeconfig(tmp_path / "kubeconfig", namespace, "nobody")
 
@@ -193,7 +193,15 @@ def test_rbac_denies_an_unprivileged_service_account(cluster, namespace: str, tm
         "create", "rolebinding", "read-cm", "--role=read-cm",
         f"--serviceaccount={namespace}:nobody", "-n", namespace,
     )  # fmt: skip
-    list(client.list(ConfigMap, namespace=namespace))
+
+    def reads_config_maps() -> bool:  # the authorizer learns of a new RoleBinding from a watch: not at once
+        try:
+            return list(client.list(ConfigMap, namespace=namespace)) is not None
+        except ApiError as exc:
+            assert exc.status.code == 403
+            return False
+
+    wait_for(reads_config_maps, timeout=20, what="the RoleBinding to take effect")
     with pytest.raises(ApiError) as still_denied:
         client.get(Secret, "anything", namespace=namespace)
     assert still_denied.value.status.code == 403
