@@ -95,6 +95,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
                              drained=trimmer.request)
     memo.references = References(memo.coalescer.trigger)
     memo.pull_targets = {}  # (namespace, name) -> spec.pullSecrets of the Registries that have one
+    memo.accounts = {}  # (namespace, name) -> storage.s3.serviceAccountName of the Registries that name one
     memo.rotations = {}  # (namespace, name) -> value of the rotate-pull-credential annotation last seen
     memo.index_references = References(memo.indexes.trigger)  # password Secrets an index's users refer to
     memo.joins = Joins()
@@ -128,6 +129,11 @@ async def registry_changed(
         memo.pull_targets[(namespace, name)] = spec.pull_secrets
     else:
         memo.pull_targets.pop((namespace, name), None)
+    account = spec.storage.s3.service_account if spec is not None and spec.storage.s3 else None
+    if account:
+        memo.accounts[(namespace, name)] = account
+    else:
+        memo.accounts.pop((namespace, name), None)
     indexes = memo.joins.track(namespace, name, spec.auth.index if spec and spec.auth.mode == "token" else None)
     generation = body.metadata.get("generation")
     observed = (body.get("status") or {}).get("observedGeneration")
@@ -198,9 +204,12 @@ def _owners(memo: kopf.Memo) -> list[watches.Watch]:
 
 
 def _service_account_changed(memo: kopf.Memo, type_: str | None, meta: ObjectMeta) -> None:
-    if type_ == "ADDED":  # one a pull Secret waits for (it appears just after its namespace)
+    if type_ == "ADDED":  # one a pull Secret waits for (it appears just after its namespace), or an S3 pod's
         for key in pullsecrets.concerned(memo.pull_targets, meta.namespace, meta.name):
             memo.coalescer.trigger(key)
+        for (namespace, registry), account in memo.accounts.items():
+            if namespace == meta.namespace and account == meta.name:
+                memo.coalescer.trigger((namespace, registry))
 
 
 def _trigger_joined(memo: kopf.Memo, namespace: str, index: str) -> None:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from lightkube import ApiError, AsyncClient
-from lightkube.resources.core_v1 import Pod
+from lightkube.resources.core_v1 import Pod, ServiceAccount
 
 from .kinds import RegistryIndex, resource
-from .material import Secrets
+from .material import Problem, Secrets
 from .names import COMPONENT_GC, COMPONENT_REGISTRY, LABEL_WATCH, ChildNames, selector
 from .spec import IndexSpec, RegistrySpec
 
@@ -139,6 +139,22 @@ async def gc_failure_line(client: AsyncClient, spec: RegistrySpec) -> str | None
             if ended and ended.exitCode and lines:
                 return lines[-1].strip()[:GC_LINE_LIMIT]
     return None
+
+
+async def missing_service_account(client: AsyncClient, spec: RegistrySpec) -> Problem | None:
+    """A Problem when storage.s3.serviceAccountName names no ServiceAccount: the ReplicaSet controller then
+    creates no pod at all, and the rollout would wait forever without saying why."""
+    account = spec.storage.s3.service_account if spec.storage.s3 else None
+    if account is None:
+        return None
+    try:
+        await client.get(ServiceAccount, account, namespace=spec.namespace)
+        return None
+    except ApiError as exc:
+        if exc.status.code != 404:
+            raise
+    return Problem("ServiceAccountNotFound", f"ServiceAccount {account!r} (storage.s3.serviceAccountName) does not "
+                                             "exist in this namespace: no registry pod can be created until it does")
 
 
 def decode(secret: Obj) -> dict[str, bytes]:

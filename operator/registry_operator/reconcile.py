@@ -62,6 +62,7 @@ from .observe import (
     gc_failure_line,
     index_candidates,
     joined_index,
+    missing_service_account,
     observe,
     observe_index,
     registry_node,
@@ -298,10 +299,11 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         found = await redisprobe.probe(spec.redis, mat.redis_password)
         redis_problems = [found] if found else []
 
+    account = await missing_service_account(ctx.client, spec)
     workload_names = [names.deployment] + ([names.token] if spec.auth.own_token_service else [])
     workloads = {n: applied.live.get(("Deployment", n)) for n in workload_names}
     status = conditions.compute(
-        spec, generation, [*mat.problems, *applied.problems], workloads, published,
+        spec, generation, [*mat.problems, *applied.problems, *([account] if account else [])], workloads, published,
         body.get("status"), now, retrying=bool(applied.retry), pull_problems=pull_problems,
         upstream_problems=upstream_problems,
         node_problems=node_problems, redis_problems=redis_problems,

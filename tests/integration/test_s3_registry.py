@@ -106,3 +106,18 @@ def test_bucket_registry_objects_status_and_credentials(cluster, kube_client, na
         return d["spec"]["template"]["metadata"]["annotations"]["registry.operator.dev/inputs-hash"] != before
 
     wait_for(rolled, timeout=40, what="the pod template to change with the rotated key")
+
+
+def test_a_missing_service_account_is_said_and_its_arrival_noticed(cluster, kube_client, namespace, operator,
+                                                                   wait_for):
+    # Without the account the ReplicaSet controller creates no pod: the rollout alone would wait forever, silent.
+    cluster.apply(credentials(namespace))
+    s3 = {**S3, "serviceAccountName": "registry-s3"}
+    cluster.apply(manifest("reg", namespace, {**USERS, "storage": {"s3": s3}}))
+    c = wait_for(lambda: (d := condition(kube_client, "reg", namespace, "Degraded")) and d["status"] == "True" and d,
+                 timeout=30, what="Degraded")
+    assert c["reason"] == "ServiceAccountNotFound" and "registry-s3" in c["message"]
+
+    cluster.apply(f"apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: registry-s3\n  namespace: {namespace}\n")
+    wait_for(lambda: condition(kube_client, "reg", namespace, "Degraded")["status"] == "False", timeout=30,
+             what="Degraded cleared once the ServiceAccount exists")
