@@ -46,12 +46,15 @@ class Plan:
     # Secrets that are not the operator's (service-account tokens, TLS keys of other apps), there from the start:
     # what the operator must not hold in memory.
     unrelated_secrets: int = 0
+    # Seconds at rest before memory is sampled at memory_top: past the operator's trim interval (phases.steady_rss).
+    at_rest: float = 32.0
 
 
 FULL = Plan(runs=20, block=5, burst=200, rest_window=300, resync=100, memory_top=1000, datapath_iterations=10,
             nodes=12, unrelated_secrets=10_000)  # fmt: skip
 QUICK = Plan(runs=4, block=4, burst=20, rest_window=30, resync=10, memory_top=50, datapath_iterations=1, nodes=2,
-             datapath_controls=False, restart_top=False, pause=0.5, stuck_window=15, stuck_settle=10)  # fmt: skip
+             datapath_controls=False, restart_top=False, pause=0.5, stuck_window=15, stuck_settle=10,
+             at_rest=3.0)  # fmt: skip
 
 
 _T0 = time.monotonic()
@@ -163,12 +166,14 @@ async def run(plan: Plan, workdir: Path, skip: set[str]) -> dict[str, Any]:
             await b.start_operator()
             await b.settle(at_least=grown, quiet=3.0)
             res["grow"] = await phases.grow(b, "bench-mem", grown, plan.memory_top - grown)
-            memory.append({"registries": plan.memory_top, "when": "after growing", **await phases.steady_rss(b)})
+            steady = await phases.steady_rss(b, plan.at_rest)
+            memory.append({"registries": plan.memory_top, "when": "after growing", **steady})
             if not plan.restart_top:
                 return res
             log(f"restart with {plan.memory_top} Registries")
             res["restart_top"] = await phases.restart(b, plan.memory_top)
-            memory.append({"registries": plan.memory_top, "when": "after restart", **await phases.steady_rss(b)})
+            steady = await phases.steady_rss(b, plan.at_rest)
+            memory.append({"registries": plan.memory_top, "when": "after restart", **steady})
         return res
     finally:
         if b.operator is not None:

@@ -399,7 +399,7 @@ def rss_now(b: Bench) -> dict[str, int]:
 TRIM_SETTLE = 32.0
 
 
-async def steady_rss(b: Bench) -> dict[str, int]:
-    """RSS once the operator is at rest: no reconcile for `TRIM_SETTLE` seconds (its peak is VmHWM)."""
-    await b.settle(quiet=TRIM_SETTLE)
+async def steady_rss(b: Bench, quiet: float = TRIM_SETTLE) -> dict[str, int]:
+    """RSS once the operator is at rest: no reconcile for `quiet` seconds (its peak is VmHWM)."""
+    await b.settle(quiet=quiet)
     return rss_now(b)
