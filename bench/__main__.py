@@ -1,8 +1,13 @@
 """`python -m bench [--quick]`: the operator's performance on the local control plane, against a floor.
 
 Starts its own control plane (hack/localcluster, with an audit log of the operator's ServiceAccount), runs the
-phases below in one process and writes bench/results/ (results.json, results.md, plot.png when matplotlib
+phases below in one process and writes bench/results/ (results.json, results.md, results.png when matplotlib
 is installed). Prints the Markdown table. Exits 0 whatever the numbers: it measures, it does not judge.
+
+`--scale 10,100,1000` runs the growth curve instead (scale.json, scale.md, scale.png): grow to each count in
+turn and record what growing there cost the operator (CPU per reconcile, API reads and writes per reconcile,
+time until all are Ready) and its RSS once at rest, with the load average. Results are written after each
+count, so a run stopped early keeps the counts it reached.
 
 1. memory at 0 Registries; 2. convergence (sequential, operator blocks and floor blocks alternating);
 3. burst floor (operator stopped); 4. data path (operator running); 5. burst; 6. restart = full reconcile,
@@ -81,6 +86,8 @@ def environment(plan: Plan) -> dict[str, Any]:
     elif OPERATOR_DIR != (REPO / "operator").resolve():
         commit = f"{OPERATOR_DIR} (checkout at {commit})"
     return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load": os.getloadavg(),
         "operator_commit": commit,
         "operator_dir": str(OPERATOR_DIR),
         "cpus": os.cpu_count(),
@@ -183,6 +190,50 @@ async def run(plan: Plan, workdir: Path, skip: set[str]) -> dict[str, Any]:
         await asyncio.to_thread(cluster.stop)
 
 
+async def run_scale(plan: Plan, workdir: Path, counts: list[int], out: Path) -> dict[str, Any]:
+    """The growth curve: RSS at rest at 0 Registries, then `phases.scale` over `counts`."""
+    from . import phases, report, workload
+    from .cluster import start_cluster
+
+    started = time.monotonic()
+    res: dict[str, Any] = {"env": environment(plan), "mode": "scale", "unrelated_secrets": plan.unrelated_secrets}
+    log(f"starting the control plane ({plan.nodes} kwok nodes) in {workdir}")
+    cluster, operator_kubeconfig = await asyncio.to_thread(start_cluster, workdir, plan.nodes)
+    client = workload.admin_client(str(cluster.kubeconfig))
+    b = phases.Bench(cluster, operator_kubeconfig, workdir, client, log=log)
+    try:
+        if plan.unrelated_secrets:
+            log(f"{plan.unrelated_secrets} unrelated Secrets")
+            await workload.unrelated_secrets(client, "bench-unrelated", plan.unrelated_secrets)
+        await b.start_operator()
+        empty = {"registries": 0, **await phases.steady_rss(b, plan.at_rest), "load": os.getloadavg()}
+
+        def checkpoint(levels: list[dict[str, Any]]) -> None:
+            res["scale"] = {"levels": [empty, *levels]}
+            res["seconds"] = time.monotonic() - started
+            report.write(res, out, "scale")
+
+        await phases.scale(b, counts, plan.at_rest, checkpoint)
+        return res
+    finally:
+        if b.operator is not None:
+            res.setdefault("operator_log_tail", b.operator.log_tail(40))
+        await b.stop_operator()
+        await client.close()
+        await asyncio.to_thread(cluster.stop)
+
+
+def _counts(text: str) -> list[int]:
+    counts = sorted({int(x) for x in text.split(",") if x.strip()})
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError("a comma-separated list of positive counts, e.g. 10,100,1000")
+    return counts
+
+
+# kwok nodes take 110 pods each: one node per 100 Registries leaves room for the rest of the cluster.
+REGISTRIES_PER_NODE = 100
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -192,6 +243,7 @@ def main() -> int:
     parser.add_argument("--skip", action="append", default=[], choices=phases, help="repeatable")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (cluster logs, audit log)")
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only re-render the report from a file")
+    parser.add_argument("--scale", type=_counts, metavar="N,N,...", help="the growth curve over these counts instead")
     seconds = ("rest_window", "resync", "stuck_window")
     for field in ("runs", "burst", *seconds, "memory_top", "datapath_iterations", "nodes", "unrelated_secrets"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=float if field in seconds else int)
@@ -199,26 +251,32 @@ def main() -> int:
     if args.report:
         from . import report
 
-        print(report.write(json.loads(args.report.read_text()), args.out))
+        print(report.write(json.loads(args.report.read_text()), args.out, args.report.stem))
         return 0
 
     plan = QUICK if args.quick else FULL
     overrides = {f: getattr(args, f) for f in plan.__dict__ if getattr(args, f, None) is not None}
+    if args.scale and args.nodes is None:
+        overrides["nodes"] = max(plan.nodes, -(-args.scale[-1] // REGISTRIES_PER_NODE))
     plan = Plan(**{**plan.__dict__, **overrides})
     workdir = Path(tempfile.mkdtemp(prefix="registry-bench-"))
     started = time.monotonic()
     try:
-        res = asyncio.run(run(plan, workdir, set(args.skip)))
+        if args.scale:
+            res = asyncio.run(run_scale(plan, workdir, args.scale, args.out))
+        else:
+            res = asyncio.run(run(plan, workdir, set(args.skip)))
     finally:
         if args.keep:
             log(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    res["mode"] = "quick" if args.quick else "full"
+    if not args.scale:
+        res["mode"] = "quick" if args.quick else "full"
     res["seconds"] = time.monotonic() - started
     from . import report
 
-    md = report.write(res, args.out)
+    md = report.write(res, args.out, "scale" if args.scale else "results")
     print(md)
     log(f"results in {args.out}: {', '.join(sorted(p.name for p in args.out.iterdir()))}")
     if os.environ.get("BENCH_JSON"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -372,20 +373,33 @@ async def stuck(b: Bench, window: float, settle_timeout: float) -> dict[str, Any
 
 
 async def grow(b: Bench, namespace: str, start: int, n: int, batch: int = 50) -> dict[str, Any]:
-    """Create `n` more Registries (in concurrent batches) and wait until all are Ready and the operator is quiet."""
+    """Create `n` more Registries (in concurrent batches) and wait until all are Ready and the operator is quiet.
+
+    What the growth cost the operator, from the first create to its last reconcile: CPU seconds, reconciles,
+    API reads and writes (audit log). A watch of the Registries times Ready to the event, at any count."""
+    op = b.operator
+    assert op is not None
     await workload.ensure_namespace(b.client, namespace)
     names = [f"mem-{i}" for i in range(start, start + n)]
-    t0 = time.monotonic()
-    for i in range(0, n, batch):
-        await asyncio.gather(*(workload.create_registry(b.client, namespace, x) for x in names[i : i + batch]))
-    deadline = time.monotonic() + 3600
-    while await workload.ready_count(b.client, namespace) < n:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{namespace}: not all {n} Registries became Ready")
-        await asyncio.sleep(2)
-    ready = time.monotonic() - t0
-    await b.settle(quiet=5.0)
-    return {"added": n, "ready": ready}
+    c0, cpu0 = op.counts(), op.cpu()
+    async with Observer(b.client, namespace, kinds=["Registry"]) as obs:
+        wall0, t0 = time.time(), time.monotonic()
+        for i in range(0, n, batch):
+            await asyncio.gather(*(workload.create_registry(b.client, namespace, x) for x in names[i : i + batch]))
+        await obs.wait_for(lambda: len(obs.ready) >= start + n and all(x in obs.ready for x in names), timeout=3600)
+        ready = max(obs.ready[x] for x in names) - t0
+    last = await b.settle(quiet=5.0)
+    audit = b.cluster.audit_counts(wall0, last + 0.5)
+    return {
+        "added": n,
+        "ready": ready,
+        "settled_after": last - wall0,
+        "reconciles": op.counts()["reconcile"] - c0["reconcile"],
+        "operator_cpu": op.cpu() - cpu0,
+        "read_total": audit["read"],
+        "write_total": audit["write"],
+        "writes": writes_of(audit),
+    }
 
 
 def rss_now(b: Bench) -> dict[str, int]:
@@ -403,3 +417,24 @@ async def steady_rss(b: Bench, quiet: float = TRIM_SETTLE) -> dict[str, int]:
     """RSS once the operator is at rest: no reconcile for `quiet` seconds (its peak is VmHWM)."""
     await b.settle(quiet=quiet)
     return rss_now(b)
+
+
+# ---------------------------------------------------------------------------------------------- scale
+
+
+async def scale(b: Bench, counts: list[int], at_rest: float, done: Any = None) -> list[dict[str, Any]]:
+    """Grow to each of `counts` (ascending) in one namespace; at each, what growing there cost and the RSS once
+    at rest. `done(levels)` is called after each level, so a run cut short still leaves the levels it reached."""
+    levels: list[dict[str, Any]] = []
+    have = 0
+    for n in sorted(counts):
+        b.log(f"scale: growing from {have} to {n} Registries")
+        grown = await grow(b, "bench-scale", have, n - have)
+        steady = await steady_rss(b, at_rest)
+        levels.append({"registries": n, **grown, **steady, "load": os.getloadavg()})
+        b.log(f"scale: {n} Ready after {grown['ready']:.1f} s, RSS {steady['rss'] / 2**20:.1f} MiB, "
+              f"load {levels[-1]['load'][0]:.1f}")  # fmt: skip
+        have = n
+        if done is not None:
+            done(levels)
+    return levels

@@ -1,4 +1,5 @@
-"""results.json, results.md (the Markdown table `python -m bench` prints) and, with matplotlib, plot.png."""
+"""<stem>.json, <stem>.md (the Markdown table `python -m bench` prints) and, with matplotlib, <stem>.png; stem
+`results` for the phases, `scale` for the growth curve."""
 
 from __future__ import annotations
 
@@ -32,9 +33,68 @@ def _counted(c: dict[str, int]) -> str:
     return f"bcrypt {bcrypt} (hashpw {c.get('bcrypt.hashpw', 0)}, checkpw {c.get('bcrypt.checkpw', 0)}), keys {keys}"
 
 
-def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
+Row = tuple[str, str, str, str, str, str]
+
+# A per-Registry cost is "flat" when, at the largest count, it is at most this many times what it was at the
+# smallest: the goal of the growth curve is flat or sub-linear cost per Registry.
+FLAT = 1.5
+
+
+def _met(ok: bool) -> str:
+    return "✔" if ok else "✘"
+
+
+def _per(level: dict[str, Any], key: str) -> float:
+    return level[key] / level["reconciles"] if level.get("reconciles") else float("nan")
+
+
+def scale_rows(scale: dict[str, Any]) -> list[Row]:
+    """The growth curve: one row per measure, the counts side by side; costs are those of growing to each count
+    (from the previous one), so a cost per reconcile that rises with the count is work that grows with it."""
+    levels = [lv for lv in scale["levels"] if lv["registries"]]
+    if not levels:
+        return []
+    empty = next((lv for lv in scale["levels"] if not lv["registries"]), None)
+    counts = " / ".join(str(lv["registries"]) for lv in levels)
+    first, last = levels[0], levels[-1]
+
+    def flat(values: list[float]) -> str:
+        return _met(values[-1] <= FLAT * values[0]) if len(values) > 1 else "–"
+
+    top = last["registries"]
+    goal = f"≤ {FLAT}× at {top} vs {first['registries']}"
+    at_1000 = next((lv["rss"] for lv in levels if lv["registries"] >= 1000), None)
+    out: list[Row] = [(
+        f"Scale {counts}: operator RSS at rest" + (f" (empty: {_mib(empty['rss'])})" if empty else ""),
+        " / ".join(_mib(lv["rss"]) for lv in levels), "–", "–", "≤ 100 MiB at 1000",
+        "–" if at_1000 is None else _met(at_1000 <= 100 * MIB),
+    )]  # fmt: skip
+    if empty:
+        per = [(lv["rss"] - empty["rss"]) / lv["registries"] / 1024 for lv in levels]
+        out.append(("Scale: RSS above the empty operator, per Registry", " / ".join(f"{x:.0f} KiB" for x in per),
+                    "–", "–", "flat or falling", flat([min(per), per[-1]])))  # fmt: skip
+    cpu = [_per(lv, "operator_cpu") * 1000 for lv in levels]
+    out.append(("Scale: operator CPU per reconcile, growing to each count", " / ".join(f"{x:.1f} ms" for x in cpu),
+                "–", _r(ratio(cpu[-1], cpu[0])), goal, flat(cpu)))  # fmt: skip
+    reads, writes = [_per(lv, "read_total") for lv in levels], [_per(lv, "write_total") for lv in levels]
+    both = [r + w for r, w in zip(reads, writes, strict=True)]
+    out.append(("Scale: API reads, writes per reconcile (audit log)",
+                " / ".join(f"{r:.1f}, {w:.1f}" for r, w in zip(reads, writes, strict=True)), "–",
+                _r(ratio(both[-1], both[0])), goal, flat(both)))  # fmt: skip
+    each = [lv["ready"] / lv["added"] * 1000 for lv in levels]
+    out.append(("Scale: until all added Registries are Ready (per added Registry)",
+                " / ".join(f"{_s(lv['ready'])} ({x:.0f} ms)" for lv, x in zip(levels, each, strict=True)), "–",
+                _r(ratio(each[-1], each[0])), goal + " per Registry", flat(each)))  # fmt: skip
+    out.append(("Scale: load average (1 min) when each count was at rest",
+                " / ".join(f"{lv['load'][0]:.1f}" for lv in levels), "–", "–", "–", ""))  # fmt: skip
+    return out
+
+
+def rows(res: dict[str, Any]) -> list[Row]:
     """(measure, operator, floor, ratio, goal, met) rows."""
-    out: list[tuple[str, str, str, str, str, str]] = []
+    out: list[Row] = []
+    if scale := res.get("scale"):
+        out += scale_rows(scale)
     if conv := res.get("convergence"):
         n = conv["runs"]
         for what, label in (("children", "all children exist"), ("ready", "Ready=True (floor: Deployment available)")):
@@ -55,11 +115,11 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
     if rest := res.get("rest"):
         w = rest["write_total"]
         out.append((f"Rest, {rest['registries']} settled, {rest['window']:.0f} s: API writes (audit log)",
-                     str(w), "0", "–", "0", "yes" if w == 0 else "no"))  # fmt: skip
+                     str(w), "0", "–", "0", _met(w == 0)))  # fmt: skip
         c = rest["counted"]
         work = sum(c.values())
         out.append((f"Rest: {rest['reconciles']} reconciles by periodic resync (every {rest['resync_interval']:.0f} s)",
-                    _counted(c), "0", "–", "0", "yes" if work == 0 else "no"))  # fmt: skip
+                    _counted(c), "0", "–", "0", _met(work == 0)))  # fmt: skip
         per = rest["read_total"] / rest["reconciles"] if rest["reconciles"] else float("nan")
         cpu = f", operator CPU {rest['operator_cpu']:.1f} s" if "operator_cpu" in rest else ""
         out.append(("Rest: API reads (audit log)", f"{rest['read_total']} ({per:.1f} per reconcile){cpu}", "–", "–",
@@ -71,7 +131,7 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         out.append((f"Stuck on bad input: {len(inputs)} Registries, API writes per minute over {st['window']:.0f} s "
                     "after their first status (audit log)",
                     f"{rate:.1f} ({each}); operator CPU {st['operator_cpu']:.1f} s", "–", "–",
-                    "0 after the first status write", "yes" if st["write_total"] == 0 else "no"))  # fmt: skip
+                    "0 after the first status write", _met(st["write_total"] == 0)))  # fmt: skip
         outcomes = "; ".join(
             f"{n}: {'rejected by the API server' if i['rejected'] else i['reason'] or 'no status'}"
             + (f" after {i['first_status']:.1f} s" if i.get("first_status") is not None else "")
@@ -84,7 +144,7 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         work = sum(c.values())
         out.append((f"Restart = full reconcile of {rs['registries']}: writes; bcrypt, key generation",
                     f"{rs['write_total']} writes; {_counted(c)}", "0", "–", "0",
-                    "yes" if work == 0 and rs["write_total"] == 0 else "no"))  # fmt: skip
+                    _met(work == 0 and rs["write_total"] == 0)))  # fmt: skip
     for key in ("restart", "restart_top"):
         if rs := res.get(key):
             n = rs["registries"]
@@ -101,7 +161,7 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
         out.append((
             "Operator RSS at " + " / ".join(map(str, counts)) + f" Registries{others} (highest of the samples at each)",
             " / ".join(_mib(worst[n]) for n in counts), "–", "–", "≤ 100 MiB at 1000",
-            ("yes" if worst[counts[-1]] <= 100 * MIB else "no") if counts[-1] >= 1000 else "–",
+            _met(worst[counts[-1]] <= 100 * MIB) if counts[-1] >= 1000 else "–",
         ))  # fmt: skip
         out.append(
             (
@@ -133,7 +193,7 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str, str, str]]:
                 f"{_s(v[name]['push']['median'])} / {_s(v[name]['pull']['median'])}",
                 f"{_s(v['plain']['push']['median'])} / {_s(v['plain']['pull']['median'])}",
                 f"{_r(push)} / {_r(pull)} (both {_r(both)})", "≤ 1.3×" if goal else "–",
-                ("yes" if max(push, pull) <= 1.3 else "no") if goal else "",
+                _met(max(push, pull) <= 1.3) if goal else "",
             ))  # fmt: skip
     return out
 
@@ -148,14 +208,73 @@ def markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(res: dict[str, Any], path: Path) -> bool:
-    """plot.png; False when matplotlib is not installed."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot without a display, or None when matplotlib is not installed (pip install '.[bench]')."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot_scale(res: dict[str, Any], path: Path) -> bool:
+    """The growth curve against the count (log scale): RSS at rest, CPU and API requests per reconcile, and the
+    time until all added Registries were Ready. False when matplotlib is not installed."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    all_levels = res["scale"]["levels"]
+    levels = [lv for lv in all_levels if lv["registries"]]
+    xs = [lv["registries"] for lv in levels]
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4.2))
+    rss = axes[0]
+    rss.plot(xs, [lv["rss"] / MIB for lv in levels], "o-", label="RSS at rest")
+    rss.plot(xs, [lv["hwm"] / MIB for lv in levels], "^:", color="grey", label="peak (VmHWM)")
+    if empty := next((lv for lv in all_levels if not lv["registries"]), None):
+        rss.axhline(empty["rss"] / MIB, color="grey", linestyle="-.", label="0 Registries")
+    rss.axhline(100, color="red", linestyle="--", label="goal at 1000")
+    rss.set_ylabel("MiB")
+    rss.set_title("Operator memory")
+    cpu = axes[1]
+    cpu.plot(xs, [_per(lv, "operator_cpu") * 1000 for lv in levels], "o-")
+    cpu.set_ylabel("ms")
+    cpu.set_title("Operator CPU per reconcile")
+    api = axes[2]
+    api.plot(xs, [_per(lv, "read_total") for lv in levels], "o-", label="reads")
+    api.plot(xs, [_per(lv, "write_total") for lv in levels], "s-", label="writes")
+    api.set_title("API requests per reconcile (audit)")
+    ready = axes[3]
+    ready.plot(xs, [lv["ready"] / lv["added"] * 1000 for lv in levels], "o-")
+    for lv in levels:
+        ready.annotate(f"{lv['ready']:.0f} s", (lv["registries"], lv["ready"] / lv["added"] * 1000),
+                       textcoords="offset points", xytext=(4, 4), fontsize=8)  # fmt: skip
+    ready.set_ylabel("ms per added Registry")
+    ready.set_title("Until all added are Ready (total labelled)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("Registries")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    rss.legend(fontsize=8)
+    api.legend(fontsize=8)
+    loads = ", ".join(f"{lv['load'][0]:.1f}" for lv in levels)
+    fig.suptitle(f"Operator {res['env'].get('operator_commit', '?')}, {res['env'].get('cpus', '?')} CPUs, "
+                 f"load average at each count {loads}", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot(res: dict[str, Any], path: Path) -> bool:
+    """The phases' picture; False when matplotlib is not installed."""
+    if "scale" in res:
+        return plot_scale(res, path)
+    plt = _pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     if conv := res.get("convergence"):
@@ -189,13 +308,13 @@ def plot(res: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def write(res: dict[str, Any], out: Path) -> str:
+def write(res: dict[str, Any], out: Path, stem: str = "results") -> str:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
     md = markdown(res)
-    (out / "results.md").write_text(md)
+    (out / f"{stem}.md").write_text(md)
     try:
-        plot(res, out / "plot.png")
+        plot(res, out / f"{stem}.png")
     except Exception as exc:  # noqa: BLE001 - the plot is optional, the numbers are not
-        print(f"plot.png not written: {type(exc).__name__}: {exc}")
+        print(f"{stem}.png not written: {type(exc).__name__}: {exc}")
     return md

@@ -14,7 +14,6 @@ import base64
 import inspect
 import os
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import httpx2
@@ -145,19 +144,3 @@ async def delete_registries(client: AsyncClient, namespace: str, wait_pods: bool
         if time.monotonic() > deadline:
             raise TimeoutError(f"{namespace}: Registries or their pods still there after {timeout}s")
         await asyncio.sleep(0.5)
-
-
-async def ready_count(client: AsyncClient, namespace: str, names: Iterable[str] | None = None) -> int:
-    from .observe import registry_ready
-
-    wanted = set(names) if names is not None else None
-
-    async def once() -> int:
-        n = 0
-        async for reg in client.list(Registry, namespace=namespace):
-            d = reg.to_dict()
-            if (wanted is None or d["metadata"]["name"] in wanted) and registry_ready(d):
-                n += 1
-        return n
-
-    return await _retrying(once)
