@@ -5,10 +5,13 @@ token service for one Registry and from one for ``--joined`` Registries (a rule 
 spread over their audiences), same clients, runs interleaved, printed side by side with each service's
 CPU time per token (steadier than rates on shared cores). Prints numbers, asserts nothing.
 
-Compares with cesanta/docker_auth when a built ``.cache/bin/docker_auth-*/auth_server`` exists.
+Against a floor and a peer, same clients: the floor is the token service's own server answering a token signed
+at start (bench/token/floor.py: HTTP and aiohttp, nothing else); the peer is distribution 2.8's reference
+token server (contrib/token-server, ``hack/build token_server``), when built: it checks the password with
+bcrypt on every request (no cache), so its cached runs are as slow as its cold ones and are fewer.
 
 Usage: python bench/token/bench_token.py [--requests 2000] [--cold 40] [--cost 10] [--concurrency 1 8]
-                                         [--joined 10] [--rounds 4] [--quick]
+                                         [--joined 10] [--rounds 4] [--peer-requests 100] [--quick]
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import base64
 import dataclasses
+import json
 import os
 import statistics
 import subprocess
@@ -43,6 +47,7 @@ from common import (
 )
 
 SCOPE = "repository:team-a/app:pull,push"
+PEER_SCOPE = "repository:alice/app:pull,push"
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class Target:
     name: str
     url: str  # token endpoint
     pid: int | None = None  # the serving process, when its CPU time is to be read
+    scope: str = SCOPE  # what to ask for: a scope the target grants alice
 
 
 @dataclass(frozen=True)
@@ -101,10 +107,10 @@ async def run(
     request ``i`` asks for a token for ``services[i % len(services)]``."""
     latencies: list[float] = []
     errors = 0
-    queue = [({"service": services[i % len(services)], "scope": SCOPE}, h) for i, h in enumerate(headers)][::-1]
+    queue = [({"service": services[i % len(services)], "scope": target.scope}, h) for i, h in enumerate(headers)][::-1]
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
-        warmup_params = {"service": services[0], "scope": SCOPE}
+        warmup_params = {"service": services[0], "scope": target.scope}
         async with session.get(target.url, params=warmup_params) as warmup:  # open a connection, load caches
             await warmup.read()
 
@@ -132,18 +138,22 @@ def add_cold_users(htpasswd: Path, count: int, cost: int) -> list[tuple[str, str
     return users
 
 
-async def scenarios(target: Target, args: argparse.Namespace, cold: list[tuple[str, str]]) -> list[Result]:
+async def scenarios(
+    target: Target, args: argparse.Namespace, cold: list[tuple[str, str]], kinds: Sequence[str], requests: int
+) -> list[Result]:
+    """The runs of ``kinds`` (cold, cached, anonymous) at each client count; ``requests`` per cached and anonymous
+    run, ``args.cold`` distinct users per cold run."""
     results = []
     for concurrency in args.concurrency:
-        batch = cold[: args.cold] if concurrency == 1 else cold[args.cold : 2 * args.cold]
-        results.append(
-            await run(
-                target, f"cold bcrypt, c={concurrency}", [{"Authorization": basic(*u)} for u in batch], concurrency
-            )
-        )
-        cached = [{"Authorization": basic("alice", "alice-pw")}] * args.requests
-        results.append(await run(target, f"cached, c={concurrency}", cached, concurrency))
-        results.append(await run(target, f"anonymous, c={concurrency}", [{}] * args.requests, concurrency))
+        if "cold" in kinds:
+            batch = cold[: args.cold] if concurrency == 1 else cold[args.cold : 2 * args.cold]
+            label = f"cold bcrypt, c={concurrency}"
+            results.append(await run(target, label, [{"Authorization": basic(*u)} for u in batch], concurrency))
+        if "cached" in kinds:
+            cached = [{"Authorization": basic("alice", "alice-pw")}] * requests
+            results.append(await run(target, f"cached, c={concurrency}", cached, concurrency))
+        if "anonymous" in kinds:
+            results.append(await run(target, f"anonymous, c={concurrency}", [{}] * requests, concurrency))
     return results
 
 
@@ -169,51 +179,73 @@ async def measured(
 
 @dataclass(frozen=True)
 class Pair:
-    """Cached issuance at one client count: a Registry's own token service and an index's."""
+    """Cached issuance at one client count from two services: a Registry's own and an index's, or ours and the
+    floor."""
 
     concurrency: int
-    one: Result
-    index: Result
+    first: Result
+    second: Result
 
 
-async def one_against_index(one: Target, index: Target, services: list[str], args: argparse.Namespace) -> list[Pair]:
-    """Cached issuance from both services with the same clients, in rounds that alternate which goes first, so
-    that load from elsewhere on the machine (2 shared cores) hits both alike; the index's requests cycle its
-    audiences."""
-    for target, audiences in ((one, services[:1]), (index, services)):  # alice's one bcrypt check per service
+async def alternating(
+    first: tuple[Target, list[str]], second: tuple[Target, list[str]], args: argparse.Namespace
+) -> list[Pair]:
+    """Cached issuance from two services (each with the audiences its requests cycle) with the same clients, in
+    rounds that alternate which goes first, so that load from elsewhere on the machine (2 shared cores) hits both
+    alike."""
+    for target, audiences in (first, second):  # alice's one bcrypt check per service
         await run(target, "warm-up", [CACHED] * len(audiences), 1, audiences)
     pairs = []
     for concurrency in args.concurrency:
         requests = [CACHED] * args.requests
         rounds: list[tuple[Result, Result]] = []
         for round_ in range(args.rounds):
-            order = [(one, services[:1]), (index, services)][:: -1 if round_ % 2 else 1]  # ABBA: neither always first
+            order = [first, second][:: -1 if round_ % 2 else 1]  # ABBA: neither always first
             done: dict[str, Result] = {}
             for target, audiences in order:
                 done[target.name] = await measured(target, requests, concurrency, audiences)
-            rounds.append((done[one.name], done[index.name]))
+            rounds.append((done[first[0].name], done[second[0].name]))
         pooled = [sum(column[1:], column[0]) for column in zip(*rounds, strict=True)]
         pairs.append(Pair(concurrency, *pooled))
     return pairs
 
 
-def side_by_side(pairs: Sequence[Pair], joined: int) -> list[str]:
-    """One line per client count: tokens/s, p50, p99 and service CPU per token of each service, and the index's
-    rate and CPU per token relative to the one registry's."""
-    head = f"{'clients':>7} | {'1 registry: tokens/s':>20} {'p50 ms':>7} {'p99 ms':>7} {'CPU us':>6} | "
-    head += f"{f'{joined} joined: tokens/s':>20} {'p50 ms':>7} {'p99 ms':>7} {'CPU us':>6} | "
+def side_by_side(pairs: Sequence[Pair], first: str, second: str) -> list[str]:
+    """One line per client count: tokens/s, p50, p99 and service CPU per token of each service, and the second's
+    rate and CPU per token relative to the first's."""
+    head = f"{'clients':>7} | {f'{first}: tokens/s':>20} {'p50 ms':>7} {'p99 ms':>7} {'CPU us':>6} | "
+    head += f"{f'{second}: tokens/s':>20} {'p50 ms':>7} {'p99 ms':>7} {'CPU us':>6} | "
     head += f"{'rate':>5} {'CPU':>5} {'errors':>6}"
     lines = [head]
     for pair in pairs:
         cells = []
-        for result in (pair.one, pair.index):
+        for result in (pair.first, pair.second):
             p50, p99 = result.quantiles_ms()
             cells.append(f"{result.rate:>20.0f} {p50:>7.2f} {p99:>7.2f} {result.cpu_per_token_us:>6.0f}")
-        errors = pair.one.errors + pair.index.errors
-        rate = pair.index.rate / pair.one.rate
-        cpu = pair.index.cpu / pair.one.cpu if pair.one.cpu else float("nan")
+        errors = pair.first.errors + pair.second.errors
+        rate = pair.second.rate / pair.first.rate
+        cpu = pair.second.cpu / pair.first.cpu if pair.first.cpu else float("nan")
         lines.append(f"{pair.concurrency:>7} | {cells[0]} | {cells[1]} | {rate:>5.2f} {cpu:>5.2f} {errors:>6}")
     return lines
+
+
+def compare_floor(directory: Path, args: argparse.Namespace) -> list[Pair]:
+    """Our service and the floor (bench/token/floor.py) on the same files, measured by :func:`alternating`."""
+    directory.mkdir()
+    config = write_service_files(directory, "ES256", bcrypt_cost=args.cost)
+    ours_port, floor_port = free_port(), free_port()
+    service = start_token_service(config, ours_port)
+    try:
+        floor = [sys.executable, str(Path(__file__).with_name("floor.py")), "--config", str(config)]
+        process = serving([*floor, "--listen", f"127.0.0.1:{floor_port}"], floor_port, directory / "floor.log")
+        try:
+            ours = Target("ours", f"http://127.0.0.1:{ours_port}/token", service.pid)
+            presigned = Target("floor", f"http://127.0.0.1:{floor_port}/token", process.pid)
+            return asyncio.run(alternating((ours, [SERVICE]), (presigned, [SERVICE]), args))
+        finally:
+            stop(process)
+    finally:
+        stop(service)
 
 
 def compare_index(directory: Path, args: argparse.Namespace) -> list[Pair]:
@@ -232,63 +264,90 @@ def compare_index(directory: Path, args: argparse.Namespace) -> list[Pair]:
             port = free_port()
             processes.append(start_token_service(config, port))
             targets.append(Target(name, f"http://127.0.0.1:{port}/token", processes[-1].pid))
-        return asyncio.run(one_against_index(*targets, services, args))
+        one, index = targets
+        return asyncio.run(alternating((one, services[:1]), (index, services), args))
     finally:
         for process in processes:
             stop(process)
 
 
-def docker_auth_binary() -> Path | None:
-    found = sorted((REPO_ROOT / ".cache/bin").glob("docker_auth-*/auth_server"))
+def peer_binary() -> Path | None:
+    bin_dir = Path(os.environ.get("REGISTRY_OPERATOR_BIN_DIR") or REPO_ROOT / ".cache/bin")
+    found = sorted(bin_dir.glob("distribution-token-server-*/token-server"))
     return found[-1] if found else None
 
 
-def docker_auth_config(directory: Path, port: int, users: list[tuple[str, str]]) -> Path:
-    lines = [
-        f'server:\n  addr: "127.0.0.1:{port}"',
-        f'token:\n  issuer: "{ISSUER}"\n  expiration: 300\n'
-        f'  certificate: "{directory / "signing.crt"}"\n  key: "{directory / "signing.key"}"',
-        "users:",
-    ]
-    for line in (directory / "htpasswd").read_text().splitlines():
-        user, _, hashed = line.partition(":")
-        lines.append(f'  "{user}":\n    password: "{hashed}"')
-    lines.append(
-        '  "": {}\nacl:\n  - match: {account: "alice"}\n    actions: ["*"]\n'
-        '  - match: {account: "/^cold/"}\n    actions: ["pull"]\n'
-        '  - match: {account: ""}\n    actions: ["pull"]'
-    )
-    path = directory / "docker_auth.yml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def serving(command: Sequence[str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    """``command`` started with its output to ``log``, once it listens on ``port``."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=out)
+    try:
+        wait_for_port(port)
+    except BaseException:
+        stop(process)
+        raise
+    return process
 
 
 def issuance(directory: Path, args: argparse.Namespace) -> list[Result]:
-    """Cold, cached and anonymous runs against our service, then docker_auth's when built."""
-    results: list[Result] = []
+    """Our service (cold, cached, anonymous) and the peer when built (cold, cached: it has no anonymous access);
+    one after the other, the same clients and credentials."""
     config = write_service_files(directory, "ES256", bcrypt_cost=args.cost)
     cold = add_cold_users(directory / "htpasswd", 2 * args.cold, args.cost)
+    results: list[Result] = []
     port = free_port()
     service = start_token_service(config, port)
     try:
-        results += asyncio.run(scenarios(Target("ours", f"http://127.0.0.1:{port}/token"), args, cold))
+        target = Target("ours", f"http://127.0.0.1:{port}/token")
+        results += asyncio.run(scenarios(target, args, cold, ("cold", "cached", "anonymous"), args.requests))
     finally:
         stop(service)
-    binary = docker_auth_binary()
+    binary = peer_binary()
     if binary is None:
-        print("docker_auth: no .cache/bin/docker_auth-*/auth_server built; comparison skipped")
+        print("peer: no .cache/bin/distribution-token-server-*/token-server (hack/build token_server); skipped")
         return results
     port = free_port()
-    log = (directory / "docker_auth.log").open("wb")
-    process = subprocess.Popen([str(binary), str(docker_auth_config(directory, port, cold))], stdout=log, stderr=log)
+    peer = [str(binary), "-addr", f"127.0.0.1:{port}", "-passwd", str(directory / "htpasswd"), "-realm", ISSUER,
+            "-issuer", ISSUER]  # fmt: skip
+    process = serving(peer, port, directory / "peer.log")
     try:
-        wait_for_port(port)
-        target = Target(f"docker_auth ({binary.parent.name})", f"http://127.0.0.1:{port}/auth")
-        results += asyncio.run(scenarios(target, args, cold))
+        # It grants a user the repositories under their own name only.
+        name = f"peer ({binary.parent.name.removeprefix('distribution-')})"
+        target = Target(name, f"http://127.0.0.1:{port}/token/", scope=PEER_SCOPE)
+        results += asyncio.run(scenarios(target, args, cold, ("cold", "cached"), args.peer_requests))
     finally:
         stop(process)
-        log.close()
     return results
+
+
+def _numbers(result: Result) -> dict[str, float]:
+    p50, p99 = result.quantiles_ms()
+    return {"count": result.count, "rate": result.rate, "p50_ms": p50, "p99_ms": p99, "errors": result.errors,
+            "cpu_per_token_us": result.cpu_per_token_us}  # fmt: skip
+
+
+def as_json(
+    args: argparse.Namespace,
+    load: Sequence[float],
+    results: Sequence[Result],
+    floor: Sequence[Pair],
+    index: Sequence[Pair],
+) -> dict[str, object]:
+    """The run's numbers for bench/report.py (the README table), with where and when they were measured."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+
+    def pairs(of: Sequence[Pair], first: str, second: str) -> list[dict[str, object]]:
+        return [{"concurrency": p.concurrency, first: _numbers(p.first), second: _numbers(p.second)} for p in of]
+
+    return {
+        "env": {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load": list(load),
+                "operator_commit": commit.stdout.strip() or "?", "cpus": os.cpu_count()},
+        "mode": "token",
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "runs": {r.label: _numbers(r) for r in results},
+        "floor": pairs(floor, "ours", "floor"),
+        "index": pairs(index, "one", "index"),
+    }  # fmt: skip
 
 
 def main() -> int:
@@ -299,6 +358,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--joined", type=int, default=10, help="registries joined to the index (0: no comparison)")
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds per cell of the comparison")
+    parser.add_argument("--peer-requests", type=int, default=100, help="per cached run of the peer (bcrypt each)")
+    parser.add_argument("--json", type=Path, help="also write the numbers here (bench/results/token.json: the README)")
     parser.add_argument(
         "--quick", action="store_true", help="seconds: the index comparison alone, at most 300 requests x 2 rounds"
     )
@@ -306,25 +367,39 @@ def main() -> int:
     if args.quick:
         args.requests, args.rounds = min(args.requests, 300), min(args.rounds, 2)
     pairs: list[Pair] = []
+    floor: list[Pair] = []
     results: list[Result] = []
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="token-bench-") as tmp:
         directory = Path(tmp)
         if not args.quick:
             results = issuance(directory, args)
+            floor = compare_floor(directory / "floor", args)
         if args.joined:
             pairs = compare_index(directory, args)
+    load = tuple(max(a, b) for a, b in zip(load, os.getloadavg(), strict=True))
     if results:
         print(f"\nbcrypt cost {args.cost}, ES256, loopback, {len(results)} runs; latency per request in ms")
         print(f"{'run':<42} {'count':>6} {'tokens/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>6}")
         for result in results:
             print(result.row())
+    if floor:
+        print(
+            f"\nOurs against the floor (the same server answering a token signed at start): cached credentials, "
+            f"{args.rounds} x {args.requests} requests per cell (rounds alternate)"
+        )
+        print("\n".join(side_by_side(floor, "ours", "floor")))
+    print(f"\nload average (highest of start and end): {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(as_json(args, load, results, floor, pairs), indent=2) + "\n")
     if pairs:
         print(
             f"\nOne registry against {args.joined} joined to an index: cached credentials, a rule per registry, "
             f"{args.rounds} x {args.requests} requests per cell (rounds alternate), the index's spread over its "
             f"{args.joined} audiences"
         )
-        print("\n".join(side_by_side(pairs, args.joined)))
+        print("\n".join(side_by_side(pairs, "1 registry", f"{args.joined} joined")))
     return 0
 
 
