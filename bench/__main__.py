@@ -244,10 +244,16 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (cluster logs, audit log)")
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only re-render the report from a file")
     parser.add_argument("--scale", type=_counts, metavar="N,N,...", help="the growth curve over these counts instead")
+    parser.add_argument("--readme", action="store_true", help="only render README.md's table from the runs in --out")
     seconds = ("rest_window", "resync", "stuck_window")
     for field in ("runs", "burst", *seconds, "memory_top", "datapath_iterations", "nodes", "unrelated_secrets"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=float if field in seconds else int)
     args = parser.parse_args()
+    if args.readme:
+        from . import report
+
+        print(report.update_readme(REPO / "README.md", args.out.resolve()))
+        return 0
     if args.report:
         from . import report
 
