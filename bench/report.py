@@ -124,6 +124,7 @@ def token_rows(res: dict[str, Any]) -> list[Row]:
         if not name.startswith("peer") or (ours := runs.get(f"ours: {run}")) is None:
             continue
         kind, _, clients = run.partition(", c=")
+        kind = kind.removesuffix(" bcrypt")
         cost = res.get("args", {}).get("cost", "?")
         out.append((f"Token issuance against the {name}, {kind} (bcrypt cost {cost}), {_clients(int(clients))}: "
                     "tokens/s; p50 / p99", _issuance(ours, cpu=False), _issuance(peer, cpu=False),
