@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,12 @@ class Outcome:
 def failed(job: Mapping[str, Any]) -> bool:
     """Whether the GC Job has failed (then its container's last line is worth a read: `finished`)."""
     return any(c.get("type") == "Failed" and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or ())
+
+
+def ended(job: Mapping[str, Any]) -> bool:
+    """Whether the GC Job has run to an end (then its pod's `usage` container left a `report`)."""
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
                for c in (job.get("status") or {}).get("conditions") or ())
 
 
@@ -125,10 +132,46 @@ def _next_tick(schedule: cron.Cron | None, previous: Mapping[str, Any], job: Map
     return schedule.next_after(now)
 
 
+def human(size: int) -> str:
+    """Bytes as kubectl readers want them: 1023B, 1.5Ki, 12.3Mi, 1.0Gi (binary units, as quantities are)."""
+    value, unit = float(size), "B"
+    for unit in ("B", "Ki", "Mi", "Gi", "Ti", "Pi"):
+        if abs(value) < 1024 or unit == "Pi":
+            break
+        value /= 1024
+    return f"{size}B" if unit == "B" else f"{value:.1f}{unit}"
+
+
+def report(text: str | None) -> dict[str, Any] | None:
+    """The storage-usage summary the Job's `usage` container left as its termination message
+    (registry_operator.storageusage), or None when there is none or it is not one."""
+    try:
+        found = json.loads(text or "")
+    except ValueError:
+        return None
+    if not isinstance(found, dict):
+        return None
+    numbers = ("blobs", "bytes", "repositories", "blobsFreed", "bytesFreed")
+    out = {k: found[k] for k in numbers if isinstance(found.get(k), int) and not isinstance(found[k], bool)}
+    if isinstance(found.get("error"), str):
+        out["error"] = found["error"][:300]
+    return out if all(k in out for k in numbers[:3]) or "error" in out else None
+
+
+def usage(previous: Mapping[str, Any] | None, measured: Mapping[str, Any] | None, when: str | None
+          ) -> dict[str, Any] | None:
+    """status.usage: what the last collection measured (at `when`, its end), else what status already says.
+    Only a finished collection changes it, so a settled Registry never rewrites it."""
+    if measured and "error" not in measured and when:
+        return {"bytes": measured["bytes"], "used": human(measured["bytes"]), "blobs": measured["blobs"],
+                "repositories": measured["repositories"], "measuredTime": when}
+    return dict(previous) if previous else None
+
+
 def plan(spec: RegistrySpec, body: Mapping[str, Any], job: Mapping[str, Any] | None, now: dt.datetime,
-         last_line: str | None = None) -> Plan:
+         last_line: str | None = None, measured: Mapping[str, Any] | None = None) -> Plan:
     """Decide from the Registry (`body`: its annotations and last status) and the live GC Job (None: none);
-    `last_line`: what a failed Job's container said last (`finished`)."""
+    `last_line`: what a failed Job's container said last (`finished`); `measured`: its usage `report`."""
     gc = spec.garbage_collection
     previous: Mapping[str, Any] = (body.get("status") or {}).get("garbageCollection") or {}
     schedule = cron.Cron.parse(gc.schedule) if gc.schedule else None
@@ -154,6 +197,13 @@ def plan(spec: RegistrySpec, body: Mapping[str, Any], job: Mapping[str, Any] | N
             # Either container may have failed: after garbage-collect, an unflushed cache serves deleted blobs.
             message += (f"; the Redis cache ({spec.redis.address} db {spec.redis.db}) may still describe deleted "
                         "blobs: request another collection (it flushes again) or FLUSHDB it by hand")
+        for key in ("lastBlobsFreed", "lastBytesFreed"):  # a run that measured nothing says nothing freed
+            status.pop(key, None)
+        if measured and "blobsFreed" in measured and "bytesFreed" in measured:
+            status.update(lastBlobsFreed=measured["blobsFreed"], lastBytesFreed=measured["bytesFreed"])
+            message += f"; freed {measured['blobsFreed']} blobs, {human(measured['bytesFreed'])}"
+        elif measured and "error" in measured:
+            message += f"; storage not measured: {measured['error']}"
         status.update(lastResult=outcome.result, lastMessage=message)
         for key, value in (("lastStartTime", outcome.start), ("lastEndTime", outcome.end),
                            ("lastRequest", request), ("lastScheduleTime", scheduled)):

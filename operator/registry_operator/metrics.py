@@ -48,6 +48,21 @@ TRIGGERS = Counter(
     ["outcome"],
 )
 
+GC_RUNS = Counter(
+    f"{PREFIX}_gc_runs_total", "Garbage collections recorded in a Registry's status, by result (Succeeded, Failed).",
+    ["result"],
+)
+GC_FREED_BYTES = Counter(
+    f"{PREFIX}_gc_freed_bytes_total", "Blob bytes garbage collections removed from storage, as the GC Job measured.",
+)
+
+
+def gc_ended(result: str, freed_bytes: int) -> None:
+    """One collection's result reached status (said once: its Job is deleted right after)."""
+    GC_RUNS.labels(result).inc()
+    if freed_bytes > 0:
+        GC_FREED_BYTES.inc(freed_bytes)
+
 
 class _Registries(Collector):
     """Per-Registry gauges computed at scrape time from the last status each Registry was given."""

@@ -18,6 +18,7 @@ from lightkube.resources.core_v1 import Pod, ServiceAccount
 from .kinds import RegistryIndex, resource
 from .material import Problem, Secrets
 from .names import COMPONENT_GC, COMPONENT_REGISTRY, LABEL_WATCH, ChildNames, selector
+from .render.garbage_collection import USAGE_CONTAINER
 from .spec import IndexSpec, RegistrySpec
 
 GC_LINE_LIMIT = 300  # of a failed GC's last log line, in status and its Event
@@ -138,6 +139,17 @@ async def gc_failure_line(client: AsyncClient, spec: RegistrySpec) -> str | None
             lines = [line for line in ((ended.message or "") if ended else "").splitlines() if line.strip()]
             if ended and ended.exitCode and lines:
                 return lines[-1].strip()[:GC_LINE_LIMIT]
+    return None
+
+
+async def gc_usage_message(client: AsyncClient, spec: RegistrySpec) -> str | None:
+    """The termination message of the GC Job's `usage` container (garbage_collection.report reads it), or
+    None. Read only while an ended Job waits for its result to reach status."""
+    async for pod in client.list(Pod, namespace=spec.namespace, labels=selector(spec.name, COMPONENT_GC)):
+        for container in (pod.status.containerStatuses or []) if pod.status else []:
+            ended = container.state.terminated if container.state else None
+            if container.name == USAGE_CONTAINER and ended and ended.message:
+                return ended.message
     return None
 
 

@@ -60,6 +60,7 @@ from .nodetrust import publish as node_trust
 from .observe import (
     candidates,
     gc_failure_line,
+    gc_usage_message,
     index_candidates,
     joined_index,
     missing_service_account,
@@ -236,7 +237,9 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     names = ChildNames(spec.name)
     gc_job = observed.children.get(("Job", names.gc))
     gc_line = await gc_failure_line(ctx.client, spec) if gc_job and garbage_collection.failed(gc_job) else None
-    gc = garbage_collection.plan(spec, body, gc_job, now, gc_line)
+    measured = (garbage_collection.report(await gc_usage_message(ctx.client, spec))
+                if gc_job and garbage_collection.ended(gc_job) else None)
+    gc = garbage_collection.plan(spec, body, gc_job, now, gc_line, measured)
     outcome.wake_after = gc.wake_after
     desired = render.desired(gc.effective(spec), mat, body, ctx.config.operator_image, ctx.pod_monitors, joined)
     if gc.job is not None:
@@ -310,12 +313,18 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     )
     if gc.status is not None:
         status["garbageCollection"] = gc.status
+    used = garbage_collection.usage((body.get("status") or {}).get("usage"), measured,
+                                    gc.status.get("lastEndTime") if gc.delete_job and gc.status else None)
+    if used is not None:
+        status["usage"] = used
     stored = [r for r in mat.rotations if ("Secret", r.secret) in applied.written]
     for rotation in stored:
         log.info("Registry %s/%s: %s", namespace, name, rotation.message)
     gc_events = garbage_collection.events((body.get("status") or {}).get("garbageCollection"), gc.status)
     outcome.status_written = await _finish(
         ctx, memory, body, status, [*gc_events, *(("Normal", r.reason, r.message) for r in stored)])
+    if gc.status and any(reason != "GarbageCollectionStarted" for _, reason, _ in gc_events):
+        metrics.gc_ended(gc.status["lastResult"], gc.status.get("lastBytesFreed", 0))  # stored: said once
     if gc.delete_job and not applied.problems:  # its result is in status now
         outcome.deleted += await delete_all(ctx.client, [("batch/v1", "Job", names.gc)], observed.children, body)
     log.debug("Registry %s/%s reconciled: %d applied, %d deleted, status %s", namespace, name,

@@ -72,8 +72,8 @@ def test_requested_collection_runs_read_only_on_the_registry_node_then_restarts_
     terms = running["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
         "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert {v for t in terms for f in t["matchFields"] for v in f["values"]} == registry_nodes
-    container = running["spec"]["template"]["spec"]["containers"][0]
-    assert container["args"] == ["garbage-collect", "/etc/distribution/config.yml"]
+    steps = {c["name"]: c for c in running["spec"]["template"]["spec"]["initContainers"]}
+    assert steps["garbage-collect"]["args"] == ["garbage-collect", "/etc/distribution/config.yml"]
     assert running["metadata"]["ownerReferences"][0]["controller"] is True
 
     done = wait_for(lambda: (s := gc_status(kube_client, namespace)).get("lastResult") and s, timeout=60,

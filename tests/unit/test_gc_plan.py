@@ -196,7 +196,7 @@ def test_job_runs_garbage_collect_on_the_same_storage_image_and_config():
     s = reg({"deleteUntagged": True, "dryRun": True})
     job_ = gc_render.job(s, OWNER, "r1", None, suspend=True, node=None, operator_image="img")
     pod = job_["spec"]["template"]["spec"]
-    container = pod["containers"][0]
+    [before, container], [usage] = pod["initContainers"], pod["containers"]
     assert container["args"] == ["garbage-collect", "--delete-untagged", "--dry-run", "/etc/distribution/config.yml"]
     assert container["image"] == s.image and job_["spec"]["suspend"] is True
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"  # its last line reaches status
@@ -210,6 +210,13 @@ def test_job_runs_garbage_collect_on_the_same_storage_image_and_config():
     terms = pinned["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["node-7"]}]}]
     assert gc_render.args(reg(version="2.8"))[-1] == "/etc/docker/registry/config.yml"
+    # The storage is measured before and after, with the collector's own view of it (config, claim, keys).
+    for step in (before, usage):
+        assert step["image"] == "img" and step["command"] == ["python", "-m", "registry_operator.storageusage"]
+        assert step["volumeMounts"] == container["volumeMounts"] and step.get("env") == container.get("env")
+    assert before["args"] == ["--config", "/etc/distribution/config.yml", "--save", gc_render.USAGE_BEFORE]
+    assert usage["args"][-4:] == ["--before", gc_render.USAGE_BEFORE, "--termination-log", gc_render.USAGE_SUMMARY]
+    assert usage["terminationMessagePath"] == gc_render.USAGE_SUMMARY and usage["name"] == gc_render.USAGE_CONTAINER
 
 
 @pytest.mark.parametrize(("raw", "message"), [
@@ -224,3 +231,38 @@ def test_spec_refuses(raw, message):
 def test_spec_refuses_gc_on_emptydir():
     with pytest.raises(ValueError, match="persistentVolumeClaim"):
         reg({"schedule": "0 3 * * *"}, storage={})
+
+
+def test_a_measured_run_records_what_it_freed_and_the_usage_after():
+    text = '{"blobs":3,"bytes":4096,"repositories":1,"blobsFreed":2,"bytesFreed":3145728}'
+    measured = gc.report(text)
+    assert measured == {"blobs": 3, "bytes": 4096, "repositories": 1, "blobsFreed": 2, "bytesFreed": 3145728}
+    plan = gc.plan(reg(), body("r1"), job(condition=("Complete", "", "")), NOW, measured=measured)
+    assert plan.status["lastBlobsFreed"] == 2 and plan.status["lastBytesFreed"] == 3145728
+    assert plan.status["lastMessage"] == "garbage-collect finished; freed 2 blobs, 3.0Mi"
+    used = gc.usage(None, measured, plan.status["lastEndTime"])
+    assert used == {"bytes": 4096, "used": "4.0Ki", "blobs": 3, "repositories": 1,
+                    "measuredTime": "2026-12-01T10:00:05Z"}
+    # At rest (no Job): the same usage, the same status: nothing to write.
+    assert gc.usage(used, None, None) == used
+    assert gc.plan(reg(), body("r1", plan.status), None, NOW).status == plan.status
+    # The next run that could not measure says so, and claims nothing freed; the old usage stays, dated.
+    unmeasured = gc.report('{"error":"no static S3 keys to list the bucket with (workload identity)"}')
+    again = gc.plan(reg(), body("r2", plan.status), job(request="r2", condition=("Complete", "", "")), NOW,
+                    measured=unmeasured)
+    assert "lastBytesFreed" not in again.status and "lastBlobsFreed" not in again.status
+    assert again.status["lastMessage"].endswith("storage not measured: no static S3 keys to list the bucket with "
+                                                "(workload identity)")
+    assert gc.usage(used, unmeasured, again.status["lastEndTime"]) == used
+
+
+@pytest.mark.parametrize("text", [None, "", "garbage-collect: done", "[1]", '{"blobs":1}', '{"blobs":true,'
+                                  '"bytes":1,"repositories":1}'])
+def test_a_message_that_is_no_usage_report_is_ignored(text):
+    assert gc.report(text) is None
+
+
+@pytest.mark.parametrize(("size", "text"), [(0, "0B"), (1023, "1023B"), (1536, "1.5Ki"),
+                                            (5 * 1024**3 + 1, "5.0Gi"), (2 * 1024**6, "2048.0Pi")])
+def test_human_sizes_use_binary_units(size, text):
+    assert gc.human(size) == text

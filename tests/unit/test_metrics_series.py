@@ -39,6 +39,8 @@ def sample(metric: str, **labels: str) -> float | None:
     ("registry_operator_registry_condition", "gauge", {"namespace", "name", "condition"}),
     ("registry_operator_registries", "gauge", {"condition", "status"}),
     ("registry_operator_certificate_expiration_timestamp_seconds", "gauge", {"namespace", "name"}),
+    ("registry_operator_gc_runs", "counter", {"result"}),
+    ("registry_operator_gc_freed_bytes", "counter", set()),
 ])
 def test_names_types_and_labels(name, type_, labels):
     metrics.REGISTRIES.record("ns", "typed", STATUS)
@@ -48,6 +50,7 @@ def test_names_types_and_labels(name, type_, labels):
         raise Retry("Secret 'x': 503", "ApplyFailed")
     metrics.API_WRITES.labels("Secret", "apply").inc(0)
     metrics.TRIGGERS.labels("started").inc(0)
+    metrics.GC_RUNS.labels("Succeeded").inc(0)
     family = families()[name]
     assert family.type == type_
     samples = [s for s in family.samples if not s.name.endswith(("_created", "_bucket"))]
@@ -148,3 +151,12 @@ def test_rules_and_dashboard_use_only_series_the_operator_defines():
     used = {re.sub(r"_(total|bucket|count|sum)$", "", name)
             for name in re.findall(r"\bregistry_operator_[a-z_]+", text)}
     assert used and used <= set(families()), used - set(families())
+
+
+def test_a_recorded_collection_counts_its_run_and_the_bytes_it_freed():
+    runs = sample("registry_operator_gc_runs_total", result="Failed") or 0
+    freed = sample("registry_operator_gc_freed_bytes_total") or 0
+    metrics.gc_ended("Failed", 2048)  # a failed run may still have freed some
+    metrics.gc_ended("Failed", 0)
+    assert sample("registry_operator_gc_runs_total", result="Failed") == runs + 2
+    assert sample("registry_operator_gc_freed_bytes_total") == freed + 2048

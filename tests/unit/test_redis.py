@@ -72,7 +72,7 @@ def test_gc_job_flushes_the_cache_after_garbage_collect():
     job = gc_render.job(s, OWNER, "r1", None, suspend=True, node=None, operator_image="op:1")
     pod = job["spec"]["template"]["spec"]
     # init containers run to success one after the other, before the containers: flush only after the collection
-    [collect], [flush] = pod["initContainers"], pod["containers"]
+    [_, collect], [flush, _] = pod["initContainers"], pod["containers"]
     assert collect["args"][0] == "garbage-collect"
     assert flush["image"] == "op:1" and flush["command"] == ["python", "-m", "registry_operator.cacheflush"]
     assert flush["args"] == ["--address", "redis.cache.svc:6379", "--db", "3"]
@@ -81,7 +81,7 @@ def test_gc_job_flushes_the_cache_after_garbage_collect():
     assert "volumeMounts" not in flush  # it needs neither the storage nor the config
     dry = spec.parse("reg", "ns", {**RAW, "garbageCollection": {"dryRun": True}})
     pod = gc_render.job(dry, OWNER, "r1", None, suspend=True, node=None, operator_image="op:1")["spec"]["template"]
-    assert "initContainers" not in pod["spec"] and pod["spec"]["containers"][0]["name"] == "garbage-collect"
+    assert [c["name"] for c in pod["spec"]["containers"]] == [gc_render.USAGE_CONTAINER]  # no flush
 
 
 class _FakeRedis:

@@ -119,8 +119,9 @@ def test_garbage_collection_runs_on_a_bucket_unpinned_with_the_credentials(pipel
     job = gc_render.job(s, OWNER, "now", None, suspend=False, node=None, operator_image="img")
     pod = job["spec"]["template"]["spec"]
     assert "affinity" not in pod and {v["name"] for v in pod["volumes"]} == {"config", "tmp"}
-    env = {e["name"] for e in pod["containers"][0]["env"]}
-    assert {"REGISTRY_STORAGE_S3_ACCESSKEY", "REGISTRY_STORAGE_S3_SECRETKEY"} <= env
+    for container in [*pod["initContainers"], *pod["containers"]]:  # the measurements list the bucket too
+        env = {e["name"] for e in container["env"]}
+        assert {"REGISTRY_STORAGE_S3_ACCESSKEY", "REGISTRY_STORAGE_S3_SECRETKEY"} <= env, container["name"]
 
 
 @pytest.mark.parametrize("other", [{"persistentVolumeClaim": {}}, {"emptyDir": {}}])

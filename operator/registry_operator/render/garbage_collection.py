@@ -10,6 +10,11 @@ With `spec.redis` the registry's blob-descriptor cache outlives the pods' restar
 an init container and the Job's container then flushes that cache (registry_operator.cacheflush, from the
 operator's image): the Job only completes, and the registry only goes read-write, once both have succeeded.
 A dry run deletes nothing, so it flushes nothing.
+
+Around `garbage-collect`, registry_operator.storageusage measures the storage (from the operator's image, with
+the same config, volumes and S3 keys): first into the pod's emptyDir, last as the `usage` container whose
+termination message (a file on that emptyDir, which the kubelet reads whatever the exit code) is a JSON
+summary: usage after the collection and what it freed. The operator puts it into status.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ from .pod import container_security_context, pod_security_context, resources, sc
 DEADLINE_SECONDS = 6 * 3600
 _MOUNTS = {"config", "data", "tmp"}  # the config and the storage: no TLS key, no passwords
 FLUSH_RESOURCES = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}
+USAGE_CONTAINER = "usage"
+USAGE_BEFORE = "/tmp/usage-before.json"  # on the pod's own emptyDir: from the first step to the last
+USAGE_SUMMARY = "/tmp/usage-summary.json"  # the usage container's termination message
 
 
 def args(spec: RegistrySpec) -> list[str]:
@@ -67,6 +75,28 @@ def flush_container(spec: RegistrySpec, operator_image: str) -> Obj | None:
     return container
 
 
+def usage_container(spec: RegistrySpec, operator_image: str, mounts: list[Obj], last: bool) -> Obj:
+    """registry_operator.storageusage before (`last` False: into the emptyDir) or after garbage-collect (its
+    summary as the termination message); it reads the storage like the registry, so the same mounts and env."""
+    step = ["--before", USAGE_BEFORE, "--termination-log", USAGE_SUMMARY] if last else ["--save", USAGE_BEFORE]
+    container: Obj = {
+        "name": USAGE_CONTAINER if last else "usage-before",
+        "image": operator_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", "registry_operator.storageusage"],
+        "args": ["--config", cfg.config_path(spec.version), *step],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": FLUSH_RESOURCES,
+        "securityContext": container_security_context(),
+        "volumeMounts": mounts,
+    }
+    if last:
+        container["terminationMessagePath"] = USAGE_SUMMARY
+    if cfg.env(spec):
+        container["env"] = cfg.env(spec)
+    return container
+
+
 def job(
     spec: RegistrySpec,
     owner: Mapping[str, Any],
@@ -95,7 +125,11 @@ def job(
     if cfg.env(spec):  # an empty list is not stored, and would never compare equal
         container["env"] = cfg.env(spec)
     flush = flush_container(spec, operator_image)
-    containers = {"initContainers": [container], "containers": [flush]} if flush else {"containers": [container]}
+    mounts = container["volumeMounts"]
+    containers = {
+        "initContainers": [usage_container(spec, operator_image, mounts, False), container],
+        "containers": [*([flush] if flush else []), usage_container(spec, operator_image, mounts, True)],
+    }
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
