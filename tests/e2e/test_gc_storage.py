@@ -1,9 +1,12 @@
 """Garbage collection with the real registry: a deleted image's blobs leave the storage, the other image
-pulls byte-identical, and a push during the read-only window is refused.
+pulls byte-identical, a push during the read-only window is refused, and the blobs and bytes freed and the
+usage left that status reports are exactly what left (and stayed in) the storage directory.
 
-podrunner plays the kubelet for the registry's pods and for the GC Job's pod, on one claim directory. A
-ResourceQuota of one pod keeps the control plane from creating (and kwok from faking) the Job's pod: the
-Job's status is set from the real run's exit code, as the Job controller would from the real pod.
+podrunner plays the kubelet for the registry's pods and for the GC Job's pod (all its containers), on one
+claim directory. A ValidatingAdmissionPolicy refusing Job-owned pods keeps the control plane from creating
+(and kwok from faking) the Job's pod: the Job's status is set from the real run's exit codes, as the Job
+controller would, and the run's termination messages are published on a stand-in pod no one else runs, as
+the kubelet would on the real one.
 """
 
 from __future__ import annotations
@@ -16,17 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from lightkube import ApiError
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import PersistentVolume
+from lightkube.resources.core_v1 import PersistentVolume, Pod
 from lightkube.types import PatchType
 
+from registry_operator import names
 from registry_operator.names import GC_REQUESTED
 from tests.support import https, ociimage
 from tests.support.clients import ClientError, Crane
 from tests.support.deployed import VERSIONS, DeployedRegistry, wait_for
-from tests.support.podrunner import ApiSources, PodRunner
+from tests.support.podrunner import ApiSources, PodRunner, run_pod
 
 pytestmark = pytest.mark.parametrize("version", sorted(VERSIONS), ids=VERSIONS.get)
 
@@ -38,6 +43,69 @@ def _job(reg: DeployedRegistry) -> dict[str, Any] | None:
         if exc.status.code == 404:
             return None
         raise
+
+
+def _no_job_pods(cluster: Any, namespace: str) -> Callable[[], None]:
+    """Refuse pods owned by a Job in `namespace` (the GC Job's pod is run by podrunner instead); the undo."""
+    name = f"{namespace}-no-job-pods"
+    cluster.apply(yaml.safe_dump_all([
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+         "metadata": {"name": name},
+         "spec": {"failurePolicy": "Fail",
+                  "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                          "operations": ["CREATE"], "resources": ["pods"]}]},
+                  "validations": [{"expression": "!has(object.metadata.ownerReferences) || "
+                                                 "!object.metadata.ownerReferences.exists(r, r.kind == 'Job')",
+                                   "message": "Job pods are run by the test's pod runner"}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+         "metadata": {"name": name},
+         "spec": {"policyName": name, "validationActions": ["Deny"],
+                  "matchResources": {"namespaceSelector": {"matchLabels": {
+                      "kubernetes.io/metadata.name": namespace}}}}},
+    ]))
+
+    def undo() -> None:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name,
+                        "--ignore-not-found", check=False)
+
+    return undo
+
+
+def run_gc_pod(reg: DeployedRegistry, job: dict[str, Any]) -> list[tuple[PodRunner, int]]:
+    """Play the kubelet for the Job's pod: run its containers, then publish their ends (exit codes, termination
+    messages) on a stand-in pod with the Job pod's labels and containers, which no scheduler, kwok or
+    controller touches (it names a scheduler that does not exist)."""
+    runs = run_pod(job, ApiSources(reg.client, reg.namespace), reg.workdir)
+    template = job["spec"]["template"]["spec"]
+    brief = lambda cs: [{k: c[k] for k in ("name", "image", "securityContext") if k in c} for c in cs]  # noqa: E731
+    pod = reg.client.create(Pod(
+        metadata=ObjectMeta(name=f"{reg.name}-gc-local", namespace=reg.namespace,
+                            labels=names.labels(reg.name, names.COMPONENT_GC)),
+        spec={"schedulerName": "e2e-nobody", "restartPolicy": "Never", "containers": brief(template["containers"]),
+              "securityContext": template.get("securityContext") or {},
+              "initContainers": brief(template.get("initContainers") or [])},
+    ))  # fmt: skip
+    ended = {r.container["name"]: {"name": r.container["name"], "image": r.container["image"], "imageID": "",
+                                   "ready": False, "restartCount": 0,
+                                   "state": {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else
+                                                            "Error", "message": _message(r)}}}
+             for r, code in runs}
+    status = {"phase": "Succeeded" if all(code == 0 for _, code in runs) else "Failed",
+              "initContainerStatuses": [ended[c["name"]] for c in template.get("initContainers") or []
+                                        if c["name"] in ended],
+              "containerStatuses": [ended[c["name"]] for c in template["containers"] if c["name"] in ended]}
+    reg.client.patch(Pod.Status, pod.metadata.name, {"status": status}, namespace=reg.namespace,
+                     patch_type=PatchType.MERGE)
+    return runs
+
+
+def _message(runner: PodRunner) -> str:
+    """The termination message the kubelet would report: the file the container names, else (every container
+    here has FallbackToLogsOnError) the end of its log if it failed. The API server defaults the path to
+    /dev/termination-log, which none of them writes: the kubelet would find it empty."""
+    if runner.container.get("terminationMessagePath", "/dev/termination-log") != "/dev/termination-log":
+        return runner.termination_message()
+    return "" if runner.process is None or runner.process.returncode == 0 else runner.logs()[-2048:]
 
 
 def _blob(reg: DeployedRegistry, claim: str, digest: str) -> Path:
@@ -75,11 +143,11 @@ def test_collection_frees_a_deleted_image_and_keeps_the_other(
         spec={"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": storage_class,
               "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": f"/nonexistent/{storage_class}"}},
     ))  # fmt: skip
+    undo: Callable[[], None] | None = None
     try:
         claim = {"size": "1Gi", "storageClassName": storage_class}
         reg = deploy(version, storage={"deleteEnabled": True, "persistentVolumeClaim": claim})
-        cluster.apply(f"apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: one-pod, namespace: {reg.namespace}}}"
-                      "\nspec: {hard: {pods: '1'}}\n")
+        undo = _no_job_pods(cluster, reg.namespace)
         ca, creds = reg.ca_pem(), ("alice", reg.passwords()["alice"])
         gone = ociimage.build(tmp_path / "gone", tag="v1", layers=2, size=256 * 1024)
         kept = ociimage.build(tmp_path / "kept", tag="v1", layers=2, size=256 * 1024)
@@ -103,10 +171,13 @@ def test_collection_frees_a_deleted_image_and_keeps_the_other(
             crane_ro.run("push", str(kept.path), f"{reg.address}/e2e/app:during-gc")
 
         # Play the kubelet for the Job's pod, on the same claim directory.
-        gc_pod = PodRunner(job, ApiSources(reg.client, reg.namespace), reg.workdir)
-        code = gc_pod.run(timeout=120)
-        assert code == 0, gc_pod.logs()
-        _complete(reg, code)
+        blobs_root = reg.workdir / "pvc" / claim_name / "docker" / "registry" / "v2" / "blobs"
+        stored = {p: p.stat().st_size for p in blobs_root.rglob("data")}
+        runs = run_gc_pod(reg, job)
+        logs = "\n".join(f"--- {r.container['name']}\n{r.logs()}" for r, _ in runs)
+        assert [code for _, code in runs] == [0, 0, 0], logs
+        gc_pod = next(r for r, _ in runs if r.container["name"] == "garbage-collect")
+        _complete(reg, 0)
         _restart(reg, hash_ro, "read-write after the collection")
         status = wait_for(lambda: (reg.get().get("status") or {}).get("garbageCollection", {}).get("lastResult")
                           and reg.get()["status"]["garbageCollection"], "the recorded result")
@@ -115,6 +186,15 @@ def test_collection_frees_a_deleted_image_and_keeps_the_other(
               "blobs/manifests eligible for deletion")
         assert status["lastResult"] == "Succeeded" and status["lastRequest"] == "e2e"
         wait_for(lambda: _job(reg) is None, "the GC Job deleted")
+        # What status says was freed is what left the directory; what it says is used, what stayed there.
+        left = {p: p.stat().st_size for p in blobs_root.rglob("data")}
+        freed = {p: size for p, size in stored.items() if p not in left}
+        assert freed and status["lastBlobsFreed"] == len(freed), logs
+        assert status["lastBytesFreed"] == sum(freed.values()), logs
+        usage = reg.get()["status"]["usage"]
+        assert (usage["blobs"], usage["bytes"], usage["repositories"]) == (len(left), sum(left.values()), 1)
+        assert usage["measuredTime"] == status["lastEndTime"]
+        print(f"{version}: freed {len(freed)} blobs, {sum(freed.values())} bytes; left {usage}")
 
         assert not any(_blob(reg, claim_name, d).exists() for d in gone.blob_digests), gc_pod.logs()
         assert all(_blob(reg, claim_name, d).exists() for d in kept.blob_digests)
@@ -129,4 +209,6 @@ def test_collection_frees_a_deleted_image_and_keeps_the_other(
         after.run("push", str(kept.path), f"{ref}:after-gc")  # read-write again
     finally:
         kube_client.delete(PersistentVolume, storage_class)
+        if undo is not None:
+            undo()
 

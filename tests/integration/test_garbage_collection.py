@@ -8,6 +8,7 @@ operator is killed there, and a new one must finish (or roll back) what the old 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import time
 
 import yaml
@@ -17,6 +18,7 @@ from lightkube.resources.core_v1 import Event, Pod
 from lightkube.types import PatchType
 from registries import get, is_ready, manifest, owned, registry
 
+from registry_operator import names
 from registry_operator.names import GC_COLLECTED, GC_REQUESTED
 
 SPEC = {"auth": {"mode": "none"}, "storage": {"persistentVolumeClaim": {"size": "1Gi"}}}
@@ -166,3 +168,69 @@ def test_schedule_tick_runs_a_collection_without_any_event(cluster, kube_client,
     assert done["lastResult"] == "Succeeded" and "lastRequest" not in done
     assert done["nextScheduleTime"] > first_tick
     assert not read_only(kube_client, namespace)
+
+
+def test_usage_measured_by_a_collection_reaches_status_and_then_rests(
+        cluster, kube_client, namespace, operator_with_rbac, wait_for):
+    """The Job's `usage` container ends with a JSON summary (its termination message): the operator records
+    what was freed and what the storage holds, shows it in `get -o wide`, and writes nothing more at rest.
+    kwok's completed pods carry no message, so a quota keeps the Job's pod from being created and a stand-in
+    pod with the Job pod's labels carries the kubelet's report, as the real pod's status would."""
+    cluster.apply(f"apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: two-pods, namespace: {namespace}}}\n"
+                  "spec: {hard: {pods: '2'}}\n")  # the registry pod and the stand-in: none left for the Job
+    cluster.apply(manifest("reg", namespace, SPEC))
+    wait_for(lambda: is_ready(kube_client, "reg", namespace), timeout=60, what="Registry Ready")
+    message = '{"blobs":5,"bytes":123456,"repositories":2,"blobsFreed":3,"bytesFreed":3145728}'
+    ended = lambda name, msg: {"name": name, "image": "img", "imageID": "", "ready": False,  # noqa: E731
+                               "restartCount": 0, "state": {"terminated": {"exitCode": 0, "reason": "Completed",
+                                                                           **({"message": msg} if msg else {})}}}
+    restricted = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    kube_client.create(Pod.from_dict({
+        "metadata": {"name": "reg-gc-standin", "namespace": namespace,
+                     "labels": names.labels("reg", names.COMPONENT_GC)},
+        "spec": {"schedulerName": "nobody", "restartPolicy": "Never",
+                 "securityContext": {"runAsNonRoot": True, "runAsUser": 1000,
+                                     "seccompProfile": {"type": "RuntimeDefault"}},
+                 "initContainers": [{"name": n, "image": "img", "securityContext": restricted}
+                                    for n in ("usage-before", "garbage-collect")],
+                 "containers": [{"name": "usage", "image": "img", "securityContext": restricted}]}}))
+    # Its phase stays Pending: a quota counts no pod that has ended, and the Job's pod would then be created.
+    kube_client.patch(Pod.Status, "reg-gc-standin", {"status": {
+        "initContainerStatuses": [ended("usage-before", None), ended("garbage-collect", None)],
+        "containerStatuses": [ended("usage", message)]}}, namespace=namespace, patch_type=PatchType.MERGE)
+
+    request(cluster, namespace, "measure")
+    wait_for(lambda: (j := job(kube_client, namespace)) and not j["spec"]["suspend"], timeout=60,
+             what="the GC Job resumed")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    complete = [{"type": t, "status": "True", "reason": "CompletionsReached", "message": "set by the test",
+                 "lastTransitionTime": now, "lastProbeTime": now} for t in ("SuccessCriteriaMet", "Complete")]
+    kube_client.patch(Job.Status, "reg-gc", {"status": {"conditions": complete, "succeeded": 1,
+                                                        "completionTime": now}},
+                      namespace=namespace, patch_type=PatchType.MERGE)
+    done = wait_for(lambda: (s := gc_status(kube_client, namespace)).get("lastResult") and s, timeout=60,
+                    what="the collection's result")
+    wait_for(lambda: job(kube_client, namespace) is None, timeout=30, what="the GC Job deleted")
+    assert done["lastBlobsFreed"] == 3 and done["lastBytesFreed"] == 3145728
+    assert done["lastMessage"] == "garbage-collect finished; freed 3 blobs, 3.0Mi"
+    usage = registry(kube_client, "reg", namespace)["status"]["usage"]
+    assert usage == {"bytes": 123456, "used": "120.6Ki", "blobs": 5, "repositories": 2,
+                     "measuredTime": done["lastEndTime"]}
+    wide = cluster.kubectl("get", "registries", "-n", namespace, "-o", "wide").stdout.splitlines()
+    starts = [(m.group(), m.start()) for m in re.finditer(r"\S+", wide[0])]  # kubectl aligns on the header
+    row = {name: wide[1][at:(starts[i + 1][1] if i + 1 < len(starts) else None)].strip()
+           for i, (name, at) in enumerate(starts)}
+    assert (row["USED"], row["REPOS"]) == ("120.6Ki", "2"), wide
+    assert "USED" not in cluster.kubectl("get", "registries", "-n", namespace).stdout  # priority 1: -o wide only
+    wait_for(lambda: is_ready(kube_client, "reg", namespace), timeout=60, what="Registry Ready again")
+
+    # At rest: the stand-in pod is gone, the measurement stays, and nothing is written.
+    kube_client.delete(Pod, "reg-gc-standin", namespace=namespace)
+    time.sleep(2)
+    before = owned(kube_client, namespace, "reg")
+    cluster.kubectl("annotate", "registry", "reg", "-n", namespace, "unrelated=1")  # an event, no request
+    rv = registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"]
+    time.sleep(3)
+    assert owned(kube_client, namespace, "reg") == before
+    assert registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"] == rv  # no status write
+    assert registry(kube_client, "reg", namespace)["status"]["usage"] == usage

@@ -371,7 +371,8 @@ class PodRunner:
     second runner on the same workdir (a rolled-out pod) sees the same data, as a real PVC would.
     """
 
-    def __init__(self, deployment: Any, sources: Sources, workdir: Path, *, container: str | None = None):
+    def __init__(self, deployment: Any, sources: Sources, workdir: Path, *, container: str | None = None,
+                 same_pod: PodRunner | None = None):
         dep = _as_dict(deployment)
         self.name: str = dep["metadata"]["name"]
         self.namespace: str = dep["metadata"].get("namespace") or "default"
@@ -396,6 +397,7 @@ class PodRunner:
         if unknown := (_present(self.pod_security) | _present(self.container_security)) - _SECURITY_FIELDS:
             raise Unfaithful(f"securityContext fields not reproduced: {sorted(unknown)}")
         self.fs_group: int | None = self.pod_security.get("fsGroup")
+        self._same_pod = same_pod  # another container of the same pod: its emptyDirs are this one's too
         self._pod_dir = Path(tempfile.mkdtemp(prefix=f"{self.name}-", dir=self.workdir))
         (self._pod_dir / "volumes").mkdir()
         self.volumes = {v["name"]: self._volume(v) for v in pod.get("volumes") or []}
@@ -425,6 +427,8 @@ class PodRunner:
         kind = kinds[0]
         source = spec[kind]
         if kind in ("emptyDir", "persistentVolumeClaim"):
+            if kind == "emptyDir" and self._same_pod is not None:
+                return self._same_pod.volumes[spec["name"]]
             if kind == "emptyDir":
                 path = self._pod_dir / "volumes" / spec["name"]
                 path.mkdir()
@@ -640,13 +644,15 @@ class PodRunner:
     def run(self, timeout: float = 120) -> int:
         """Run a container that ends by itself (a Job's) to its end; its exit code.
 
-        Only the registry's `garbage-collect` and the operator image's cache flush are understood: they open no
-        listener, so nothing is moved. A Job's containers (init ones first) are each run by their own runner."""
+        Only the registry's `garbage-collect` and the operator image's cache flush and storage measurement are
+        understood: they open no listener, so nothing is moved. A Job's containers (init ones first) are each
+        run by their own runner."""
         env = self._env()
         argv = self._argv(env)
         collect = self.program.kind == "registry" and argv[1:2] == ["garbage-collect"]
-        flush = self.program.kind == "operator" and argv[1:3] == ["-m", "registry_operator.cacheflush"]
-        if not (collect or flush):
+        helper = self.program.kind == "operator" and argv[1:3] in (["-m", "registry_operator.cacheflush"],
+                                                                    ["-m", "registry_operator.storageusage"])
+        if not (collect or helper):
             raise Unfaithful(f"run-to-completion of {argv} not reproduced")
         self._spawn(argv, [*self.program.executables[argv[0]], *argv[1:]], env)
         assert self.process is not None
@@ -656,6 +662,12 @@ class PodRunner:
             self.process.kill()
             self.process.wait()
             raise
+
+    def termination_message(self) -> str:
+        """What the kubelet would put into the container's terminated state: its terminationMessagePath file.
+        Only a path on one of the pod's volumes is reproduced (the kubelet's default, /dev/termination-log, is
+        a file it mounts, which this harness does not)."""
+        return self.host_path(self.container.get("terminationMessagePath") or "/dev/termination-log").read_text()
 
     def _spawn(self, argv: list[str], local_argv: list[str], env: dict[str, str]) -> None:
         """Start the process in its mount namespace, as the container's user, logging to ``log_path``."""
@@ -777,6 +789,20 @@ class PodRunner:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def run_pod(job: Any, sources: Sources, workdir: Path, timeout: float = 120) -> list[tuple[PodRunner, int]]:
+    """Run every container of a Job's pod to its end, sharing the pod's emptyDirs, as the kubelet does with
+    `restartPolicy: Never`: init containers one after the other, stopping at the first that fails, then the
+    containers (here one after the other too: they only run to completion). (runner, exit code) of each run."""
+    pod = _as_dict(job)["spec"]["template"]["spec"]
+    done: list[tuple[PodRunner, int]] = []
+    for i, container in enumerate([*(pod.get("initContainers") or []), *pod["containers"]]):
+        runner = PodRunner(job, sources, workdir, container=container["name"], same_pod=done[0][0] if done else None)
+        done.append((runner, runner.run(timeout)))
+        if done[-1][1] != 0 and i < len(pod.get("initContainers") or []):
+            break
+    return done
 
 
 def _port_of(addr: str) -> int:
