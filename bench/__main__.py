@@ -12,7 +12,9 @@ count, so a run stopped early keeps the counts it reached.
 1. memory at 0 Registries; 2. convergence (sequential, operator blocks and floor blocks alternating);
 3. burst floor (operator stopped); 4. data path (operator running); 5. burst; 6. restart = full reconcile,
    counted; 7. rest window with periodic resyncs; 8. stuck: Registries on bad input, writes per minute once
-   their status is written; 9. memory at the burst size, grow to the top size, memory, restart, memory.
+   their status is written; 9. memory at the burst size, grow to the top size, memory, restart, memory;
+10. gc: the read-only window and the time to collect `gc_blobs` blobs of `gc_mib` MiB, half garbage, on a
+   filesystem and on S3 (bench/gc.py; the registry binary run directly, before the operator starts).
 """
 
 from __future__ import annotations
@@ -53,13 +55,15 @@ class Plan:
     unrelated_secrets: int = 0
     # Seconds at rest before memory is sampled at memory_top: past the operator's trim interval (phases.steady_rss).
     at_rest: float = 32.0
+    gc_blobs: int = 1000  # the gc phase's storage: blobs (0: no gc phase) ...
+    gc_mib: int = 1024  # ... and MiB in all
 
 
 FULL = Plan(runs=20, block=5, burst=200, rest_window=300, resync=100, memory_top=1000, datapath_iterations=10,
             nodes=12, unrelated_secrets=10_000)  # fmt: skip
 QUICK = Plan(runs=4, block=4, burst=20, rest_window=30, resync=10, memory_top=50, datapath_iterations=1, nodes=2,
              datapath_controls=False, restart_top=False, pause=0.5, stuck_window=15, stuck_settle=10,
-             at_rest=3.0)  # fmt: skip
+             at_rest=3.0, gc_blobs=0)  # fmt: skip
 
 
 _T0 = time.monotonic()
@@ -112,6 +116,11 @@ async def run(plan: Plan, workdir: Path, skip: set[str]) -> dict[str, Any]:
             log(f"{plan.unrelated_secrets} unrelated Secrets")
             await workload.unrelated_secrets(client, "bench-unrelated", plan.unrelated_secrets)
         res["unrelated_secrets"] = plan.unrelated_secrets
+        if "gc" not in skip and plan.gc_blobs:
+            from . import gc
+
+            log(f"gc: {plan.gc_blobs} blobs, {plan.gc_mib} MiB, half garbage, on a filesystem and on S3")
+            res["gc"] = await asyncio.to_thread(gc.run, workdir / "gc", plan.gc_blobs, plan.gc_mib, log)
         await b.start_operator()
         await b.settle(quiet=3.0)
         memory = [{"registries": 0, "when": "fresh", **phases.rss_now(b)}]
@@ -239,14 +248,15 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="small counts for CI (< 2 min)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="default: bench/results")
-    phases = ["convergence", "burst", "datapath", "rest", "stuck", "memory"]
+    phases = ["convergence", "burst", "datapath", "rest", "stuck", "memory", "gc"]
     parser.add_argument("--skip", action="append", default=[], choices=phases, help="repeatable")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (cluster logs, audit log)")
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only re-render the report from a file")
     parser.add_argument("--scale", type=_counts, metavar="N,N,...", help="the growth curve over these counts instead")
     parser.add_argument("--readme", action="store_true", help="only render README.md's table from the runs in --out")
     seconds = ("rest_window", "resync", "stuck_window")
-    for field in ("runs", "burst", *seconds, "memory_top", "datapath_iterations", "nodes", "unrelated_secrets"):
+    for field in ("runs", "burst", *seconds, "memory_top", "datapath_iterations", "nodes", "unrelated_secrets",
+                  "gc_blobs", "gc_mib"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=float if field in seconds else int)
     args = parser.parse_args()
     if args.readme:

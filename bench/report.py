@@ -239,6 +239,20 @@ def rows(res: dict[str, Any]) -> list[Row]:
                 f"{_r(push)} / {_r(pull)} (both {_r(both)})", "≤ 1.3×" if goal else "–",
                 _met(max(push, pull) <= 1.3) if goal else "",
             ))  # fmt: skip
+    if gcs := res.get("gc"):
+        fs, s3 = gcs["filesystem"], gcs.get("s3")
+        both = lambda key: " / ".join(_s(r[key]) for r in (fs, s3) if r)  # noqa: E731
+        where = "filesystem / S3 (versitygw)" if s3 else "filesystem (S3: versitygw not built)"
+        size = f"{fs['bytes'] / MIB:.0f} MiB in {fs['blobs']} blobs, half garbage"
+        out.append((f"GC read-only window, {size}: {where} (registry run directly, no rollout)",
+                    both("window"), "–", "–", "–", ""))  # fmt: skip
+        out.append((f"GC garbage-collect alone / usage measurement (before + after): {where}",
+                    " / ".join(f"{_s(r['collect'])} + {_s(r['measure_before'] + r['measure_after'])}"
+                               for r in (fs, s3) if r), "–", "–", "–", ""))  # fmt: skip
+        out.append((f"GC freed (measured): {where}",
+                    " / ".join(f"{r['measured'].get('blobsFreed', '?')} blobs, "
+                               f"{_mib(r['measured'].get('bytesFreed'))}" for r in (fs, s3) if r),
+                    "–", "–", "–", ""))  # fmt: skip
     return out
 
 
