@@ -217,6 +217,7 @@ def test_usage_measured_by_a_collection_reaches_status_and_then_rests(
     assert usage == {"bytes": 123456, "used": "120.6Ki", "blobs": 5, "repositories": 2,
                      "measuredTime": done["lastEndTime"]}
     wide = cluster.kubectl("get", "registries", "-n", namespace, "-o", "wide").stdout.splitlines()
+    print("\n".join(wide))
     starts = [(m.group(), m.start()) for m in re.finditer(r"\S+", wide[0])]  # kubectl aligns on the header
     row = {name: wide[1][at:(starts[i + 1][1] if i + 1 < len(starts) else None)].strip()
            for i, (name, at) in enumerate(starts)}
