@@ -161,6 +161,18 @@ class GarbageCollection:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """spec.retention: which tags go before each garbage collection (see `retention`). A tag is kept when any
+    rule keeps it; at least one of `keep_newest` and `keep_younger_than` is set (the CRD says so)."""
+
+    repositories: tuple[str, ...] = ("*",)  # globs over repository names (`*` also crosses `/`)
+    keep_newest: int | None = None  # per repository, by the image config's `created`
+    keep_younger_than: int | None = None  # seconds
+    keep_tags: tuple[str, ...] = ()  # globs over tag names that are never deleted
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
 class Redis:
     """A Redis the registry keeps its blob-descriptor cache in (`spec.redis`), so several replicas share one
     cache instead of each warming its own. It is only a cache: uploads and pulls work without it."""
@@ -217,6 +229,7 @@ class RegistrySpec:
     proxy: Proxy | None = None
     node_trust: bool = False  # spec.nodeTrust.enabled: nodes' containerd trusts this registry (`nodetrust`)
     redis: Redis | None = None
+    retention: Retention | None = None
 
     @property
     def effective_replicas(self) -> int:
@@ -368,6 +381,37 @@ def _garbage_collection(raw: Mapping[str, Any], version: str, collectable: bool)
     return gc
 
 
+def parse_retention(raw: Mapping[str, Any] | None) -> Retention | None:
+    """`spec.retention`, with the same refusals as the CRD's rules, for a CRD installed without them (and for
+    the retention step of the GC Job, which is handed the same mapping)."""
+    if raw is None:
+        return None
+    newest, younger = raw.get("keepNewest"), raw.get("keepYoungerThan")
+    if newest is None and younger is None:
+        raise ValueError("retention needs keepNewest or keepYoungerThan (else every tag would go)")
+    if newest is not None and int(newest) < 1:
+        raise ValueError("retention.keepNewest must be at least 1")
+    return Retention(
+        repositories=tuple(raw.get("repositories") or ("*",)),
+        keep_newest=int(newest) if newest is not None else None,
+        keep_younger_than=parse_duration(younger) if younger is not None else None,
+        keep_tags=tuple(raw.get("keepTags") or ()),
+        dry_run=bool(raw.get("dryRun", False)),
+    )
+
+
+def _retention(raw: Mapping[str, Any] | None, gc: bool, delete_enabled: bool) -> Retention | None:
+    """A pull-through cache is refused through `gc`: garbageCollection is refused there (`_proxy`)."""
+    retention = parse_retention(raw)
+    if retention is None:
+        return None
+    if not gc:
+        raise ValueError("retention needs garbageCollection: it runs as the first step of each collection")
+    if not delete_enabled:
+        raise ValueError("retention needs storage.deleteEnabled: it deletes manifests through the registry API")
+    return retention
+
+
 _REMOTE_URL = re.compile(r"https?://[^\s/?#@]+/?")
 
 
@@ -491,4 +535,6 @@ def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistryS
         proxy=_proxy(raw.get("proxy"), version, auth, raw.get("garbageCollection") is not None),
         node_trust=bool((raw.get("nodeTrust") or {}).get("enabled", False)),
         redis=_redis(raw.get("redis"), claim_raw is not None or s3 is not None),
+        retention=_retention(raw.get("retention"), raw.get("garbageCollection") is not None,
+                             bool(storage_raw.get("deleteEnabled", False))),
     )
