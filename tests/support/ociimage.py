@@ -67,8 +67,10 @@ def build(
     layers: int = 3,
     size: int = 64 * 1024,
     seed: int | None = None,
+    created: str = "2024-01-01T00:00:00Z",
 ) -> OciImage:
-    """Write an image of ``layers`` layers totalling about ``size`` bytes of payload (e.g. ``10 * MIB``)."""
+    """Write an image of ``layers`` layers totalling about ``size`` bytes of payload (e.g. ``10 * MIB``);
+    ``created`` is its config's creation time (what retention orders tags by)."""
     if layers < 1:
         raise ValueError("an image needs at least one layer")
     rng = random.Random(seed) if seed is not None else None
@@ -89,7 +91,7 @@ def build(
         descriptors.append({"mediaType": LAYER, "digest": put(gz), "size": len(gz)})
     config = json.dumps(
         {
-            "created": "2024-01-01T00:00:00Z",
+            "created": created,
             "architecture": "amd64",
             "os": "linux",
             "config": {"Labels": {"org.example.e2e": "registry-operator"}},
