@@ -64,12 +64,17 @@ class Material:
     upstream: Mapping[str, bytes] | None = None  # spec.proxy: `username`, `password`, `ca.crt` as far as given
     s3_credentials_digest: str | None = None  # of the S3 key pair the pods read at start (see `_s3_credentials`)
     redis_password: str | None = None  # spec.redis.passwordSecretRef's value, for the operator's probe only
+    retention_password: str | None = None  # robot.RETENTION_USER's (spec.retention), kept in `-http-secret`
     problems: tuple[Problem, ...] = field(default_factory=tuple)
     rotations: tuple[Rotation, ...] = field(default_factory=tuple)
 
     @property
     def serving_cert_pem(self) -> bytes | None:
         return self.server.cert_pem if self.server else None
+
+
+ROBOTS = (*robot.USERS, robot.RETENTION_USER)  # users of the operator's own, in htpasswd when valid
+RETENTION_KEY = "retention-password"  # in `-http-secret`: the only key the retention Job reads
 
 
 # How long a replaced CA or token-signing certificate stays published next to its successor, so clients and
@@ -199,12 +204,12 @@ def _htpasswd(
     existing = htpasswd.parse((stored.get("htpasswd") or b"").decode())
     known = json.loads(stored.get("fingerprints") or b"{}")
     costs = {u.name: htpasswd.GENERATED_COST for u in auth.users if u.password_ref is None}
-    costs.update(dict.fromkeys(robot.USERS, htpasswd.GENERATED_COST))
+    costs.update(dict.fromkeys(ROBOTS, htpasswd.GENERATED_COST))
     fresh, prints = htpasswd.reconcile(usable, existing, known, key, costs)
     hashes = dict(fresh)
     # A user whose password source is broken keeps their last good line: never lock someone out
     # because a Secret is briefly missing.
-    users = [u.name for u in auth.users] + [user for user in robot.USERS if user in usable]
+    users = [u.name for u in auth.users] + [user for user in ROBOTS if user in usable]
     lines = [(user, hashes.get(user) or existing[user]) for user in users if user in hashes or user in existing]
     kept = {user: known[user] for user, _ in lines if user not in prints and user in known}
     return htpasswd.render(lines), {**kept, **prints}
@@ -409,7 +414,14 @@ def decide(
         bot = robot.decide(kept.get("robot"), rotation, now, propagation)
         if retire:
             bot = bot.retire()
-    accounts = _accounts(spec.auth, observed, names, problems, {c.user: c.password for c in bot.valid} if bot else {})
+    robots = {c.user: c.password for c in bot.valid} if bot else {}
+    retention_password = None
+    if spec.retention is not None and spec.auth.mode != "none":
+        # Generated once, kept like the http secret: a new one would roll the registry's htpasswd for nothing.
+        stored = kept.get(RETENTION_KEY)
+        retention_password = stored.decode() if stored else secrets.token_urlsafe(24)
+        robots[robot.RETENTION_USER] = retention_password
+    accounts = _accounts(spec.auth, observed, names, problems, robots)
     redis_password = _redis_password(spec, observed, problems)
 
     token = spec.auth.own_token_service
@@ -455,6 +467,7 @@ def decide(
         upstream=upstream,
         s3_credentials_digest=s3_digest,
         redis_password=redis_password,
+        retention_password=retention_password,
         problems=tuple(problems),
         rotations=tuple(rotations),
     )

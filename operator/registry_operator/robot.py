@@ -23,6 +23,9 @@ from dataclasses import dataclass, replace
 from .names import GROUP
 
 USERS = ("robot$pull", "robot$pull2")  # `$` is outside the user names the CRD allows: no user can take them
+# The retention Job's user (spec.retention): pull and delete on every repository, and the catalog. Never handed
+# out: its password stays in the private `-http-secret`, which only the retention Job reads (that key alone).
+RETENTION_USER = "robot$retention"
 ROTATE_ANNOTATION = f"{GROUP}/rotate-pull-credential"
 
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..material import Material
+from ..material import RETENTION_KEY, Material
 from ..names import COMPONENT_REGISTRY, COMPONENT_TOKEN, ChildNames, password_key
 from ..pki import KeyPair
 from ..spec import IndexSpec, RegistrySpec
@@ -30,6 +30,8 @@ def render(spec: RegistrySpec | IndexSpec, material: Material, owner: Mapping[st
         private["generated-passwords"] = json.dumps(dict(material.passwords), sort_keys=True)
     if material.robot:
         private["robot"] = material.robot.dump()
+    if material.retention_password:
+        private[RETENTION_KEY] = material.retention_password
     out = [opaque(names.http_secret, private)]
     if spec.auth.mode != "none":
         # Pods mount only the `htpasswd` key; the fingerprints are the operator's.

@@ -15,6 +15,7 @@ from typing import Any
 from .. import names
 from ..material import Material
 from ..names import COMPONENT_TOKEN, ChildNames
+from ..robot import RETENTION_USER
 from ..spec import IndexSpec, RegistrySpec
 from ..token import config as token_config
 from . import monitoring
@@ -72,6 +73,10 @@ def service_config(spec: RegistrySpec | IndexSpec, material: Material, joined: S
         # First, so no rule of the user's (an anonymous one included) grants the robot more than pulls.
         access.insert(0, {"users": [c.user for c in material.robot.valid], "groups": [], "anonymous": False,
                           "repositories": ["*"], "catalog": False, "actions": ["pull"]})
+    if material.retention_password is not None:
+        # First too: what retention needs (the catalog, tags, manifests, deletes) and nothing else, e.g. no push.
+        access.insert(0, {"users": [RETENTION_USER], "groups": [], "anonymous": False,
+                          "repositories": ["*"], "catalog": True, "actions": ["pull", "delete"]})
     services = (service_name(spec) if isinstance(spec, RegistrySpec)
                 else [registry_service(n, spec.namespace) for n in sorted(joined)])
     return token_config.build_config(
