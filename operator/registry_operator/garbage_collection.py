@@ -8,6 +8,13 @@ one is due, so while it exists the registry is held read-only, and once it has f
 switch took too long) its result goes into status before it is deleted. An operator killed at any point finds
 the same Job and takes the same decisions; a Job deleted by hand ends the hold, read-write. Nothing is kept in
 memory, and a Registry with no collection due decides the same thing on every resync, writing nothing.
+
+With `spec.retention` a collection starts one step earlier, read-write: the retention Job deletes manifests
+through the registry's API (which read-only refuses), and only once it has ended (either way: a failed
+retention must not cost the collection) is the GC Job created and the registry switched to read-only; the
+collection then frees the blobs of what retention deleted. The retention Job carries the run it serves, like
+the GC Job; it stays until the collection ends (its record: a finished one means "retention done for this
+run"), and its outcome is `lastRetention` in status.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ Obj = dict[str, Any]
 READ_ONLY_TIMEOUT = dt.timedelta(minutes=15)
 
 IDLE, READ_ONLY, COLLECTING = "Idle", "SwitchingToReadOnly", "Collecting"
+RETENTION = "ApplyingRetention"
+LINE_LIMIT = 300  # of a failed retention's last line, in status and its Event
 SUCCEEDED, FAILED = "Succeeded", "Failed"
 # What `registry garbage-collect` (3.1.2 and 2.8) says, and fails with, on a storage nothing was pushed to yet.
 NO_REPOSITORIES = "Path not found: /docker/registry/v2/repositories"
@@ -99,6 +108,8 @@ class Plan:
     delete_job: bool  # the Job's result is in `status`: delete it once status is written
     status: Obj | None  # status.garbageCollection (None: nothing to say)
     wake_after: float | None  # seconds until something is due without any event (a schedule tick, a timeout)
+    retention: tuple[str | None, str | None] | None = None  # (request, schedule tick) of a retention Job to create
+    delete_retention: bool = False  # the retention Job (and its ConfigMap) serve no run under way: delete them
 
     def effective(self, spec: RegistrySpec) -> RegistrySpec:
         """The spec the registry is rendered from: read-only while held, and (after a collection) a pod
@@ -168,10 +179,38 @@ def usage(previous: Mapping[str, Any] | None, measured: Mapping[str, Any] | None
     return dict(previous) if previous else None
 
 
+def retention_outcome(job: Mapping[str, Any], message: str | None, now: dt.datetime) -> Obj | None:
+    """status.garbageCollection.lastRetention from a finished retention Job and what its container said last
+    (`message`: prune's JSON summary, or a failure's last line); None while it runs."""
+    outcome = finished(job, now)
+    if outcome is None:
+        return None
+    record: Obj = {"result": outcome.result, **({"endTime": outcome.end} if outcome.end else {})}
+    last = (message or "").strip().splitlines()[-1:] or [""]
+    if outcome.result == SUCCEEDED:
+        try:
+            summary = json.loads(last[0])
+        except ValueError:
+            summary = None
+        if isinstance(summary, dict):
+            return {**record, **summary}
+        return {**record, "message": "retention finished without a summary"}
+    said = last[0][:LINE_LIMIT] or outcome.message
+    return {**record, "message": f"retention failed: {said}; nothing more was deleted, the collection went ahead"}
+
+
+def _serves(job: Mapping[str, Any], run: tuple[str | None, str | None]) -> bool:
+    annotations = job["metadata"].get("annotations") or {}
+    return (annotations.get(names.GC_JOB_REQUEST), annotations.get(names.GC_JOB_SCHEDULED)) == run
+
+
 def plan(spec: RegistrySpec, body: Mapping[str, Any], job: Mapping[str, Any] | None, now: dt.datetime,
-         last_line: str | None = None, measured: Mapping[str, Any] | None = None) -> Plan:
+         last_line: str | None = None, measured: Mapping[str, Any] | None = None,
+         retention_job: Mapping[str, Any] | None = None, retention_message: str | None = None) -> Plan:
     """Decide from the Registry (`body`: its annotations and last status) and the live GC Job (None: none);
-    `last_line`: what a failed Job's container said last (`finished`); `measured`: its usage `report`."""
+    `last_line`: what a failed Job's container said last (`finished`); `measured`: its usage `report`;
+    `retention_job`: the live retention Job, and `retention_message` what its container said last, once it has
+    finished."""
     gc = spec.garbage_collection
     previous: Mapping[str, Any] = (body.get("status") or {}).get("garbageCollection") or {}
     schedule = cron.Cron.parse(gc.schedule) if gc.schedule else None
@@ -180,6 +219,9 @@ def plan(spec: RegistrySpec, body: Mapping[str, Any], job: Mapping[str, Any] | N
     last = {k: v for k, v in previous.items() if k.startswith("last")}
     status: Obj = {"phase": IDLE, **last, **({"nextScheduleTime": stamp(tick)} if tick else {})}
     wake = (tick - now).total_seconds() if tick else None
+    retained = retention_outcome(retention_job, retention_message, now) if retention_job is not None else None
+    if retained is not None:
+        status["lastRetention"] = retained
 
     if job is not None:
         annotations = job["metadata"].get("annotations") or {}
@@ -213,15 +255,21 @@ def plan(spec: RegistrySpec, body: Mapping[str, Any], job: Mapping[str, Any] | N
 
     due_request = bool(requested) and requested != previous.get("lastRequest")
     due_tick = tick is not None and tick <= now
+    run = (requested if due_request else None, stamp(tick) if due_tick and tick else None)
+    stale = retention_job is not None and not ((due_request or due_tick) and _serves(retention_job, run))
     if not (due_request or due_tick):
-        return Plan(False, None, False, status if len(status) > 1 else None, wake)
+        return Plan(False, None, False, status if len(status) > 1 else None, wake, delete_retention=stale)
     if not spec.storage.collectable:  # only a request can get here: the schema refuses a schedule on emptyDir
         status.update(lastRequest=requested, lastResult=FAILED,
                       lastMessage="garbage collection needs storage.persistentVolumeClaim or storage.s3: a Job "
                                   "cannot see the registry's emptyDir")
         return Plan(False, None, False, status, wake)
+    if spec.retention is not None and (stale or retention_job is None or retained is None):
+        # First the retention Job, read-write; a stale one (of another run) goes first, then a new one comes.
+        status["phase"] = RETENTION
+        create = run if retention_job is None else None
+        return Plan(False, None, False, status, wake, retention=create, delete_retention=stale)
     status["phase"] = READ_ONLY
-    run = (requested if due_request else None, stamp(tick) if due_tick and tick else None)
     return Plan(True, run, False, status, READ_ONLY_TIMEOUT.total_seconds())
 
 
@@ -239,7 +287,12 @@ def events(previous: Mapping[str, Any] | None, current: Mapping[str, Any] | None
     """(type, reason, message) for a collection that started or ended between two statuses."""
     before, after = previous or {}, current or {}
     out = []
-    if after.get("phase") == READ_ONLY and before.get("phase", IDLE) == IDLE:
+    if after.get("phase") == RETENTION and before.get("phase", IDLE) == IDLE:
+        out.append(("Normal", "RetentionStarted", "applying retention before garbage collection (the registry "
+                                                  "stays read-write until it has ended)"))
+    if after.get("lastRetention") and after.get("lastRetention") != before.get("lastRetention"):
+        out.append(retention_event(after["lastRetention"]))
+    if after.get("phase") == READ_ONLY and before.get("phase", IDLE) in (IDLE, RETENTION):
         out.append(("Normal", "GarbageCollectionStarted",
                     "switching the registry to read-only (pushes are refused) to collect garbage"))
     ended = (after.get("lastEndTime"), after.get("lastResult"), after.get("lastRequest"))
@@ -250,3 +303,21 @@ def events(previous: Mapping[str, Any] | None, current: Mapping[str, Any] | None
         else:
             out.append(("Warning", "GarbageCollectionFailed", f"{after['lastMessage']}; the registry is read-write"))
     return out
+
+
+def retention_event(record: Mapping[str, Any]) -> tuple[str, str, str]:
+    """The Event of one retention run's record (`retention_outcome`): what went (or would go), bounded."""
+    if record.get("result") != SUCCEEDED:
+        return ("Warning", "RetentionFailed", str(record.get("message")))
+    if "manifests" not in record:
+        return ("Normal", "RetentionApplied", str(record.get("message")))
+    shown = list(record.get("deletedTags") or ())
+    more = record.get("tags", 0) - len(shown)
+    tags = ", ".join(shown) + (f" and {more} more" if more > 0 else "") if shown else "nothing"
+    shared = record.get("keptSharedDigest", 0)
+    kept = f"; kept {shared} tag(s) that share a digest with a kept tag" if shared else ""
+    if record.get("dryRun"):
+        return ("Normal", "RetentionDryRun", f"dry run: would delete {record['manifests']} manifest(s), tags "
+                                             f"{tags}{kept}")
+    return ("Normal", "RetentionApplied", f"deleted {record['manifests']} manifest(s), tags {tags}{kept}; the "
+                                          "collection frees their blobs")

@@ -61,6 +61,7 @@ TOKEN_SUFFIX = "-token"
 COMPONENT_REGISTRY = "registry"
 COMPONENT_TOKEN = "token-service"
 COMPONENT_GC = "garbage-collector"
+COMPONENT_RETENTION = "retention"
 
 
 def labels(registry: str, component: str) -> dict[str, str]:
@@ -92,6 +93,7 @@ class ChildNames:
         self.token_signing = f"{registry}-token-signing"
         self.pod_monitor = registry  # a kind of its own: the name cannot collide with another Registry's
         self.gc = f"{registry}-gc"  # the garbage-collection Job
+        self.retention = f"{registry}-retention"  # the Job that applies spec.retention first, and its ConfigMap
         self.upstream = f"{registry}-upstream"  # a pull-through cache's upstream credentials and CA (spec.proxy)
 
 

@@ -17,7 +17,7 @@ from lightkube.resources.core_v1 import Pod, ServiceAccount
 
 from .kinds import RegistryIndex, resource
 from .material import Problem, Secrets
-from .names import COMPONENT_GC, COMPONENT_REGISTRY, LABEL_WATCH, ChildNames, selector
+from .names import COMPONENT_GC, COMPONENT_REGISTRY, COMPONENT_RETENTION, LABEL_WATCH, ChildNames, selector
 from .render.garbage_collection import USAGE_CONTAINER
 from .spec import IndexSpec, RegistrySpec
 
@@ -83,7 +83,7 @@ def candidates(
     if spec.storage.claim is not None:
         out.append(("v1", "PersistentVolumeClaim", n.claim))
     if spec.storage.collectable:
-        out.append(("batch/v1", "Job", n.gc))
+        out += [("batch/v1", "Job", n.gc), ("batch/v1", "Job", n.retention), ("v1", "ConfigMap", n.retention)]
     if spec.storage.shared:  # more than one replica: disruption budgets (render/disruption)
         out += [("policy/v1", "PodDisruptionBudget", n.deployment), ("policy/v1", "PodDisruptionBudget", n.token)]
     if pod_monitor:
@@ -149,6 +149,17 @@ async def gc_usage_message(client: AsyncClient, spec: RegistrySpec) -> str | Non
         for container in (pod.status.containerStatuses or []) if pod.status else []:
             ended = container.state.terminated if container.state else None
             if container.name == USAGE_CONTAINER and ended and ended.message:
+                return ended.message
+    return None
+
+
+async def retention_message(client: AsyncClient, spec: RegistrySpec) -> str | None:
+    """What a finished retention Job's container said last: prune's summary (its termination message) or, for
+    a failure, its last log line (`FallbackToLogsOnError`). Read only while the finished Job exists."""
+    async for pod in client.list(Pod, namespace=spec.namespace, labels=selector(spec.name, COMPONENT_RETENTION)):
+        for container in (pod.status.containerStatuses or []) if pod.status else []:
+            ended = container.state.terminated if container.state else None
+            if ended and ended.message:  # the kubelet keeps at most 4 KiB of it
                 return ended.message
     return None
 

@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="JSON: registry, retention, protected")
     parser.add_argument("--ca", help="the CA bundle to verify the registry with (default: the system's)")
+    parser.add_argument("--summary", help="also write the summary here (a pod's /dev/termination-log)")
     args = parser.parse_args(argv)
     with open(args.config) as f:
         config = json.load(f)
@@ -188,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     except RegistryError as exc:
         print(f"retention failed: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(summary, sort_keys=True))
+    line = json.dumps(summary, sort_keys=True)
+    print(line)
+    if args.summary:
+        with open(args.summary, "w") as f:
+            f.write(line)
     return 0
 
 

@@ -33,6 +33,7 @@ from . import (
     events,
     garbage_collection,
     index,
+    inuse,
     material,
     metrics,
     pki,
@@ -67,8 +68,10 @@ from .observe import (
     observe,
     observe_index,
     registry_node,
+    retention_message,
 )
 from .render import garbage_collection as gc_render
+from .render import retention as retention_render
 from .render import token as token_render
 from .spec import RegistrySpec, parse, parse_index
 
@@ -239,11 +242,16 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     gc_line = await gc_failure_line(ctx.client, spec) if gc_job and garbage_collection.failed(gc_job) else None
     measured = (garbage_collection.report(await gc_usage_message(ctx.client, spec))
                 if gc_job and garbage_collection.ended(gc_job) else None)
-    gc = garbage_collection.plan(spec, body, gc_job, now, gc_line, measured)
+    retention_job = observed.children.get(("Job", names.retention))
+    retention_said = (await retention_message(ctx.client, spec)
+                      if retention_job and garbage_collection.finished(retention_job, now) else None)
+    gc = garbage_collection.plan(spec, body, gc_job, now, gc_line, measured, retention_job, retention_said)
     outcome.wake_after = gc.wake_after
     desired = render.desired(gc.effective(spec), mat, body, ctx.config.operator_image, ctx.pod_monitors, joined)
     if gc.job is not None:
         desired.append(await _gc_job(ctx, spec, body, gc.job, desired, observed.children))
+    if gc.retention is not None:
+        desired += await _retention(ctx, spec, body, gc.retention)
     memory.written.clear()  # echoes of an earlier reconcile have come by now, or will not
     applied = await apply_all(ctx.client, desired, observed.children, body, memory.refused, memory.written)
     memory.refused = applied.refused
@@ -325,8 +333,12 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         ctx, memory, body, status, [*gc_events, *(("Normal", r.reason, r.message) for r in stored)])
     if gc.status and any(reason != "GarbageCollectionStarted" for _, reason, _ in gc_events):
         metrics.gc_ended(gc.status["lastResult"], gc.status.get("lastBytesFreed", 0))  # stored: said once
+    retention_children = [("batch/v1", "Job", names.retention), ("v1", "ConfigMap", names.retention)]
     if gc.delete_job and not applied.problems:  # its result is in status now
-        outcome.deleted += await delete_all(ctx.client, [("batch/v1", "Job", names.gc)], observed.children, body)
+        outcome.deleted += await delete_all(ctx.client, [("batch/v1", "Job", names.gc), *retention_children],
+                                            observed.children, body)
+    elif gc.delete_retention and not applied.problems:
+        outcome.deleted += await delete_all(ctx.client, retention_children, observed.children, body)
     log.debug("Registry %s/%s reconciled: %d applied, %d deleted, status %s", namespace, name,
               len(outcome.written), len(outcome.deleted), "written" if outcome.status_written else "unchanged")
     if applied.retry:
@@ -354,6 +366,19 @@ async def _gc_job(
     node = await registry_node(ctx.client, spec) if ready and not spec.storage.shared else None
     resume = ready and (spec.storage.shared or node is not None)
     return gc_render.job(spec, body, *run, suspend=not resume, node=node, operator_image=ctx.config.operator_image)
+
+
+async def _retention(
+    ctx: Context, spec: RegistrySpec, body: Mapping[str, Any], run: tuple[str | None, str | None]
+) -> list[dict[str, Any]]:
+    """The retention Job of a collection and its ConfigMap, with the image references every workload in the
+    cluster holds now (listed once per collection, never at rest)."""
+    references = await inuse.workload_images(ctx.client)
+    guard = inuse.protected(references, pullsecrets.endpoints(spec, ctx.config.cluster_domain))
+    log.info("Registry %s/%s: retention before garbage collection; %d tag(s) and %d digest(s) in use are kept",
+             spec.namespace, spec.name, len(guard.tags), len(guard.digests))
+    return [retention_render.config_map(spec, body, guard),
+            retention_render.job(spec, body, *run, operator_image=ctx.config.operator_image)]
 
 
 async def _set_finalizer(ctx: Context, body: dict[str, Any], finalizer: str, present: bool) -> None:

@@ -1,11 +1,18 @@
 """Retention: the pure selection (tags, rules, protected refs -> digests to delete, and why the rest stays),
-the normalisation of workload image references, and the spec's refusals."""
+the normalisation of workload image references, the spec's refusals, and its place in a collection: the
+retention Job first (read-write), then the GC Job, with its robot credential and its record in status."""
 
+import base64
 import datetime as dt
+import json
 
 import pytest
 
-from registry_operator import inuse, retention, spec
+from registry_operator import garbage_collection as gc
+from registry_operator import inuse, material, names, retention, spec
+from registry_operator.render import network, token
+from registry_operator.render import retention as retention_render
+from registry_operator.render import secrets as secrets_render
 from registry_operator.retention import Protected, Tag
 
 NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
@@ -154,3 +161,132 @@ def test_spec_parses_retention():
 def test_spec_refuses_bad_retention(raw, message):
     with pytest.raises(ValueError, match=message):
         spec.parse("reg", "ns", raw)
+
+
+# -- a collection with retention: the retention Job first (read-write), then the GC Job ------------------------
+
+OWNER = {"metadata": {"name": "reg", "namespace": "ns", "uid": "u-1"}}
+SUMMARY = ('{"dryRun": false, "keptSharedDigest": 1, "keptSharedDigestTags": ["app:alias"], "manifests": 1, '
+           '"tags": 1, "deletedTags": ["app:old"]}')
+
+
+def reg_with(retention=None, auth=None):
+    raw = {**BASE, "auth": auth or {"users": [{"name": "alice"}]}}
+    if retention is not None:
+        raw["retention"] = retention
+    return spec.parse("reg", "ns", raw)
+
+
+def body(requested="r1", status=None):
+    return {"metadata": {"name": "reg", "namespace": "ns", "uid": "u-1",
+                         "annotations": {names.GC_REQUESTED: requested} if requested else {}},
+            "status": {"garbageCollection": status} if status else {}}
+
+
+def rjob(request="r1", condition=None):
+    status = {}
+    if condition:
+        status = {"completionTime": "2026-12-01T11:59:00Z",
+                  "conditions": [{"type": condition, "status": "True", "lastTransitionTime": "2026-12-01T11:59:00Z"}]}
+    return {"metadata": {"name": "reg-retention", "annotations": {names.GC_JOB_REQUEST: request},
+                         "creationTimestamp": "2026-12-01T11:58:00Z"}, "spec": {}, "status": status}
+
+
+def test_a_due_collection_with_retention_starts_with_the_retention_job_read_write():
+    s = reg_with({"keepNewest": 2})
+    plan = gc.plan(s, body(), None, NOW)
+    assert (plan.hold_read_only, plan.job, plan.retention) == (False, None, ("r1", None))
+    assert plan.status["phase"] == gc.RETENTION
+    assert [e[1] for e in gc.events(None, plan.status)] == ["RetentionStarted"]
+    running = gc.plan(s, body(status=plan.status), None, NOW, retention_job=rjob())
+    assert (running.hold_read_only, running.job, running.retention) == (False, None, None)
+    assert not running.effective(s).read_only
+
+
+def test_after_retention_the_collection_goes_read_only_and_records_what_went():
+    s = reg_with({"keepNewest": 2})
+    before = {"phase": gc.RETENTION}
+    plan = gc.plan(s, body(status=before), None, NOW, retention_job=rjob(condition="Complete"),
+                   retention_message=SUMMARY)
+    assert plan.hold_read_only and plan.job == ("r1", None) and plan.retention is None
+    record = plan.status["lastRetention"]
+    assert record["result"] == "Succeeded" and record["deletedTags"] == ["app:old"]
+    said = gc.events(before, plan.status)
+    assert [e[1] for e in said] == ["RetentionApplied", "GarbageCollectionStarted"]
+    assert "deleted 1 manifest(s), tags app:old; kept 1 tag(s) that share a digest" in said[0][2]
+    # the GC Job ends: both Jobs go, the record stays (a `last` field)
+    done = {"metadata": {"name": "reg-gc", "annotations": {names.GC_JOB_REQUEST: "r1"},
+                         "creationTimestamp": "2026-12-01T11:59:00Z"}, "spec": {"suspend": False},
+            "status": {"completionTime": "2026-12-01T11:59:30Z", "conditions": [
+                {"type": "Complete", "status": "True", "lastTransitionTime": "2026-12-01T11:59:30Z"}]}}
+    end = gc.plan(s, body(status=plan.status), done, NOW, retention_job=rjob(condition="Complete"),
+                  retention_message=SUMMARY)
+    assert end.delete_job and end.status["lastRetention"] == record
+    rest = gc.plan(s, body(status=end.status), None, NOW)
+    assert rest.status["lastRetention"] == record and not rest.delete_retention and rest.retention is None
+    assert gc.events(end.status, rest.status) == []
+
+
+def test_a_failed_retention_is_a_warning_and_the_collection_goes_ahead():
+    plan = gc.plan(reg_with({"keepNewest": 2}), body(status={"phase": gc.RETENTION}), None, NOW,
+                   retention_job=rjob(condition="Failed"), retention_message="retention failed: GET /v2/: HTTP 401")
+    assert plan.hold_read_only and plan.job == ("r1", None)
+    kind, reason, message = gc.events({"phase": gc.RETENTION}, plan.status)[0]
+    assert (kind, reason) == ("Warning", "RetentionFailed") and "HTTP 401" in message
+
+
+def test_dry_run_is_said_as_one():
+    record = {"result": "Succeeded", "dryRun": True, "manifests": 3, "tags": 25,
+              "deletedTags": [f"app:t{i}" for i in range(retention.SHOWN)], "keptSharedDigest": 0}
+    kind, reason, message = gc.retention_event(record)
+    assert reason == "RetentionDryRun" and message.startswith("dry run: would delete 3 manifest(s)")
+    assert message.endswith("and 5 more")
+
+
+def test_a_retention_job_of_another_run_is_deleted_first():
+    s = reg_with({"keepNewest": 2})
+    plan = gc.plan(s, body("r2"), None, NOW, retention_job=rjob("r1", "Complete"))
+    assert plan.delete_retention and plan.retention is None and not plan.hold_read_only
+    idle = gc.plan(s, body(None), None, NOW, retention_job=rjob("r1", "Complete"))
+    assert idle.delete_retention and idle.job is None
+
+
+def test_retention_job_and_config_map():
+    s = reg_with({"keepNewest": 2, "repositories": ["team/*"], "dryRun": True})
+    guard = Protected(frozenset({("team/app", "v1")}), frozenset({("team/app", "sha256:ab")}))
+    config = json.loads(retention_render.config_map(s, OWNER, guard)["data"]["config.json"])
+    assert config == {"registry": "https://reg.ns.svc:5000",
+                      "retention": {"repositories": ["team/*"], "keepNewest": 2, "keepTags": [], "dryRun": True},
+                      "protected": {"tags": ["team/app:v1"], "digests": ["team/app@sha256:ab"]}}
+    assert spec.parse_retention(config["retention"]) == s.retention  # what prune reads back
+    job = retention_render.job(s, OWNER, "r1", None, "registry-operator:test")
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["python", "-m", "registry_operator.prune"]
+    assert "--ca" in container["args"] and pod["automountServiceAccountToken"] is False
+    env = {e["name"]: e for e in container["env"]}
+    assert env["REGISTRY_USERNAME"]["value"] == "robot$retention"
+    assert env["REGISTRY_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "reg-http-secret",
+                                                                      "key": material.RETENTION_KEY}
+    assert job["metadata"]["annotations"] == {names.GC_JOB_REQUEST: "r1"}
+
+
+def test_the_retention_robot_is_generated_once_and_may_only_pull_and_delete():
+    s = reg_with({"keepNewest": 2}, auth={"mode": "token", "users": [{"name": "alice"}]})
+    first = material.decide(s, {})
+    assert first.retention_password and "robot$retention:" in first.htpasswd
+    stored = {o["metadata"]["name"]: {k: base64.b64decode(v) for k, v in o["data"].items()}
+              for o in secrets_render.render(s, first, OWNER)}
+    again = material.decide(s, stored)
+    assert again.retention_password == first.retention_password and again.htpasswd == first.htpasswd
+    rule = token.service_config(s, first)["access"][0]
+    assert rule["users"] == ["robot$retention"] and rule["actions"] == ["pull", "delete"] and rule["catalog"]
+    assert material.decide(reg_with(), {}).retention_password is None
+
+
+def test_network_policy_with_peers_lets_the_retention_job_in():
+    raw = {**BASE, "auth": {"users": [{"name": "alice"}]}, "retention": {"keepNewest": 1},
+           "networkPolicy": {"from": [{"podSelector": {"matchLabels": {"app": "ci"}}}]}}
+    policy = network.policies(spec.parse("reg", "ns", raw), OWNER)[0]
+    peers = policy["spec"]["ingress"][0]["from"]
+    assert peers[-1] == {"podSelector": {"matchLabels": names.selector("reg", names.COMPONENT_RETENTION)}}

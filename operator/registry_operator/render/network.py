@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..names import COMPONENT_REGISTRY, COMPONENT_TOKEN, ChildNames, selector
+from ..names import COMPONENT_REGISTRY, COMPONENT_RETENTION, COMPONENT_TOKEN, ChildNames, selector
 from ..spec import IndexSpec, RegistrySpec
 from ..token import config as token_config
 from . import config, monitoring, token
@@ -30,6 +30,8 @@ def policies(spec: RegistrySpec, owner: Mapping[str, Any], scraped: bool = False
     names = ChildNames(spec.name)
     metrics = config.DEBUG_PORT if scraped else None
     peers = spec.network_policy.peers
+    if peers and spec.retention is not None:  # the retention Job talks to the registry (and its token service)
+        peers = (*peers, {"podSelector": {"matchLabels": selector(spec.name, COMPONENT_RETENTION)}})
     out = [_policy(names.deployment, owner, COMPONENT_REGISTRY, config.PORT, spec.name, peers, metrics)]
     if spec.auth.own_token_service:
         metrics = token_config.METRICS_PORT if scraped else None
