@@ -5,6 +5,12 @@ the real API server.
 Four tags in one repository: `old` (oldest), `pinned` (a Pod in the cluster runs it), and `new` and `alias`
 on one digest (newest). keepNewest 1 keeps `new` by rank and `alias` because deleting its digest would remove
 `new` too; `pinned` stays because a Pod names it; only `old` goes. A dry run first deletes nothing.
+
+The second test goes through the operator: a requested collection of a Registry with spec.retention creates
+the retention Job and its ConfigMap; prune runs with that ConfigMap's rules and protected references and the
+operator's robot$retention credential (podrunner cannot run the Job's pod itself: it reaches the registry by
+its Service name, which does not resolve here, so the test runs the same program with the address swapped),
+and the Job's completion (set as the Job controller would) moves the collection on to read-only.
 """
 
 from __future__ import annotations
@@ -21,17 +27,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lightkube import AsyncClient, KubeConfig
+from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.models.core_v1 import Capabilities, Container, PodSecurityContext, PodSpec, SeccompProfile
 from lightkube.models.core_v1 import SecurityContext as ContainerSecurityContext
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Pod
+from lightkube.resources.batch_v1 import Job
+from lightkube.resources.core_v1 import ConfigMap, PersistentVolume, Pod
+from lightkube.types import PatchType
 
 from registry_operator import inuse, pullsecrets, spec
+from registry_operator.material import RETENTION_KEY
+from registry_operator.names import GC_REQUESTED
 from registry_operator.prune import PASSWORD_ENV, USER_ENV
+from registry_operator.robot import RETENTION_USER
 from tests.support import https, ociimage
 from tests.support.clients import Crane
-from tests.support.deployed import VERSIONS, DeployedRegistry
+from tests.support.deployed import VERSIONS, DeployedRegistry, secret_data, wait_for
 
 pytestmark = pytest.mark.parametrize("version", sorted(VERSIONS), ids=VERSIONS.get)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,13 +75,8 @@ def _prune(tmp_path: Path, reg: DeployedRegistry, creds: tuple[str, str], config
     return json.loads(done.stdout.splitlines()[-1]), done.stdout
 
 
-def test_retention_keeps_newest_in_use_and_shared_digest_tags(
-    shared: Callable[[str], DeployedRegistry], kube_client: Any, kubeconfig: str, version: str, tmp_path: Path
-) -> None:
-    reg = shared(version)  # deleteEnabled
-    creds = ("alice", reg.passwords()["alice"])
-    repo = f"e2e/retention-{secrets.token_hex(3)}"
-    ref = f"{reg.address}/{repo}"
+def _push_four(tmp_path: Path, reg: DeployedRegistry, creds: tuple[str, str], ref: str) -> tuple[Crane, dict[str, Any]]:
+    """old < pinned < new = alias (one digest), by the image config's `created`."""
     crane = Crane(tmp_path / "c", reg.ca_pem(), reg.address, creds)
     images = {}
     for name, created in (("old", "2026-01-01T00:00:00Z"), ("pinned", "2026-02-01T00:00:00Z"),
@@ -78,11 +84,27 @@ def test_retention_keeps_newest_in_use_and_shared_digest_tags(
         images[name] = ociimage.build(tmp_path / name, tag="t", layers=1, size=4096, created=created)
         crane.run("push", str(images[name].path), f"{ref}:{name}")
     crane.run("tag", f"{ref}:new", "alias")
+    return crane, images
+
+
+def _pod(namespace: str, image: str) -> Pod:
+    """A Pod naming `image` (the restricted Pod Security level of the test namespaces)."""
     restricted = ContainerSecurityContext(allowPrivilegeEscalation=False, capabilities=Capabilities(drop=["ALL"]))
-    pod = Pod(metadata=ObjectMeta(name=f"uses-pinned-{secrets.token_hex(2)}", namespace=reg.namespace),
-              spec=PodSpec(containers=[Container(name="app", image=f"{ref}:pinned", securityContext=restricted)],
-                           securityContext=PodSecurityContext(runAsNonRoot=True, seccompProfile=SeccompProfile(
-                               type="RuntimeDefault"))))
+    return Pod(metadata=ObjectMeta(name=f"uses-pinned-{secrets.token_hex(2)}", namespace=namespace),
+               spec=PodSpec(containers=[Container(name="app", image=image, securityContext=restricted)],
+                            securityContext=PodSecurityContext(runAsNonRoot=True, seccompProfile=SeccompProfile(
+                                type="RuntimeDefault"))))
+
+
+def test_retention_keeps_newest_in_use_and_shared_digest_tags(
+    shared: Callable[[str], DeployedRegistry], kube_client: Any, kubeconfig: str, version: str, tmp_path: Path
+) -> None:
+    reg = shared(version)  # deleteEnabled
+    creds = ("alice", reg.passwords()["alice"])
+    repo = f"e2e/retention-{secrets.token_hex(3)}"
+    ref = f"{reg.address}/{repo}"
+    crane, images = _push_four(tmp_path, reg, creds, ref)
+    pod = _pod(reg.namespace, f"{ref}:pinned")
     kube_client.create(pod)
     try:
         protected = _protected(reg, kubeconfig)
@@ -111,3 +133,70 @@ def test_retention_keeps_newest_in_use_and_shared_digest_tags(
         assert summary["manifests"] == 0  # settled: a second run deletes nothing
     finally:
         kube_client.delete(Pod, pod.metadata.name, namespace=reg.namespace)
+
+
+def test_a_requested_collection_runs_retention_with_the_operators_inputs_then_goes_read_only(
+    deploy: Callable[..., DeployedRegistry], kube_client: Any, cluster: Any, version: str, tmp_path: Path
+) -> None:
+    storage_class = f"e2e-retention-{secrets.token_hex(3)}"
+    kube_client.create(PersistentVolume(
+        metadata=ObjectMeta(name=storage_class),
+        spec={"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": storage_class,
+              "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": f"/nonexistent/{storage_class}"}},
+    ))  # fmt: skip
+    try:
+        claim = {"size": "1Gi", "storageClassName": storage_class}
+        reg = deploy(version, storage={"deleteEnabled": True, "persistentVolumeClaim": claim},
+                     garbageCollection={}, retention={"repositories": ["e2e/*"], "keepNewest": 1})
+        creds = ("alice", reg.passwords()["alice"])
+        ref = f"{reg.address}/e2e/app"
+        crane, images = _push_four(tmp_path, reg, creds, ref)
+        kube_client.create(_pod(reg.namespace, f"{reg.host}:5000/e2e/app:pinned"))  # by the Service's name
+        # Keep kwok from creating (and faking) the retention Job's pod: this test runs it.
+        pods = len(list(kube_client.list(Pod, namespace=reg.namespace)))
+        cluster.apply(f"apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: pods, namespace: {reg.namespace}}}"
+                      f"\nspec: {{hard: {{pods: '{pods}'}}}}\n")
+
+        cluster.kubectl("annotate", "registry", reg.name, "-n", reg.namespace, f"{GC_REQUESTED}=e2e", "--overwrite")
+        name = f"{reg.name}-retention"
+        wait_for(lambda: _get(kube_client, Job, name, reg.namespace), "the retention Job")
+        config = json.loads(kube_client.get(ConfigMap, name, namespace=reg.namespace).data["config.json"])
+        assert config["registry"] == f"https://{reg.host}:5000" and "e2e/app:pinned" in config["protected"]["tags"]
+        robot = (RETENTION_USER, secret_data(kube_client, reg.namespace, f"{reg.name}-http-secret")[
+            RETENTION_KEY].decode())
+        config.pop("registry")  # the Service name does not resolve here: the same registry, by address
+
+        summary, _ = _prune(tmp_path, reg, robot, {**config, "retention": {**config["retention"], "dryRun": True}})
+        assert summary["deletedTags"] == ["e2e/app:old"]
+        assert sorted(crane.run("ls", ref).split()) == ["alias", "new", "old", "pinned"]
+        summary, out = _prune(tmp_path, reg, robot, config)  # pushes still accepted: read-write
+        assert (summary["manifests"], summary["keptSharedDigestTags"]) == (1, ["e2e/app:alias"]), out
+        assert sorted(crane.run("ls", ref).split()) == ["alias", "new", "pinned"]
+        crane.run("pull", f"{ref}:pinned", str(tmp_path / "pinned.tar"))
+
+        _complete(kube_client, name, reg.namespace)
+        status = wait_for(lambda: (s := (reg.get().get("status") or {}).get("garbageCollection") or {}).get(
+            "phase") == "SwitchingToReadOnly" and s, "the collection read-only after retention", timeout=60)
+        assert status["lastRetention"]["result"] == "Succeeded"
+        assert _get(kube_client, Job, f"{reg.name}-gc", reg.namespace) is not None
+    finally:
+        kube_client.delete(PersistentVolume, storage_class)
+
+
+def _get(client: Any, kind: Any, name: str, namespace: str) -> Any:
+    try:
+        return client.get(kind, name, namespace=namespace)
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return None
+        raise
+
+
+def _complete(client: Any, name: str, namespace: str) -> None:
+    """Mark the Job complete, as the Job controller would once its pod exited 0."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    conditions = [{"type": t, "status": "True", "reason": "CompletionsReached", "message": "set from the local run",
+                   "lastProbeTime": now, "lastTransitionTime": now} for t in ("SuccessCriteriaMet", "Complete")]
+    client.patch(Job.Status, name, {"status": {"conditions": conditions, "succeeded": 1,
+                                               "completionTime": now}},
+                 namespace=namespace, patch_type=PatchType.MERGE)
