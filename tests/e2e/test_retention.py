@@ -10,7 +10,8 @@ The second test goes through the operator: a requested collection of a Registry 
 the retention Job and its ConfigMap; prune runs with that ConfigMap's rules and protected references and the
 operator's robot$retention credential (podrunner cannot run the Job's pod itself: it reaches the registry by
 its Service name, which does not resolve here, so the test runs the same program with the address swapped),
-and the Job's completion (set as the Job controller would) moves the collection on to read-only.
+and the Job's completion (set as the Job controller would) moves the collection on to read-only. In htpasswd
+mode and in token mode (prune answers the token service's Bearer challenge as robot$retention).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from registry_operator.robot import RETENTION_USER
 from tests.support import https, ociimage
 from tests.support.clients import Crane
 from tests.support.deployed import VERSIONS, DeployedRegistry, secret_data, wait_for
+from tests.support.token_clients import ServiceProxy, start_token_service
 
 pytestmark = pytest.mark.parametrize("version", sorted(VERSIONS), ids=VERSIONS.get)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -135,52 +137,87 @@ def test_retention_keeps_newest_in_use_and_shared_digest_tags(
         kube_client.delete(Pod, pod.metadata.name, namespace=reg.namespace)
 
 
-def test_a_requested_collection_runs_retention_with_the_operators_inputs_then_goes_read_only(
-    deploy: Callable[..., DeployedRegistry], kube_client: Any, cluster: Any, version: str, tmp_path: Path
-) -> None:
+@pytest.fixture
+def claimed(kube_client: Any) -> Iterator[dict[str, str]]:
+    """storage.persistentVolumeClaim on a PersistentVolume of its own (podrunner maps it to a directory)."""
     storage_class = f"e2e-retention-{secrets.token_hex(3)}"
     kube_client.create(PersistentVolume(
         metadata=ObjectMeta(name=storage_class),
         spec={"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "storageClassName": storage_class,
               "persistentVolumeReclaimPolicy": "Retain", "hostPath": {"path": f"/nonexistent/{storage_class}"}},
     ))  # fmt: skip
+    yield {"size": "1Gi", "storageClassName": storage_class}
+    kube_client.delete(PersistentVolume, storage_class)
+
+
+def _through_operator(reg: DeployedRegistry, kube_client: Any, cluster: Any, tmp_path: Path,
+                      pusher: tuple[str, str]) -> None:
+    """Request a collection; run prune with the retention ConfigMap the operator made and its robot
+    credential; complete the retention Job; the collection must then go read-only."""
+    ref = f"{reg.address}/e2e/app"
+    crane, images = _push_four(tmp_path, reg, pusher, ref)
+    kube_client.create(_pod(reg.namespace, f"{reg.host}:5000/e2e/app:pinned"))  # by the Service's name
+    # Keep kwok from creating (and faking) the retention Job's pod: this test runs it.
+    pods = len(list(kube_client.list(Pod, namespace=reg.namespace)))
+    cluster.apply(f"apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: pods, namespace: {reg.namespace}}}"
+                  f"\nspec: {{hard: {{pods: '{pods}'}}}}\n")
+
+    cluster.kubectl("annotate", "registry", reg.name, "-n", reg.namespace, f"{GC_REQUESTED}=e2e", "--overwrite")
+    name = f"{reg.name}-retention"
+    wait_for(lambda: _get(kube_client, Job, name, reg.namespace), "the retention Job")
+    config = json.loads(kube_client.get(ConfigMap, name, namespace=reg.namespace).data["config.json"])
+    assert config["registry"] == f"https://{reg.host}:5000" and "e2e/app:pinned" in config["protected"]["tags"]
+    robot = (RETENTION_USER, secret_data(kube_client, reg.namespace, f"{reg.name}-http-secret")[
+        RETENTION_KEY].decode())
+    config.pop("registry")  # the Service name does not resolve here: the same registry, by address
+
+    summary, _ = _prune(tmp_path, reg, robot, {**config, "retention": {**config["retention"], "dryRun": True}})
+    assert summary["deletedTags"] == ["e2e/app:old"]
+    assert sorted(crane.run("ls", ref).split()) == ["alias", "new", "old", "pinned"]
+    summary, out = _prune(tmp_path, reg, robot, config)  # pushes still accepted: read-write
+    assert (summary["manifests"], summary["keptSharedDigestTags"]) == (1, ["e2e/app:alias"]), out
+    assert sorted(crane.run("ls", ref).split()) == ["alias", "new", "pinned"]
+    crane.run("pull", f"{ref}:pinned", str(tmp_path / "pinned.tar"))
+
+    _complete(kube_client, name, reg.namespace)
+    status = wait_for(lambda: (s := (reg.get().get("status") or {}).get("garbageCollection") or {}).get(
+        "phase") == "SwitchingToReadOnly" and s, "the collection read-only after retention", timeout=60)
+    assert status["lastRetention"]["result"] == "Succeeded"
+    assert _get(kube_client, Job, f"{reg.name}-gc", reg.namespace) is not None
+
+
+def test_a_requested_collection_runs_retention_with_the_operators_inputs_then_goes_read_only(
+    deploy: Callable[..., DeployedRegistry], kube_client: Any, cluster: Any, version: str, tmp_path: Path,
+    claimed: dict[str, str],
+) -> None:
+    reg = deploy(version, storage={"deleteEnabled": True, "persistentVolumeClaim": claimed},
+                 garbageCollection={}, retention={"repositories": ["e2e/*"], "keepNewest": 1})
+    _through_operator(reg, kube_client, cluster, tmp_path, ("alice", reg.passwords()["alice"]))
+
+
+def test_in_token_mode_the_retention_robot_gets_tokens_to_list_and_delete(
+    deploy: Callable[..., DeployedRegistry], kube_client: Any, cluster: Any, version: str, tmp_path: Path,
+    claimed: dict[str, str],
+) -> None:
+    """prune answers the Bearer challenge; the token service grants robot$retention the catalog, pull and
+    delete (alice may only push and pull e2e/*)."""
+    proxy = ServiceProxy()
+    token = None
     try:
-        claim = {"size": "1Gi", "storageClassName": storage_class}
-        reg = deploy(version, storage={"deleteEnabled": True, "persistentVolumeClaim": claim},
-                     garbageCollection={}, retention={"repositories": ["e2e/*"], "keepNewest": 1})
-        creds = ("alice", reg.passwords()["alice"])
-        ref = f"{reg.address}/e2e/app"
-        crane, images = _push_four(tmp_path, reg, creds, ref)
-        kube_client.create(_pod(reg.namespace, f"{reg.host}:5000/e2e/app:pinned"))  # by the Service's name
-        # Keep kwok from creating (and faking) the retention Job's pod: this test runs it.
-        pods = len(list(kube_client.list(Pod, namespace=reg.namespace)))
-        cluster.apply(f"apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: pods, namespace: {reg.namespace}}}"
-                      f"\nspec: {{hard: {{pods: '{pods}'}}}}\n")
-
-        cluster.kubectl("annotate", "registry", reg.name, "-n", reg.namespace, f"{GC_REQUESTED}=e2e", "--overwrite")
-        name = f"{reg.name}-retention"
-        wait_for(lambda: _get(kube_client, Job, name, reg.namespace), "the retention Job")
-        config = json.loads(kube_client.get(ConfigMap, name, namespace=reg.namespace).data["config.json"])
-        assert config["registry"] == f"https://{reg.host}:5000" and "e2e/app:pinned" in config["protected"]["tags"]
-        robot = (RETENTION_USER, secret_data(kube_client, reg.namespace, f"{reg.name}-http-secret")[
-            RETENTION_KEY].decode())
-        config.pop("registry")  # the Service name does not resolve here: the same registry, by address
-
-        summary, _ = _prune(tmp_path, reg, robot, {**config, "retention": {**config["retention"], "dryRun": True}})
-        assert summary["deletedTags"] == ["e2e/app:old"]
-        assert sorted(crane.run("ls", ref).split()) == ["alias", "new", "old", "pinned"]
-        summary, out = _prune(tmp_path, reg, robot, config)  # pushes still accepted: read-write
-        assert (summary["manifests"], summary["keptSharedDigestTags"]) == (1, ["e2e/app:alias"]), out
-        assert sorted(crane.run("ls", ref).split()) == ["alias", "new", "pinned"]
-        crane.run("pull", f"{ref}:pinned", str(tmp_path / "pinned.tar"))
-
-        _complete(kube_client, name, reg.namespace)
-        status = wait_for(lambda: (s := (reg.get().get("status") or {}).get("garbageCollection") or {}).get(
-            "phase") == "SwitchingToReadOnly" and s, "the collection read-only after retention", timeout=60)
-        assert status["lastRetention"]["result"] == "Succeeded"
-        assert _get(kube_client, Job, f"{reg.name}-gc", reg.namespace) is not None
+        reg = deploy(version, pod=False, storage={"deleteEnabled": True, "persistentVolumeClaim": claimed},
+                     garbageCollection={}, retention={"repositories": ["e2e/*"], "keepNewest": 1},
+                     tls={"ipAddresses": ["127.0.0.1"], "dnsNames": ["localhost"]},
+                     auth={"mode": "token", "users": [{"name": "alice"}],
+                           "access": [{"users": ["alice"], "repositories": ["e2e/*"], "actions": ["pull", "push"]}],
+                           "tokenRealm": f"https://localhost:{proxy.port}/token"})
+        (tmp_path / "token").mkdir()
+        token = start_token_service(reg, proxy, tmp_path / "token")
+        reg.start_pod()
+        _through_operator(reg, kube_client, cluster, tmp_path, ("alice", reg.passwords()["alice"]))
     finally:
-        kube_client.delete(PersistentVolume, storage_class)
+        if token is not None:
+            token.stop()
+        proxy.close()
 
 
 def _get(client: Any, kind: Any, name: str, namespace: str) -> Any:
