@@ -12,7 +12,7 @@ the API server and is handed the protected references as data.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from lightkube import AsyncClient
@@ -85,10 +85,13 @@ def protected(references: Iterable[str], endpoints: Iterable[str]) -> Protected:
     return Protected(frozenset(tags), frozenset(digests))
 
 
-async def workload_images(client: AsyncClient) -> list[str]:
-    """Every image reference of every workload of `KINDS` in the cluster (one list call per kind)."""
+async def workload_images(client: AsyncClient, namespaces: Sequence[str] = ("*",)) -> list[str]:
+    """Every image reference of every workload of `KINDS` in `namespaces` (`*`: the cluster), one list call per
+    kind and namespace. An operator confined to named namespaces lists only those: it may read no others, and
+    says so in the README."""
     out: list[str] = []
-    for kind in KINDS:
-        async for obj in client.list(kind, namespace="*"):
-            out += images({"kind": kind.__name__, **obj.to_dict()})
+    for namespace in namespaces:
+        for kind in KINDS:
+            async for obj in client.list(kind, namespace=namespace):
+                out += images({"kind": kind.__name__, **obj.to_dict()})
     return out

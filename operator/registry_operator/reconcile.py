@@ -373,7 +373,8 @@ async def _retention(
 ) -> list[dict[str, Any]]:
     """The retention Job of a collection and its ConfigMap, with the image references every workload in the
     cluster holds now (listed once per collection, never at rest)."""
-    references = await inuse.workload_images(ctx.client)
+    namespaces = ("*",) if ctx.config.sees_all_namespaces else ctx.config.namespaces
+    references = await inuse.workload_images(ctx.client, namespaces)
     guard = inuse.protected(references, pullsecrets.endpoints(spec, ctx.config.cluster_domain))
     log.info("Registry %s/%s: retention before garbage collection; %d tag(s) and %d digest(s) in use are kept",
              spec.namespace, spec.name, len(guard.tags), len(guard.digests))
