@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from . import retention
-from .spec import parse_retention
+from .spec import Retention, parse_retention
 
 USER_ENV, PASSWORD_ENV = "REGISTRY_USERNAME", "REGISTRY_PASSWORD"
 TIMEOUT_SECONDS = 30.0
@@ -58,6 +58,7 @@ class Registry:
         self.basic = (base64.b64encode(f"{user}:{password}".encode()).decode() if user is not None else None)
         self.ctx = ssl.create_default_context(cafile=ca) if ca else ssl.create_default_context()
         self.tokens: dict[str, str] = {}  # scope -> bearer token
+        self.scheme: str | None = None  # "basic" once the registry asked for it
 
     def _open(self, method: str, url: str, headers: Mapping[str, str]) -> Any:
         req = urllib.request.Request(url, method=method, headers=dict(headers))
@@ -75,26 +76,34 @@ class Registry:
         return str(doc.get("token") or doc.get("access_token"))
 
     def request(self, method: str, path: str, scope: str, accept: str | None = None) -> tuple[bytes, Any]:
-        """(body, headers) of a request answered 2xx; a 401 is answered once with the challenge asked for."""
+        """(body, headers) of a request answered 2xx. A 401 is answered once with what its challenge asks for
+        (Basic, or a new Bearer token for `scope`, which also renews one that expired during a long run)."""
         url = path if path.startswith("http") else f"{self.base}{path}"
         headers = {"Accept": accept} if accept else {}
-        for attempt in (1, 2):
-            if scope in self.tokens:
-                headers["Authorization"] = f"Bearer {self.tokens[scope]}"
-            try:
-                with self._open(method, url, headers) as resp:
-                    return resp.read(), resp.headers
-            except urllib.error.HTTPError as exc:
-                challenge = exc.headers.get("WWW-Authenticate", "")
-                if exc.code != 401 or attempt == 2 or not challenge:
-                    raise RegistryError(f"{method} {urllib.parse.urlsplit(url).path}: HTTP {exc.code}") from None
-                if challenge.lower().startswith("bearer"):
-                    self.tokens[scope] = self._token(challenge, scope)
-                elif self.basic:
+        retried = False
+        try:
+            while True:
+                if self.scheme == "basic":
                     headers["Authorization"] = f"Basic {self.basic}"
-            except urllib.error.URLError as exc:
-                raise RegistryError(f"cannot reach {self.base}: {exc.reason}") from None
-        raise AssertionError("unreachable")
+                elif scope in self.tokens:
+                    headers["Authorization"] = f"Bearer {self.tokens[scope]}"
+                try:
+                    with self._open(method, url, headers) as resp:
+                        return resp.read(), resp.headers
+                except urllib.error.HTTPError as exc:
+                    challenge = exc.headers.get("WWW-Authenticate", "")
+                    bearer = challenge.lower().startswith("bearer")
+                    if exc.code != 401 or retried or not (bearer or (challenge and self.basic)):
+                        raise
+                    if bearer:
+                        self.tokens[scope] = self._token(challenge, scope)
+                    else:
+                        self.scheme = "basic"
+                    retried = True
+        except urllib.error.HTTPError as exc:
+            raise RegistryError(f"{method} {urllib.parse.urlsplit(url).path}: HTTP {exc.code}") from None
+        except urllib.error.URLError as exc:
+            raise RegistryError(f"cannot reach {self.base}: {exc.reason}") from None
 
     def _pages(self, path: str, key: str, scope: str) -> Iterator[str]:
         url: str | None = f"{path}?n={PAGE}"
@@ -132,7 +141,7 @@ class Registry:
         self.request("DELETE", f"/v2/{repo}/manifests/{digest}", f"repository:{repo}:delete")
 
 
-def gather(registry: Registry, rules: Any) -> list[retention.Tag]:
+def gather(registry: Registry, rules: Retention) -> list[retention.Tag]:
     """Every tag of every repository the rules match, with its digest and creation time (one manifest GET
     per tag, one config GET per distinct digest)."""
     out, created = [], {}
@@ -148,9 +157,10 @@ def gather(registry: Registry, rules: Any) -> list[retention.Tag]:
 
 
 def protected(raw: Mapping[str, Any]) -> retention.Protected:
-    tags = {tuple(t.rsplit(":", 1)) for t in raw.get("tags") or ()}
-    digests = {tuple(d.split("@", 1)) for d in raw.get("digests") or ()}
-    return retention.Protected(frozenset(tags), frozenset(digests))  # type: ignore[arg-type]
+    """The config's `protected`: `tags` as repo:tag, `digests` as repo@digest."""
+    tags = frozenset((t.rpartition(":")[0], t.rpartition(":")[2]) for t in raw.get("tags") or ())
+    digests = frozenset((d.partition("@")[0], d.partition("@")[2]) for d in raw.get("digests") or ())
+    return retention.Protected(tags, digests)
 
 
 def run(config: Mapping[str, Any], registry: Registry, now: dt.datetime) -> dict[str, object]:
