@@ -400,11 +400,14 @@ def parse_retention(raw: Mapping[str, Any] | None) -> Retention | None:
     )
 
 
-def _retention(raw: Mapping[str, Any] | None, gc: bool, delete_enabled: bool) -> Retention | None:
+def _retention(raw: Mapping[str, Any] | None, gc: bool, delete_enabled: bool, auth: Auth) -> Retention | None:
     """A pull-through cache is refused through `gc`: garbageCollection is refused there (`_proxy`)."""
     retention = parse_retention(raw)
     if retention is None:
         return None
+    if auth.index is not None:
+        raise ValueError("retention needs the Registry's own users: a Registry joined to a RegistryIndex "
+                         "(auth.indexRef) has no retention robot the index would grant deletes to")
     if not gc:
         raise ValueError("retention needs garbageCollection: it runs as the first step of each collection")
     if not delete_enabled:
@@ -536,5 +539,5 @@ def parse(name: str, namespace: str, raw: Mapping[str, Any] | None) -> RegistryS
         node_trust=bool((raw.get("nodeTrust") or {}).get("enabled", False)),
         redis=_redis(raw.get("redis"), claim_raw is not None or s3 is not None),
         retention=_retention(raw.get("retention"), raw.get("garbageCollection") is not None,
-                             bool(storage_raw.get("deleteEnabled", False))),
+                             bool(storage_raw.get("deleteEnabled", False)), auth),
     )

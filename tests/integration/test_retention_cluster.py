@@ -38,8 +38,10 @@ DIGEST = "sha256:" + "ab" * 32
         ({**USERS, **STORAGE, "retention": {"keepNewest": 1}}, "retention needs garbageCollection"),
         ({**SPEC, "storage": {"persistentVolumeClaim": {"size": "1Gi"}}}, "retention needs storage.deleteEnabled"),
         ({**SPEC, "proxy": {"remoteURL": "https://upstream.example"}}, "retention does not apply to a pull-through"),
+        ({**SPEC, "auth": {"mode": "token", "indexRef": {"name": "idx"}}}, "joined to a RegistryIndex"),
     ],
-    ids=["no-keep-rule", "keep-zero", "days", "too-short", "uppercase-glob", "no-gc", "no-delete", "proxy"],
+    ids=["no-keep-rule", "keep-zero", "days", "too-short", "uppercase-glob", "no-gc", "no-delete", "proxy",
+         "joined"],
 )
 def test_invalid_retention_is_rejected_by_the_api_server(cluster, namespace, spec, message):
     result = cluster.kubectl("apply", "-f", "-", input=manifest("bad", namespace, spec), check=False)

@@ -157,6 +157,8 @@ def test_spec_parses_retention():
     ({**BASE, "retention": {"keepYoungerThan": "30d"}}, "not a duration"),
     ({"storage": BASE["storage"], "retention": {"keepNewest": 1}}, "needs garbageCollection"),
     ({**BASE, "storage": {"persistentVolumeClaim": {}}, "retention": {"keepNewest": 1}}, "deleteEnabled"),
+    ({**BASE, "auth": {"mode": "token", "indexRef": {"name": "idx"}}, "retention": {"keepNewest": 1}},
+     "joined to a RegistryIndex"),
 ])
 def test_spec_refuses_bad_retention(raw, message):
     with pytest.raises(ValueError, match=message):
