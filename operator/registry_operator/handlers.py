@@ -35,17 +35,13 @@ from typing import Any
 import kopf
 from lightkube import AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.apps_v1 import Deployment
-from lightkube.resources.batch_v1 import Job
-from lightkube.resources.core_v1 import ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount
-from lightkube.resources.networking_v1 import NetworkPolicy
-from lightkube.resources.policy_v1 import PodDisruptionBudget
+from lightkube.resources.core_v1 import Secret, ServiceAccount
 
-from . import allocator, garbage_collection, metrics, monitoring, names, pullsecrets, resync, robot, watches
+from . import allocator, garbage_collection, metrics, monitoring, names, pullsecrets, resync, robot, verified, watches
 from .coalesce import Coalescer
 from .config import Config
 from .joins import Joins
-from .kinds import RegistryIndex
+from .kinds import FOLLOWED, RegistryIndex
 from .observe import referenced_secrets
 from .reconcile import Context, reconcile, reconcile_index
 from .references import References
@@ -54,7 +50,6 @@ from .spec import RegistrySpec, parse, parse_index
 REGISTRY = (names.GROUP, names.VERSION, names.PLURAL)
 INDEX = (names.GROUP, names.VERSION, names.INDEX_PLURAL)
 OURS = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
-CHILDREN = (Deployment, Service, ConfigMap, PersistentVolumeClaim, NetworkPolicy, Job, PodDisruptionBudget)
 
 
 @kopf.on.startup()
@@ -74,7 +69,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         settings.scanning.disabled = True
 
     client = AsyncClient(field_manager=names.FIELD_MANAGER)
-    ctx = Context(client=client, config=config, pod_monitors=await monitoring.pod_monitors(client))
+    listing = verified.Listing()  # what the watches list at start spares the first reconciles their reads
+    ctx = Context(client=client, config=config, pod_monitors=await monitoring.pod_monitors(client), listing=listing)
     limit = asyncio.Semaphore(config.max_concurrent)
 
     async def run(key: Any) -> None:
@@ -100,13 +96,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.index_references = References(memo.indexes.trigger)  # password Secrets an index's users refer to
     memo.joins = Joins()
     namespaces = list(config.namespaces) or None
+    followers = watches.start(client, _owners(memo), config.namespaces, listing.finished)
+    listing.expect(len(followers))
     memo.tasks = [
         asyncio.create_task(resync.forever(ctx.client, namespaces, config.resync_seconds, memo.coalescer.trigger)),
         asyncio.create_task(resync.forever(
             ctx.client, namespaces, config.resync_seconds, memo.indexes.trigger, RegistryIndex)),
         asyncio.create_task(memo.references.forever(ctx.client, config.reference_poll_seconds)),
         asyncio.create_task(memo.index_references.forever(ctx.client, config.reference_poll_seconds)),
-        *watches.start(client, _owners(memo), config.namespaces),
+        *followers,
     ]
 
 
@@ -195,7 +193,7 @@ def _owners(memo: kopf.Memo) -> list[watches.Watch]:
     """The kinds followed by `watches` rather than kopf (it would keep a memory and a worker per object), each
     with the function that names whom an event of theirs wakes."""
     children = [watches.Watch(kind, lambda type_, meta, kind=kind.__name__: _child_changed(memo, kind, type_, meta),
-                              OURS) for kind in CHILDREN]  # fmt: skip
+                              OURS) for kind in FOLLOWED]  # fmt: skip
     return [
         *children,  # filtered by the API server: we never receive other controllers' objects
         watches.Watch(Secret, lambda type_, meta: _secret_changed(memo, type_, meta), {names.LABEL_WATCH: "true"}),
@@ -233,7 +231,9 @@ def _echo(memo: kopf.Memo, owner: tuple[str, ...], kind: str, type_: str, meta: 
 
 def _child_changed(memo: kopf.Memo, kind: str, type_: str | None, meta: ObjectMeta) -> None:
     if type_ is None:  # listed at start, when everything is reconciled anyway
+        memo.ctx.listing.listed(kind, meta)
         return
+    memo.ctx.listing.changed(meta)
     labels, owner = meta.labels or {}, (meta.annotations or {}).get(names.ANNOTATION_REGISTRY, "")
     if labels.get(names.LABEL_NODE_TRUST_OF) and owner.count("/") == 1:  # a node-trust ConfigMap of ours
         memo.coalescer.trigger(tuple(owner.split("/")))
@@ -257,7 +257,9 @@ def _secret_changed(memo: kopf.Memo, type_: str | None, meta: ObjectMeta) -> Non
     refs.watched(namespace, name, labelled)
     memo.index_references.watched(namespace, name, labelled)
     if type_ is None:  # listed at start, when every Registry is reconciled anyway
+        memo.ctx.listing.listed("Secret", meta)
         return
+    memo.ctx.listing.changed(meta)
     for referring in memo.index_references.registries(namespace, name):
         memo.indexes.trigger((namespace, referring))
     targets = {(namespace, registry) for registry in refs.registries(namespace, name)}

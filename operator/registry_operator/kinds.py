@@ -26,6 +26,9 @@ CHILD_KINDS = {
     ("batch/v1", "Job"): Job,
     ("policy/v1", "PodDisruptionBudget"): PodDisruptionBudget,
 }
+# The children `watches` follows (metadata only); Secrets are followed by their watch label, PodMonitors not at all.
+FOLLOWED = (Deployment, Service, ConfigMap, PersistentVolumeClaim, NetworkPolicy, Job, PodDisruptionBudget)
+FOLLOWED_KINDS = frozenset(kind.__name__ for kind in FOLLOWED)
 
 
 def resource(api_version: str, kind: str) -> type:

@@ -80,9 +80,10 @@ def _backoff(failures: int) -> float:
 
 
 class _Follower:
-    def __init__(self, client: AsyncClient, watch: Watch, namespace: str, match: Callable[[str], bool]) -> None:
+    def __init__(self, client: AsyncClient, watch: Watch, namespace: str, match: Callable[[str], bool],
+                 listed: Callable[[], None]) -> None:
         self.http = client._client  # lightkube's own HTTP layer: its public methods decode whole typed objects
-        self.watch, self.namespace, self.match = watch, namespace, match
+        self.watch, self.namespace, self.match, self.listed = watch, namespace, match, listed
         self.what = f"{watch.resource.__name__}s" + ("" if namespace == "*" else f" in {namespace}")
         self.version: str | None = None
 
@@ -142,6 +143,8 @@ class _Follower:
             try:
                 if self.version is None:
                     await self.list(initial)
+                    if initial:
+                        self.listed()
                     initial = False
                 await self.follow()
                 if failures:
@@ -158,21 +161,26 @@ class _Follower:
                 await asyncio.sleep(_backoff(failures))
 
 
-async def follow(client: AsyncClient, watch: Watch, namespace: str, match: Callable[[str], bool]) -> None:
+async def follow(
+    client: AsyncClient, watch: Watch, namespace: str, match: Callable[[str], bool], listed: Callable[[], None]
+) -> None:
     """List `watch.resource` in `namespace` ("*": all), then watch it, forever. `match` filters by namespace
-    (globs need a cluster-wide watch)."""
-    await _Follower(client, watch, namespace, match).run()
+    (globs need a cluster-wide watch); `listed` is called once the listing at start has been handed over."""
+    await _Follower(client, watch, namespace, match, listed).run()
 
 
-def start(client: AsyncClient, watches: Sequence[Watch], namespaces: Sequence[str]) -> list[asyncio.Task[None]]:
+def start(
+    client: AsyncClient, watches: Sequence[Watch], namespaces: Sequence[str], listed: Callable[[], None]
+) -> list[asyncio.Task[None]]:
     """One task per watch and namespace: `namespaces` as the operator takes them (exact names are watched one
-    by one, which namespaced RBAC allows; globs or nothing mean a cluster-wide watch)."""
+    by one, which namespaced RBAC allows; globs or nothing mean a cluster-wide watch). `listed` is called once
+    per task, when its listing at start has been handed over."""
     if namespaces and not any(set(ns) & set("*?[") for ns in namespaces):
         scopes = [(ns, _everything) for ns in namespaces]
     else:
         patterns = tuple(namespaces)
         scopes = [("*", (lambda ns: any(fnmatch.fnmatchcase(ns, p) for p in patterns)) if patterns else _everything)]
-    return [asyncio.create_task(follow(client, w, ns, match)) for w in watches for ns, match in scopes]
+    return [asyncio.create_task(follow(client, w, ns, match, listed)) for w in watches for ns, match in scopes]
 
 
 def _everything(_: str) -> bool:

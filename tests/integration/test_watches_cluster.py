@@ -41,7 +41,8 @@ def test_follow_lists_then_watches_and_resumes_without_replay(kubeconfig, namesp
         await client.create(_map("unlabelled", namespace, labelled=False))
         watch = watches.Watch(ConfigMap, handler, LABELS)
         empty = watches.Watch(PodDisruptionBudget, handler, LABELS)  # nothing to list: `items` is null
-        tasks = [asyncio.create_task(watches.follow(client, w, namespace, lambda _: True)) for w in (watch, empty)]
+        tasks = [asyncio.create_task(watches.follow(client, w, namespace, lambda _: True, lambda w=w: seen.append(
+            ("listed", w.resource.__name__)))) for w in (watch, empty)]  # fmt: skip
         try:
             await wait_for((None, "before"))
             await client.create(_map("after", namespace, labelled=True))
@@ -61,3 +62,6 @@ def test_follow_lists_then_watches_and_resumes_without_replay(kubeconfig, namesp
     assert "unlabelled" not in names
     assert seen.count((None, "before")) == 1 and ("ADDED", "before") not in seen, seen  # resumed, not replayed
     assert seen.count(("ADDED", "after")) == 1, seen
+    # Each listing at start is said done once, after its objects (the first reconciles wait for this).
+    assert seen.count(("listed", "ConfigMap")) == 1 and seen.count(("listed", "PodDisruptionBudget")) == 1, seen
+    assert seen.index((None, "before")) < seen.index(("listed", "ConfigMap")), seen
