@@ -247,7 +247,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="small counts for CI (< 2 min)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="default: bench/results")
+    parser.add_argument("--out", type=Path, help="default: bench/results, or bench/results/quick with --quick (the "
+                        "README's table is rendered from bench/results: a smoke run must not replace its runs)")
     phases = ["convergence", "burst", "datapath", "rest", "stuck", "memory", "gc"]
     parser.add_argument("--skip", action="append", default=[], choices=phases, help="repeatable")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (cluster logs, audit log)")
@@ -259,6 +260,8 @@ def main() -> int:
                   "gc_blobs", "gc_mib"):
         parser.add_argument(f"--{field.replace('_', '-')}", type=float if field in seconds else int)
     args = parser.parse_args()
+    if args.out is None:
+        args.out = REPO / "bench" / "results" / ("quick" if args.quick else "")
     if args.readme:
         from . import report
 
