@@ -3,7 +3,7 @@ retention Job first (read-write, with the in-use references of workloads listed 
 then the GC Job, and records both.
 
 kwok completes the Jobs' pods without running them (prune against the real registry is tests/e2e/
-test_retention.py), so the retention record here is the one of a run that printed no summary.
+test_retention_clients.py), so the retention record here is the one of a run that printed no summary.
 """
 
 from __future__ import annotations
