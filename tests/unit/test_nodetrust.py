@@ -3,6 +3,7 @@ pure plan (ConfigMaps -> certs.d files) and its writes into a temporary director
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 
 import yaml
@@ -218,15 +219,19 @@ def test_a_cache_names_its_upstream_as_image_names_spell_it():
 
 
 def test_the_upstream_directory_sends_pulls_to_the_cache_first():
-    cache = cm("m", ["m.ns.svc:5000", "10.250.0.1:31000"], registry="ns/m")
+    # As the operator publishes them (publish.hosts): the Service names, then the node address.
+    names = ["m.ns.svc:5000", "m.ns.svc.cluster.local:5000", "10.250.0.1:31000", "reg.corp:5000"]
+    cache = cm("m", names, registry="ns/m")
     cache["data"][DATA_MIRROR_OF] = "origin.corp:5000"
     want, problems = files.desired([cache])
-    assert problems == [] and sorted(want) == ["10.250.0.1:31000", "m.ns.svc:5000", "origin.corp:5000"]
+    assert problems == [] and sorted(want) == sorted([*names, "origin.corp:5000"])
     toml = want["origin.corp:5000"][files.HOSTS_TOML].decode()
     assert 'server = "https://origin.corp:5000"' in toml  # the fallback when no mirror answers
-    # A node resolves the IP, not a cluster-only name: it is tried first.
-    assert toml.index('[host."https://10.250.0.1:31000"]') < toml.index('[host."https://m.ns.svc:5000"]')
-    assert toml.count('ca = "ca.crt"') == 2 and want["origin.corp:5000"][files.CA] == CA
+    # A node resolves the IP and a DNS name, not a Service name (with or without the cluster domain): those
+    # are tried first (seen on the real node: the cluster-domain name came first).
+    tried = re.findall(r'\[host."https://([^"]+)"\]', toml)
+    assert tried == ["10.250.0.1:31000", "reg.corp:5000", "m.ns.svc:5000", "m.ns.svc.cluster.local:5000"]
+    assert toml.count('ca = "ca.crt"') == 4 and want["origin.corp:5000"][files.CA] == CA
     # An upstream that an older Registry already publishes keeps its own directory.
     origin = cm("o", ["origin.corp:5000"], registry="ns/origin")
     origin["metadata"]["creationTimestamp"], cache["metadata"]["creationTimestamp"] = "2026-01-01", "2026-02-01"

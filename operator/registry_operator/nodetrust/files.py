@@ -47,14 +47,20 @@ def hosts_toml(host: str, registry: str, ca: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cluster_only(host: str) -> bool:
+    """Whether `host` is a Service name (`<name>.<namespace>.svc`, with or without the cluster domain), which
+    a node's resolver does not know: containerd asking for one waits for the node's DNS to say no."""
+    return host.rpartition(":")[0].split(".")[2:3] == ["svc"]
+
+
 def mirror_toml(upstream: str, mirrors: list[str], registry: str, ca: bool) -> str:
     """containerd's hosts.toml for a pull-through cache's `upstream`: the cache's hosts first, in order (names
-    a node can resolve before cluster-only `*.svc` ones), then the upstream itself when none answers. The CA
+    a node can resolve before cluster-only Service names), then the upstream itself when none answers. The CA
     in this directory is the cache's: the upstream, reached as a fallback, is checked against the node's
     roots."""
     lines = [f"# Written by registry-operator's node agent: Registry {registry} caches {upstream}.",
              f'server = "https://{upstream}"']
-    for host in sorted(mirrors, key=lambda h: h.partition(":")[0].endswith(".svc")):
+    for host in sorted(mirrors, key=cluster_only):
         lines += ["", f'[host."https://{host}"]', '  capabilities = ["pull", "resolve"]']
         if ca:
             lines.append(f'  ca = "{CA}"')
