@@ -1,6 +1,6 @@
 """Registries as real pods on the real node (``--real-node``): the kubelet runs what the operator rendered, kube-proxy
-carries the Service, containerd pulls an image from a Registry the operator created, kube-router enforces the
-NetworkPolicies the operator rendered.
+carries the Service, containerd pulls an image from a Registry the operator created (and through a pull-through
+cache that spec.nodeTrust made the node's mirror), kube-router enforces the NetworkPolicies the operator rendered.
 
 The egress guard is asserted first: the whole module depends on ``guarded_node``, so no pod of it starts on a node
 whose traffic could leave this machine.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import subprocess
 import time
@@ -388,6 +389,99 @@ def test_nodes_trust_a_registry_with_node_trust(
         started = time.monotonic()
         wait_until(lambda: not entry.exists(), 60, f"{entry} removed")
         print(f"Registry deleted -> certs.d/{host} gone in {time.monotonic() - started:.2f}s")
+    finally:
+        cluster.kubectl("delete", "registry", "--all", "-n", namespace, "--timeout=30s", check=False)
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def _pull_failure(client: Client, namespace: str, name: str) -> str | None:
+    """The kubelet's message once the pod's image pull failed (ErrImagePull, ImagePullBackOff), else None."""
+    statuses = client.get(Pod, name, namespace=namespace).status.containerStatuses or []
+    waiting = [s.state.waiting for s in statuses if s.state and s.state.waiting]
+    failed = [w for w in waiting if w.reason in ("ErrImagePull", "ImagePullBackOff")]
+    return failed[0].message or failed[0].reason if failed else None
+
+
+def _node_port_registry(
+    client: Client, namespace: str, name: str, workdir: Path, **spec: Any
+) -> tuple[DeployedRegistry, str]:
+    """A Registry (version 3, TLS for the node IP, NodePort) Ready on the real node and answering through
+    kube-proxy: (it, ``<node IP>:<node port>``)."""
+    spec = {"version": "3", "service": {"type": "NodePort"}, "tls": {"ipAddresses": [NODE_IP]}, **spec}
+    client.create(Registry(metadata={"name": name, "namespace": namespace}, spec=spec))
+    reg = DeployedRegistry(client, namespace, name, workdir)
+    reg.wait_ready(timeout=120)
+    count_pod("real node")
+    host = f"{NODE_IP}:{client.get(Service, name, namespace=namespace).spec.ports[0].nodePort}"
+    ca = reg.ca_pem()
+    wait_until(lambda: https.request(host, ca, NODE_IP, "GET", "/v2/").status in (200, 401), 30, host)
+    return reg, host
+
+
+def test_a_pull_through_cache_is_the_nodes_mirror_of_its_upstream(
+    guarded_node: RealNode, cluster: Any, kube_client: Client, node_agent: str, operator_factory: Any,
+    tmp_path: Path,
+) -> None:
+    """spec.proxy + spec.nodeTrust: a pod whose image names the ORIGIN (``<origin>/e2e/mirrored:1``) starts,
+    served by the cache, although the node cannot pull from the origin itself: containerd does not trust the
+    origin's CA and the pod has no credentials for it (the origin requires a login; the cache is anonymous and
+    logs in to the origin with a Secret of its own). Shown first: before the cache, the same pull fails."""
+    namespace = make_node_namespace(cluster, "mirror")
+    operator_factory(args=["--namespace", namespace], env={"REGISTRY_OPERATOR_NODE_TRUST_NAMESPACE": node_agent})
+    try:
+        origin, origin_host = _node_port_registry(kube_client, namespace, "origin", tmp_path / "origin",
+                                                  auth={"users": [{"name": "alice"}]})  # fmt: skip
+        password = origin.passwords()["alice"]
+        image = f"{origin_host}/e2e/mirrored:1"
+        Crane(tmp_path, origin.ca_pem(), origin_host, ("alice", password)).run("push", str(BUSYBOX_TAR), image)
+        assert not (RealNode.certs_dir(guarded_node.cluster.workdir) / origin_host).exists()
+
+        direct = "direct"
+        restricted = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+        kube_client.create(Pod.from_dict({
+            "metadata": {"name": direct, "namespace": namespace},
+            "spec": {"restartPolicy": "Never",
+                     "securityContext": {"runAsNonRoot": True, "runAsUser": 65534,
+                                         "seccompProfile": {"type": "RuntimeDefault"}},
+                     "containers": [{"name": "c", "image": image, "securityContext": restricted}]}}))  # fmt: skip
+        refused = wait_until(lambda: _pull_failure(kube_client, namespace, direct), 60, "the direct pull failing")
+        print(f"\nwithout the cache, containerd pulling {image}: {refused}")
+        assert "x509" in refused or "certificate" in refused, refused
+        kube_client.delete(Pod, direct, namespace=namespace, grace_period=0)
+
+        for secret, data in {"upstream-ca": {"ca.crt": origin.ca_pem()},
+                             "upstream-login": {"username": b"alice", "password": password.encode()}}.items():
+            kube_client.create(Secret.from_dict({"metadata": {"name": secret, "namespace": namespace},
+                                                 "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}))
+        proxy = {"remoteURL": f"https://{origin_host}", "caSecretName": "upstream-ca",
+                 "credentialsSecretName": "upstream-login"}  # fmt: skip
+        started = time.monotonic()
+        cache, cache_host = _node_port_registry(kube_client, namespace, "cache", tmp_path / "cache",
+                                                auth={"mode": "none"}, proxy=proxy,
+                                                nodeTrust={"enabled": True})  # fmt: skip
+        mirror = RealNode.certs_dir(guarded_node.cluster.workdir) / origin_host
+        wait_until(lambda: (mirror / "hosts.toml").is_file(), 30, f"the agent writing {mirror}")
+        print(f"cache created -> Ready, and certs.d/{origin_host} written in {time.monotonic() - started:.2f}s")
+        hosts_toml = (mirror / "hosts.toml").read_text()
+        assert f'server = "https://{origin_host}"' in hosts_toml and f'[host."https://{cache_host}"]' in hosts_toml
+        tried = re.findall(r'\[host."https://([^"]+)"\]', hosts_toml)
+        assert tried[0] == cache_host and len(tried) == 3, f"the node address is tried first: {tried}"
+        assert (mirror / "ca.crt").read_bytes() == cache.ca_pem() != origin.ca_pem()
+
+        phase, log, took = run_pod(kube_client, namespace, "mirrored", image, "echo served by the cache")
+        print(f"pod with image {image}: created -> Succeeded in {took:.2f}s")
+        assert (phase, log.strip()) == ("Succeeded", "served by the cache")
+        catalog = Crane(tmp_path / "catalog", cache.ca_pem(), cache_host, None).run("catalog", cache_host)
+        assert catalog.split() == ["e2e/mirrored"], "the cache fetched the repository from the origin and kept it"
+        [cache_pod] = kube_client.list(Pod, namespace=namespace, labels={"app.kubernetes.io/instance": "cache"})
+        served = "".join(kube_client.log(cache_pod.metadata.name, namespace=namespace, container="registry"))
+        # containerd names the image's own registry in `ns` when it asks a mirror.
+        ns = origin_host.replace(":", "%3A")
+        asked = f'"HEAD /v2/e2e/mirrored/manifests/1?ns={ns} HTTP/1.1" 200 0 "" "containerd/'
+        assert asked in served, served[-3000:]
+
+        kube_client.delete(Registry, "cache", namespace=namespace)
+        wait_until(lambda: not mirror.exists(), 60, f"{mirror} removed")
     finally:
         cluster.kubectl("delete", "registry", "--all", "-n", namespace, "--timeout=30s", check=False)
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
