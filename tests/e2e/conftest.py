@@ -1,5 +1,6 @@
 """Fixtures for the end-to-end suite: Registries reconciled by the operator on the local control plane, their
-rendered pods run for real by podrunner, and real clients against them.
+rendered pods run for real (by the real node's kubelet when the session has one, ``--real-node``, unless a
+test says why it needs podrunner; else by podrunner), and real clients against them.
 
 The control-plane fixtures (``cluster``, ``kube_client``, ...) come from hack/pytest_localcluster.py, which
 tests/conftest.py registers. One operator process serves the whole e2e session, as one operator serves a
@@ -24,19 +25,28 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from localcluster import namespace_manifest  # noqa: E402
+from localcluster.node import NODE_LABEL, NODE_SELECTOR_ANNOTATION  # noqa: E402
 
-from tests.support.deployed import POD_COUNTS, VERSIONS, DeployedRegistry, create_registry  # noqa: E402
+from tests.support.deployed import (  # noqa: E402
+    POD_COUNTS,
+    RUNNER_REASONS,
+    VERSIONS,
+    DeployedRegistry,
+    create_registry,
+)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """How many Registry pods ran on the real node and how many fell back to the pod runner."""
+    """How many Registry pods ran on the real node and how many on the pod runner, and why."""
     if POD_COUNTS:
         terminalreporter.write_sep("-", "registry pods")
-        hint = "" if POD_COUNTS["real node"] else " (--real-node=auto adds tests/e2e/test_real_node.py)"
+        hint = "" if POD_COUNTS["real node"] else " (--real-node=auto runs them on a real node)"
         terminalreporter.write_line(
             f"{POD_COUNTS['real node']} on the real node (kubelet), "
             f"{POD_COUNTS['pod runner']} on the pod runner (local processes){hint}"
         )
+        for why, count in RUNNER_REASONS.most_common():
+            terminalreporter.write_line(f"  pod runner, {count}: {why}")
 
 
 def registry_spec(version: str, **extra: Any) -> dict[str, Any]:
@@ -70,13 +80,21 @@ def e2e_operator(cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture(scope="session")
-def make_namespace(cluster) -> Iterator[Callable[[str], str]]:
-    """Create namespaces (deleted at the end of the session) for registries that outlive one test."""
+def pods_on_node(cluster) -> bool:
+    """Whether the session's cluster has a real node to run Registry pods on (``--real-node``)."""
+    return getattr(cluster, "node", None) is not None
+
+
+@pytest.fixture(scope="session")
+def make_namespace(cluster) -> Iterator[Callable[..., str]]:
+    """make_namespace(prefix, on_node=False): namespaces (deleted at the end of the session) for registries that
+    outlive one test; ``on_node``: its pods go to the real node (else to kwok's, which run nothing)."""
     created: list[str] = []
 
-    def make(prefix: str) -> str:
+    def make(prefix: str, on_node: bool = False) -> str:
         name = f"e2e-{prefix}-{secrets.token_hex(3)}"
-        cluster.apply(namespace_manifest(name))
+        annotations = {NODE_SELECTOR_ANNOTATION: NODE_LABEL} if on_node else None
+        cluster.apply(namespace_manifest(name, annotations=annotations))
         created.append(name)
         return name
 
@@ -87,19 +105,26 @@ def make_namespace(cluster) -> Iterator[Callable[[str], str]]:
 
 @pytest.fixture(scope="session")
 def deploy(
-    e2e_operator: Any, kube_client: Any, make_namespace: Callable[[str], str], tmp_path_factory: pytest.TempPathFactory
+    e2e_operator: Any,
+    kube_client: Any,
+    make_namespace: Callable[..., str],
+    pods_on_node: bool,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Callable[..., DeployedRegistry]]:
-    """deploy(version, name="reg", pod=True, **spec) -> a Ready Registry in a fresh namespace, its pod running.
+    """deploy(version, name="reg", pod=True, pod_runner="", **spec) -> a Ready Registry in a fresh namespace,
+    its pod running: on the real node when the session has one, unless ``pod_runner`` says why the test needs
+    podrunner (it drives what a kubelet does by itself, or the pod must reach something on loopback).
 
     Its pods are stopped at the end of the session; the operator's log is printed when it did not get Ready.
     """
     deployed: list[DeployedRegistry] = []
 
-    def make(version: str, name: str = "reg", pod: bool = True, **spec: Any) -> DeployedRegistry:
-        ns = make_namespace(VERSIONS[version].replace(".", ""))
+    def make(version: str, name: str = "reg", pod: bool = True, pod_runner: str = "", **spec: Any) -> DeployedRegistry:
+        on_node = pods_on_node and not pod_runner
+        ns = make_namespace(VERSIONS[version].replace(".", ""), on_node=on_node)
         workdir = tmp_path_factory.mktemp(f"{ns}-pods")
         try:
-            reg = create_registry(kube_client, ns, name, registry_spec(version, **spec), workdir)
+            reg = create_registry(kube_client, ns, name, registry_spec(version, **spec), workdir, on_node, pod_runner)
         except AssertionError as e:
             raise AssertionError(f"{e}\n--- operator log tail ---\n{e2e_operator.log()[-6000:]}") from None
         deployed.append(reg)

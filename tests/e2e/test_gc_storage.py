@@ -34,6 +34,7 @@ from tests.support.deployed import VERSIONS, DeployedRegistry, wait_for
 from tests.support.podrunner import ApiSources, PodRunner, run_pod
 
 pytestmark = pytest.mark.parametrize("version", sorted(VERSIONS), ids=VERSIONS.get)
+GC = "test_gc_storage: runs the GC Job's pod itself and reads the claim's files"
 
 
 def _job(reg: DeployedRegistry) -> dict[str, Any] | None:
@@ -146,7 +147,7 @@ def test_collection_frees_a_deleted_image_and_keeps_the_other(
     undo: Callable[[], None] | None = None
     try:
         claim = {"size": "1Gi", "storageClassName": storage_class}
-        reg = deploy(version, storage={"deleteEnabled": True, "persistentVolumeClaim": claim})
+        reg = deploy(version, storage={"deleteEnabled": True, "persistentVolumeClaim": claim}, pod_runner=GC)
         undo = _no_job_pods(cluster, reg.namespace)
         ca, creds = reg.ca_pem(), ("alice", reg.passwords()["alice"])
         gone = ociimage.build(tmp_path / "gone", tag="v1", layers=2, size=256 * 1024)

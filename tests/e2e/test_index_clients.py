@@ -37,6 +37,8 @@ ACCESS = [
 JOIN = {"tls": {"ipAddresses": ["127.0.0.1"], "dnsNames": ["localhost"]},
         "auth": {"mode": "token", "indexRef": {"name": "idx"}}}
 
+INDEX = "test_index_clients: the index's token service, in the same namespace, is a local process"
+
 
 @dataclass
 class Joined:
@@ -75,7 +77,8 @@ def joined(
         }))
         for name, version in (("dev", "2.8"), ("prod", "3")):
             registries.append(create_registry(kube_client, namespace, name, {"version": version, **JOIN},
-                                              tmp_path_factory.mktemp(f"index-{name}")))
+                                              tmp_path_factory.mktemp(f"index-{name}"),
+                                              pod_runner=INDEX))
         wait_for(lambda: _index_status(kube_client, namespace).get("registryCount") == 2, "index lists 2 Registries")
         index_ca = secret_data(kube_client, namespace, "idx-ca")["ca.crt"]
         runners.append(start_token_pod(kube_client, namespace, "idx-token", index_ca, proxy,

@@ -22,6 +22,7 @@ from tests.support.clients import ClientError, Skopeo
 from tests.support.deployed import VERSIONS, DeployedRegistry, secret_data, wait_for
 
 pytestmark = pytest.mark.parametrize("version", sorted(VERSIONS), ids=VERSIONS.get)
+SYNC = "test_lifecycle: decides when the kubelet's volume sync happens and compares the process"
 
 
 def htpasswd_users(reg: DeployedRegistry) -> set[str]:
@@ -34,7 +35,7 @@ def login(reg: DeployedRegistry, ca: bytes, user: str, password: str) -> int:
 
 
 def test_users_change_without_restart(deploy: Callable[..., DeployedRegistry], version: str, tmp_path: Path) -> None:
-    reg = deploy(version)
+    reg = deploy(version, pod_runner=SYNC)
     ca, passwords = reg.ca_pem(), reg.passwords()
     pid, inputs_hash = reg.runner.process.pid, reg.inputs_hash()
 
@@ -102,7 +103,7 @@ def tls_secret_cert(reg: DeployedRegistry, name: str) -> x509.Certificate:
 
 
 def test_new_certificate_rolls_the_pods(deploy: Callable[..., DeployedRegistry], version: str) -> None:
-    reg = deploy(version)
+    reg = deploy(version, pod_runner="test_lifecycle: keeps the old pod serving next to the rolled-out one")
     ca = reg.ca_pem()
     first_pod = reg.runner
     first_hash, first_cert = reg.inputs_hash(), served(reg, ca)
@@ -156,7 +157,8 @@ def test_claim_keeps_images_across_a_rollout_into_read_only(
     kube_client.create(volume)
     try:
         claim = {"size": "1Gi", "storageClassName": storage_class}
-        reg = deploy(version, storage={"persistentVolumeClaim": claim})
+        reg = deploy(version, storage={"persistentVolumeClaim": claim}, pod_runner="test_lifecycle: a kwok hostPath "
+                     "volume, kept per claim by podrunner (the real node's: test_real_node's local volumes)")
         ca, creds = reg.ca_pem(), ("alice", reg.passwords()["alice"])
         image = ociimage.build(tmp_path / "image", layers=2, size=64 * 1024)
         skopeo = Skopeo(tmp_path, ca)

@@ -27,6 +27,9 @@ from tests.support.clients import ClientError, Crane
 from tests.support.deployed import DeployedRegistry, Registry, create_registry, wait_for
 
 USERS = {"mode": "htpasswd", "users": [{"name": "alice"}, {"name": "bob"}]}
+# On podrunner: the cache reaches its upstream on loopback (test_real_node has a cache on the real node).
+CACHE = "test_proxy_clients: the cache's upstream is a loopback address"
+UPSTREAM = "test_proxy_clients: a cache on the pod runner reaches it on loopback, and the test stops it"
 
 
 def _blobs(layout: Path) -> dict[str, bytes]:
@@ -55,7 +58,7 @@ def _cache_of(
                                   data={k: base64.b64encode(v).decode() for k, v in data.items()}))
     workdir.mkdir()
     spec = {"version": version, "tls": {"ipAddresses": ["127.0.0.1"]}, "auth": USERS, "proxy": proxy}
-    return create_registry(kube_client, namespace, "cache", spec, workdir)
+    return create_registry(kube_client, namespace, "cache", spec, workdir, pod_runner=CACHE)
 
 
 @pytest.mark.parametrize("version", ["3", "2.8"], ids=["v3", "v2.8"])
@@ -66,7 +69,7 @@ def test_pulls_come_from_the_upstream_then_from_the_cache_and_pushes_are_refused
     """Version 3 logs in to an htpasswd upstream; 2.8 cannot (see the next test), so its upstream is anonymous
     (still TLS from a private CA)."""
     login = version == "3"
-    upstream = deploy("3", name="upstream", **({} if login else {"auth": {"mode": "none"}}))
+    upstream = deploy("3", name="upstream", pod_runner=UPSTREAM, **({} if login else {"auth": {"mode": "none"}}))
     image = ociimage.build(tmp_path / "image", tag="v1", layers=2, size=2 * 1024 * 1024)
     creds = ("alice", upstream.passwords()["alice"]) if login else None
     Crane(tmp_path / "up", upstream.ca_pem(), upstream.address, creds).run(
@@ -107,7 +110,7 @@ def test_version_28_cannot_log_in_to_a_basic_auth_upstream_and_says_so(
 ) -> None:
     """distribution 2.8 hands the configured credentials only to a token (Bearer) realm: an htpasswd upstream
     gets no login. The Upstream condition says so, and a pull through it indeed fails."""
-    upstream = deploy("3", name="upstream")
+    upstream = deploy("3", name="upstream", pod_runner=UPSTREAM)
     image = ociimage.build(tmp_path / "image", tag="v1", layers=1, size=64 * 1024)
     Crane(tmp_path / "up", upstream.ca_pem(), upstream.address, ("alice", upstream.passwords()["alice"])).run(
         "push", str(image.path), f"{upstream.address}/team/app:v1")
@@ -161,7 +164,7 @@ def test_without_its_upstream_the_cache_does_not_start_and_status_says_why(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         url = f"https://127.0.0.1:{s.getsockname()[1]}"  # nothing listens once it is closed
-    cache = deploy(version, name="cache", pod=False, proxy={"remoteURL": url})
+    cache = deploy(version, name="cache", pod=False, proxy={"remoteURL": url}, pod_runner=CACHE)
     condition = wait_for(lambda: _upstream_condition(cache), "the Upstream condition")
     assert (condition["status"], condition["reason"]) == ("False", "UpstreamUnreachable"), condition
     with pytest.raises(RuntimeError, match="exited with 2") as failed:

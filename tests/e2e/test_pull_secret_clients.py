@@ -65,7 +65,8 @@ def pulling(
     token = reg = None
     try:
         reg = deploy("3", pod=False, auth=auth, tls=tls, service={"port": service.port},
-                     pullSecrets={"namespaces": [workload]})
+                     pullSecrets={"namespaces": [workload]},
+                     pod_runner="test_pull_secret_clients: decides when the kubelet's volume sync happens")
         if request.param == "token":
             (tmp_path / "token").mkdir()
             token = start_token_service(reg, realm, tmp_path / "token")

@@ -143,7 +143,8 @@ def test_two_replicas_share_uploads_and_a_redis_cache_flushed_after_gc(
         "redis": {"address": redis.address, "db": REDIS_DB, "passwordSecretRef": {"name": "redis-auth"}},
     }  # fmt: skip
     (tmp_path / "pods").mkdir()
-    reg = create_registry(kube_client, ns, "reg", spec, tmp_path / "pods")
+    reg = create_registry(kube_client, ns, "reg", spec, tmp_path / "pods",
+                          pod_runner="test_redis_ha: Redis listens on loopback only; GC and flush Jobs run here")
     try:
         a, b = reg.start_pod(), reg.start_pod()
         ready = time.monotonic()

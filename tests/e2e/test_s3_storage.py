@@ -60,7 +60,8 @@ def _bucket_registry(s3: S3Server, cluster: Any, kube_client: Any, operator: Any
     storage = {"deleteEnabled": True, "s3": {"bucket": bucket, "endpoint": s3.endpoint, "forcePathStyle": True,
                                              "rootDirectory": f"/{ROOT}", "credentialsSecretRef": {"name": "s3-creds"}}}
     try:
-        reg = create_registry(kube_client, namespace, "reg", registry_spec(version, storage=storage, **spec), workdir)
+        reg = create_registry(kube_client, namespace, "reg", registry_spec(version, storage=storage, **spec), workdir,
+                              pod_runner="test_s3_storage: the S3 server listens on loopback only")
     except AssertionError as e:
         raise AssertionError(f"{e}\n--- operator log tail ---\n{operator.log()[-6000:]}") from None
     return reg, bucket

@@ -75,6 +75,7 @@ def account_registry(
         reg = deploy(
             "3",
             pod=False,
+            pod_runner="test_serviceaccount_identity: reads the token service's environment and logs",
             tls={"ipAddresses": ["127.0.0.1"], "dnsNames": ["localhost"]},
             auth={
                 "mode": "token",

@@ -93,6 +93,7 @@ def token_registry(
         reg = deploy(
             request.param,
             pod=False,
+            pod_runner="test_token: decides when the kubelet's volume sync happens and compares the processes",
             storage={"deleteEnabled": True},
             tls={"ipAddresses": ["127.0.0.1"], "dnsNames": ["localhost"]},
             auth={
