@@ -45,7 +45,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"{POD_COUNTS['real node']} on the real node (kubelet), "
             f"{POD_COUNTS['pod runner']} on the pod runner (local processes){hint}"
         )
-        for why, count in RUNNER_REASONS.most_common():
+        for why, count in RUNNER_REASONS.most_common() if POD_COUNTS["real node"] else ():
             terminalreporter.write_line(f"  pod runner, {count}: {why}")
 
 
