@@ -25,7 +25,7 @@ from .binaries import REPO, Binaries
 from .cluster import Cluster
 from .errors import ClusterError, PortInUse
 from .kubeconfig import b64, dump_yaml, kubeconfig_dict, write_private
-from .network import NODE_IP, POD_CIDR, SERVICE_CIDR
+from .network import KWOK_POD_CIDR, NODE_IP, SERVICE_CIDR
 from .node import KWOK_LABEL, NodeBinaries, RealNode, preflight
 from .pki import write_pki
 from .poll import wait_until as _poll
@@ -537,7 +537,7 @@ class LocalCluster(Cluster):
                 f"--config={b.kwok_stages}",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={NODE_ANNOTATION}=fake",
-                f"--cidr={POD_CIDR}",
+                f"--cidr={KWOK_POD_CIDR}",
                 "--node-ip=127.0.0.1",
                 f"--server-address=127.0.0.1:{self.ports['kwok']}",
                 "--node-lease-duration-seconds=40",

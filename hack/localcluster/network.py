@@ -18,6 +18,10 @@ from .host import HostChanges, run
 SERVICE_CIDR = "10.0.0.0/24"
 POD_CIDR = "10.244.0.0/16"
 POD_SUBNET = "10.244.0.0/24"  # the real node's share of POD_CIDR
+# kwok's fake pods get addresses too, which kube-router and kube-proxy take at their word: from the same
+# /16 they were the real pods' (a fake pod of another Registry, whose policy admits everyone, had the
+# real netpol pod's address, and kube-router let a denied namespace in). Another share, never the node's.
+KWOK_POD_CIDR = "10.244.128.0/17"
 NODE_BRIDGE = "ro-node0"
 NODE_IP = "10.250.0.1"
 CNI_BRIDGE = "ro-cni0"
