@@ -13,6 +13,8 @@ import json
 import os
 import re
 import secrets
+import shutil
+import statistics
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -33,9 +35,12 @@ from localcluster.images import BUSYBOX_IMAGE, IMAGE_DIR, IMAGES
 from localcluster.network import NODE_IP, egress_guard_problem
 from localcluster.node import HOST_CERTS_DIR, NODE_LABEL, NODE_NAME, NODE_SELECTOR_ANNOTATION, RealNode
 
+from registry_operator.names import COMPONENT_TOKEN, selector
+from registry_operator.token.config import DEFAULT_PORT as TOKEN_PORT
 from tests.support import https, ociimage
 from tests.support.clients import CRANE, Crane, Skopeo, docker_config
 from tests.support.deployed import VERSIONS, DeployedRegistry, Registry, count_pod
+from tests.support.serviceproxy import ServiceProxy
 
 BUSYBOX_TAR = IMAGE_DIR / next(i for i in IMAGES if i.ref == BUSYBOX_IMAGE).filename
 
@@ -485,3 +490,76 @@ def test_a_pull_through_cache_is_the_nodes_mirror_of_its_upstream(
     finally:
         cluster.kubectl("delete", "registry", "--all", "-n", namespace, "--timeout=30s", check=False)
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+DATA_PATH_MIB = 100
+DATA_PATH_ROUNDS = 3
+
+
+def test_data_path_through_the_node_port(
+    guarded_node: RealNode, kube_client: Client, node_namespace: str, tmp_path: Path
+) -> None:
+    """Issue 12 item 7 on real pods: a 100 MiB image (4 layers, random bytes) pushed, then pulled, with crane
+    through kube-proxy's NodePort, to three Registries: token auth + TLS, TLS without auth, plain HTTP without
+    auth. The token service is a real pod too (its realm on localhost, forwarded to the pod's IP). Prints the
+    seconds and MiB/s of each; asserts only that every transfer is byte-identical."""
+    proxy = ServiceProxy()
+    access = [{"users": ["alice"], "repositories": ["bench/*"], "actions": ["pull", "push"]}]
+    variants = {
+        "token+tls": {"tls": {"ipAddresses": [NODE_IP], "dnsNames": ["localhost"]},
+                      "auth": {"mode": "token", "users": [{"name": "alice"}], "access": access,
+                               "tokenRealm": f"https://localhost:{proxy.port}/token"}},
+        "tls": {"tls": {"ipAddresses": [NODE_IP]}, "auth": {"mode": "none"}},
+        "plain": {"tls": {"mode": "Disabled"}, "auth": {"mode": "none"}},
+    }  # fmt: skip
+    try:
+        targets = {}
+        for variant, extra in variants.items():
+            name = f"dp-{variant.replace('+', '-')}"
+            spec = {"version": "3", "service": {"type": "NodePort"}, **extra}
+            kube_client.create(Registry(metadata={"name": name, "namespace": node_namespace}, spec=spec))
+            targets[variant] = DeployedRegistry(kube_client, node_namespace, name, tmp_path / name)
+        for reg in targets.values():
+            reg.wait_ready(timeout=180)
+            count_pod("real node")
+        token = targets["token+tls"]
+        labels = selector(token.name, COMPONENT_TOKEN)
+        pod = wait_until(lambda: next((p for p in kube_client.list(Pod, namespace=node_namespace, labels=labels)
+                                       if p.status.podIP and any(c.type == "Ready" and c.status == "True"
+                                                                 for c in p.status.conditions or [])), None),
+                         60, "the token service's pod Ready")  # fmt: skip
+        proxy.target = (pod.status.podIP, TOKEN_PORT)
+        cranes = {}
+        for variant, reg in targets.items():
+            host = f"{NODE_IP}:{kube_client.get(Service, reg.name, namespace=node_namespace).spec.ports[0].nodePort}"
+            ca = b"" if variant == "plain" else reg.ca_pem()
+            creds = ("alice", reg.passwords()["alice"]) if variant == "token+tls" else None
+            if variant != "plain":
+                wait_until(lambda: https.request(host, ca, NODE_IP, "GET", "/v2/").status, 30, host)  # noqa: B023
+            cranes[variant] = (host, Crane(tmp_path / variant, ca, host, creds), ["--insecure"] if ca == b"" else [])
+        # Rounds, the variants interleaved; a new random image each round, so no blob is ever already there.
+        results: dict[str, list[tuple[float, float]]] = {v: [] for v in targets}
+        for n in range(DATA_PATH_ROUNDS):
+            image = ociimage.build(tmp_path / f"image-{n}", layers=4, size=DATA_PATH_MIB * ociimage.MIB)
+            for variant, (host, crane, flags) in cranes.items():
+                ref, pulled = f"{host}/bench/data:{n}", tmp_path / f"{variant}-pulled-{n}"
+                started = time.monotonic()
+                crane.run(*flags, "push", str(image.path), ref, timeout=600)
+                pushed = time.monotonic() - started
+                started = time.monotonic()
+                crane.run(*flags, "pull", "--format=oci", ref, str(pulled), timeout=600)
+                results[variant].append((pushed, time.monotonic() - started))
+                got = {p.name for p in (pulled / "blobs" / "sha256").iterdir()}
+                assert got == {p.name for p in (image.path / "blobs" / "sha256").iterdir()}, variant
+                shutil.rmtree(pulled)
+            shutil.rmtree(image.path)
+        print(f"\n{DATA_PATH_MIB} MiB through the NodePort (crane, real pods, registry 3), median [min-max] of "
+              f"{DATA_PATH_ROUNDS}:")
+        for variant, runs in results.items():
+            line = []
+            for what, seconds in (("push", [r[0] for r in runs]), ("pull", [r[1] for r in runs])):
+                line.append(f"{what} {statistics.median(seconds):5.2f} s [{min(seconds):.2f}-{max(seconds):.2f}] "
+                            f"({DATA_PATH_MIB / statistics.median(seconds):5.1f} MiB/s)")
+            print(f"  {variant:10} " + ", ".join(line))
+    finally:
+        proxy.close()
