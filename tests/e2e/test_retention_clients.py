@@ -47,6 +47,7 @@ from tests.support.deployed import VERSIONS, DeployedRegistry, secret_data, wait
 from tests.support.token_clients import ServiceProxy, start_token_service
 
 pytestmark = pytest.mark.parametrize("version", sorted(VERSIONS), ids=VERSIONS.get)
+JOBS = "test_retention: runs the retention Job's program itself and completes the Job, on a kwok volume"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -191,7 +192,7 @@ def test_a_requested_collection_runs_retention_with_the_operators_inputs_then_go
     claimed: dict[str, str],
 ) -> None:
     reg = deploy(version, storage={"deleteEnabled": True, "persistentVolumeClaim": claimed},
-                 garbageCollection={}, retention={"repositories": ["e2e/*"], "keepNewest": 1})
+                 garbageCollection={}, retention={"repositories": ["e2e/*"], "keepNewest": 1}, pod_runner=JOBS)
     _through_operator(reg, kube_client, cluster, tmp_path, ("alice", reg.passwords()["alice"]))
 
 
@@ -204,7 +205,8 @@ def test_in_token_mode_the_retention_robot_gets_tokens_to_list_and_delete(
     proxy = ServiceProxy()
     token = None
     try:
-        reg = deploy(version, pod=False, storage={"deleteEnabled": True, "persistentVolumeClaim": claimed},
+        reg = deploy(version, pod=False, pod_runner=JOBS,
+                     storage={"deleteEnabled": True, "persistentVolumeClaim": claimed},
                      garbageCollection={}, retention={"repositories": ["e2e/*"], "keepNewest": 1},
                      tls={"ipAddresses": ["127.0.0.1"], "dnsNames": ["localhost"]},
                      auth={"mode": "token", "users": [{"name": "alice"}],
