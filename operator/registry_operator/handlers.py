@@ -33,11 +33,22 @@ import asyncio
 from typing import Any
 
 import kopf
-from lightkube import AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret, ServiceAccount
 
-from . import allocator, garbage_collection, metrics, monitoring, names, pullsecrets, resync, robot, verified, watches
+from . import (
+    allocator,
+    garbage_collection,
+    kubeclient,
+    metrics,
+    monitoring,
+    names,
+    pullsecrets,
+    resync,
+    robot,
+    verified,
+    watches,
+)
 from .coalesce import Coalescer
 from .config import Config
 from .joins import Joins
@@ -68,7 +79,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         # namespaced RBAC it idles for about a minute of 403 retries before falling back to the names.
         settings.scanning.disabled = True
 
-    client = AsyncClient(field_manager=names.FIELD_MANAGER)
+    client = kubeclient.client(names.FIELD_MANAGER)
     listing = verified.Listing()  # what the watches list at start spares the first reconciles their reads
     ctx = Context(client=client, config=config, pod_monitors=await monitoring.pod_monitors(client), listing=listing)
     limit = asyncio.Semaphore(config.max_concurrent)
