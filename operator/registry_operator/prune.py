@@ -49,6 +49,10 @@ _NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 class RegistryError(Exception):
     """The registry refused or failed a request; the message never holds the credential."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status the registry answered, None when it did not answer
+
 
 class Registry:
     """Just enough of the distribution API for retention: catalog, tags, manifests, config blobs, delete."""
@@ -101,7 +105,7 @@ class Registry:
                         self.scheme = "basic"
                     retried = True
         except urllib.error.HTTPError as exc:
-            raise RegistryError(f"{method} {urllib.parse.urlsplit(url).path}: HTTP {exc.code}") from None
+            raise RegistryError(f"{method} {urllib.parse.urlsplit(url).path}: HTTP {exc.code}", exc.code) from None
         except urllib.error.URLError as exc:
             raise RegistryError(f"cannot reach {self.base}: {exc.reason}") from None
 
@@ -117,7 +121,14 @@ class Registry:
         return self._pages("/v2/_catalog", "repositories", "registry:catalog:*")
 
     def tags(self, repo: str) -> Iterator[str]:
-        return self._pages(f"/v2/{repo}/tags/list", "tags", f"repository:{repo}:pull")
+        """No tags for a repository the catalog lists but whose tags are all gone: on S3 no `_manifests/tags/`
+        prefix is left once the last tag is deleted (a filesystem keeps the empty directory), and the registry
+        answers 404 NAME_UNKNOWN, which would fail every later run of a rule that emptied a repository."""
+        try:
+            yield from self._pages(f"/v2/{repo}/tags/list", "tags", f"repository:{repo}:pull")
+        except RegistryError as exc:
+            if exc.status != 404:
+                raise
 
     def manifest(self, repo: str, ref: str) -> tuple[str, Mapping[str, Any]]:
         body, headers = self.request("GET", f"/v2/{repo}/manifests/{ref}", f"repository:{repo}:pull", MANIFESTS)
