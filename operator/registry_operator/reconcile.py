@@ -156,12 +156,22 @@ def _published(
     }
 
 
+def merge_patch(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) from `old` to `new`: a merge patch keeps every key it does not name, so
+    keys we no longer publish are nulled explicitly, in nested objects too (`garbageCollection.nextScheduleTime`
+    once the schedule is gone): a key left behind would make every later reconcile see a change and write."""
+    out: dict[str, Any] = {k: None for k in old if k not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        out[key] = merge_patch(before, value) if isinstance(value, dict) and isinstance(before, dict) else value
+    return out
+
+
 async def _write_status(ctx: Context, body: Mapping[str, Any], status: dict[str, Any]) -> bool:
     old = body.get("status") or {}
     if old == status:
         return False
-    # A merge patch: keys we no longer publish are nulled explicitly.
-    patch = {"status": {**{k: None for k in old if k not in status}, **status}}
+    patch = {"status": merge_patch(old, status)}
     meta = body["metadata"]
     index_ = body.get("kind") == INDEX_KIND
     metrics.API_WRITES.labels(INDEX_KIND if index_ else "Registry", "status").inc()

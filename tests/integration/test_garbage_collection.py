@@ -235,3 +235,32 @@ def test_usage_measured_by_a_collection_reaches_status_and_then_rests(
     assert owned(kube_client, namespace, "reg") == before
     assert registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"] == rv  # no status write
     assert registry(kube_client, "reg", namespace)["status"]["usage"] == usage
+
+
+RESYNC = {"REGISTRY_OPERATOR_RESYNC_SECONDS": "2"}  # a full reconcile every 2 s, with nothing changed
+
+
+def _resyncs_write_nothing(kube_client, namespace) -> None:
+    """Several resyncs at rest: the Registry is not written."""
+    rv = registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"]
+    time.sleep(7)
+    assert registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"] == rv  # no status write
+
+
+def test_a_removed_schedule_leaves_status_and_then_rests(cluster, kube_client, namespace, operator_factory,
+                                                         wait_for):
+    """status.garbageCollection is written with a merge patch: a nested key no longer published
+    (nextScheduleTime) must be removed, or every reconcile would find status changed and write it again."""
+    operator_factory(env=RESYNC)
+    cluster.apply(manifest("reg", namespace, {**SPEC, "garbageCollection": {"schedule": "0 3 * * 0"}}))
+    wait_for(lambda: is_ready(kube_client, "reg", namespace), timeout=60, what="Registry Ready")
+    request(cluster, namespace, "1")  # a recorded run: status.garbageCollection stays once the schedule goes
+    wait_for(lambda: gc_status(kube_client, namespace).get("lastResult"), timeout=60, what="the collection's result")
+    wait_for(lambda: is_ready(kube_client, "reg", namespace), timeout=60, what="Registry Ready again")
+    assert "nextScheduleTime" in gc_status(kube_client, namespace)
+    cluster.apply(manifest("reg", namespace, {**SPEC, "garbageCollection": {"deleteUntagged": False}}))
+    wait_for(lambda: "nextScheduleTime" not in gc_status(kube_client, namespace), timeout=30,
+             what="nextScheduleTime gone with the schedule")
+    time.sleep(2)
+    _resyncs_write_nothing(kube_client, namespace)
+
