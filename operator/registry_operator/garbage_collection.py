@@ -256,6 +256,22 @@ def plan(spec: RegistrySpec, body: Mapping[str, Any], job: Mapping[str, Any] | N
     due_request = bool(requested) and requested != previous.get("lastRequest")
     due_tick = tick is not None and tick <= now
     run = (requested if due_request else None, stamp(tick) if due_tick and tick else None)
+    if previous.get("phase") in (READ_ONLY, COLLECTING) and (due_request or due_tick):
+        # Status says a collection holds the registry, but its Job is gone: the operator deletes it only after
+        # recording its result, so someone deleted it (or it was never stored). End that run read-write, with
+        # a restart (a partial collection leaves the blob cache stale), instead of starting it all over.
+        for key in ("lastStartTime", "lastBlobsFreed", "lastBytesFreed"):
+            status.pop(key, None)
+        status.update(lastResult=FAILED, lastEndTime=stamp(now),
+                      lastMessage="the GC Job disappeared before the collection ended (deleted by hand, or never "
+                                  "stored); it was not started again")
+        if due_request:
+            status["lastRequest"] = requested
+        if due_tick and tick and schedule:
+            status["lastScheduleTime"] = stamp(tick)
+            tick = schedule.next_after(now)
+            status["nextScheduleTime"], wake = stamp(tick), (tick - now).total_seconds()
+        return Plan(False, None, False, status, wake, delete_retention=retention_job is not None)
     stale = retention_job is not None and not ((due_request or due_tick) and _serves(retention_job, run))
     if not (due_request or due_tick):
         return Plan(False, None, False, status if len(status) > 1 else None, wake, delete_retention=stale)

@@ -264,3 +264,28 @@ def test_a_removed_schedule_leaves_status_and_then_rests(cluster, kube_client, n
     time.sleep(2)
     _resyncs_write_nothing(kube_client, namespace)
 
+
+def test_a_gc_job_deleted_by_hand_ends_the_run_read_write_and_is_not_started_again(
+        cluster, kube_client, namespace, operator_factory, wait_for):
+    operator_factory(env=RESYNC)
+    cluster.apply(f"apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: one-pod, namespace: {namespace}}}\n"
+                  "spec: {hard: {pods: '1'}}\n")  # holds the Job mid-way: its pod cannot be created
+    cluster.apply(manifest("reg", namespace, SPEC))
+    wait_for(lambda: is_ready(kube_client, "reg", namespace), timeout=60, what="Registry Ready")
+    request(cluster, namespace, "abort-me")
+    wait_for(lambda: (j := job(kube_client, namespace)) and not j["spec"]["suspend"], timeout=60,
+             what="the GC Job resumed")
+    wait_for(lambda: gc_status(kube_client, namespace).get("phase") == "Collecting", what="phase Collecting")
+    kube_client.delete(Job, "reg-gc", namespace=namespace)
+
+    done = wait_for(lambda: (s := gc_status(kube_client, namespace)).get("lastResult") and s, timeout=60,
+                    what="the run recorded")
+    assert done["lastResult"] == "Failed" and done["lastRequest"] == "abort-me" and done["phase"] == "Idle"
+    assert "disappeared" in done["lastMessage"]
+    wait_for(lambda: not read_only(kube_client, namespace), timeout=30, what="read-write again")
+    wait_for(lambda: is_ready(kube_client, "reg", namespace), timeout=60, what="Registry Ready again")
+    assert job(kube_client, namespace) is None
+    assert reasons(kube_client, namespace).count("GarbageCollectionFailed") == 1
+    time.sleep(2)
+    _resyncs_write_nothing(kube_client, namespace)
+    assert job(kube_client, namespace) is None and gc_status(kube_client, namespace) == done

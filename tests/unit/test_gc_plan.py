@@ -266,3 +266,36 @@ def test_a_message_that_is_no_usage_report_is_ignored(text):
                                             (5 * 1024**3 + 1, "5.0Gi"), (2 * 1024**6, "2048.0Pi")])
 def test_human_sizes_use_binary_units(size, text):
     assert gc.human(size) == text
+
+
+@pytest.mark.parametrize("phase", [gc.READ_ONLY, gc.COLLECTING])
+def test_a_job_deleted_by_hand_ends_the_run_read_write_and_is_not_started_again(phase):
+    previous = {"phase": phase, "lastRequest": "r0", "lastResult": "Succeeded", "lastStartTime": "2026-11-01T00:00:00Z",
+                "lastBlobsFreed": 3, "lastBytesFreed": 300}
+    plan = gc.plan(reg(), body("r1", previous), None, NOW)
+    assert not plan.hold_read_only and plan.job is None and not plan.delete_job
+    assert plan.status["phase"] == gc.IDLE and plan.status["lastRequest"] == "r1"
+    assert plan.status["lastResult"] == "Failed" and "disappeared" in plan.status["lastMessage"]
+    assert {"lastStartTime", "lastBlobsFreed", "lastBytesFreed"}.isdisjoint(plan.status)  # not this run's
+    effective = plan.effective(reg())  # read-write, and the pods restart
+    assert not effective.read_only and effective.pod_annotations[names.GC_COLLECTED] == gc.stamp(NOW)
+    assert gc.events(previous, plan.status)[0][:2] == ("Warning", "GarbageCollectionFailed")
+    again = gc.plan(reg(), body("r1", plan.status), None, NOW)  # recorded: nothing starts again
+    assert again.status == plan.status and again.job is None and not again.hold_read_only
+
+
+def test_a_scheduled_run_whose_job_was_deleted_waits_for_the_next_tick():
+    previous = {"phase": gc.COLLECTING, "nextScheduleTime": "2026-12-01T10:00:00Z"}
+    plan = gc.plan(reg({"schedule": "0 * * * *"}), body(None, previous), None, NOW)
+    assert plan.job is None and not plan.hold_read_only and plan.status["lastResult"] == "Failed"
+    assert (plan.status["lastScheduleTime"], plan.status["nextScheduleTime"]) == (
+        "2026-12-01T10:00:00Z", "2026-12-01T11:00:00Z")
+    assert plan.wake_after == pytest.approx(3570)
+    again = gc.plan(reg({"schedule": "0 * * * *"}), body(None, plan.status), None, NOW)
+    assert again.job is None and again.status == plan.status
+
+
+def test_a_job_deleted_after_retention_also_drops_the_retention_job():
+    retained = job(request="r1", condition=("Complete", "", ""))
+    plan = gc.plan(reg(), body("r1", {"phase": gc.COLLECTING}), None, NOW, retention_job=retained)
+    assert plan.job is None and plan.retention is None and plan.delete_retention
