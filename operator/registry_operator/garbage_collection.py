@@ -40,6 +40,8 @@ IDLE, READ_ONLY, COLLECTING = "Idle", "SwitchingToReadOnly", "Collecting"
 RETENTION = "ApplyingRetention"
 LINE_LIMIT = 300  # of a failed retention's last line, in status and its Event
 SUCCEEDED, FAILED = "Succeeded", "Failed"
+# The Events of a collection's end (`events`): only these count a run; retention's Events come before it.
+ENDED = ("GarbageCollectionSucceeded", "GarbageCollectionFailed")
 # What `registry garbage-collect` (3.1.2 and 2.8) says, and fails with, on a storage nothing was pushed to yet.
 NO_REPOSITORIES = "Path not found: /docker/registry/v2/repositories"
 

@@ -365,7 +365,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     gc_events = garbage_collection.events((body.get("status") or {}).get("garbageCollection"), gc.status)
     outcome.status_written = await _finish(
         ctx, memory, body, status, [*gc_events, *(("Normal", r.reason, r.message) for r in stored)])
-    if gc.status and any(reason != "GarbageCollectionStarted" for _, reason, _ in gc_events):
+    if gc.status and any(reason in garbage_collection.ENDED for _, reason, _ in gc_events):
         metrics.gc_ended(gc.status["lastResult"], gc.status.get("lastBytesFreed", 0))  # stored: said once
     retention_children = [("batch/v1", "Job", names.retention), ("v1", "ConfigMap", names.retention)]
     if gc.delete_job and not applied.problems:  # its result is in status now
