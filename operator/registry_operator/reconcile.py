@@ -276,7 +276,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     if gc.job is not None:
         desired.append(await _gc_job(ctx, spec, body, gc.job, desired, observed.children))
     if gc.retention is not None:
-        desired += await _retention(ctx, spec, body, gc.retention)
+        desired += await _retention(ctx, spec, body, gc.retention, mat.client_ca_pem is not None)
     memory.written.clear()  # echoes of an earlier reconcile have come by now, or will not
     applied = await apply_all(ctx.client, desired, observed.children, body, memory.refused, memory.written)
     memory.refused = applied.refused
@@ -403,7 +403,7 @@ async def _gc_job(
 
 
 async def _retention(
-    ctx: Context, spec: RegistrySpec, body: Mapping[str, Any], run: tuple[str | None, str | None]
+    ctx: Context, spec: RegistrySpec, body: Mapping[str, Any], run: tuple[str | None, str | None], ca_bundle: bool
 ) -> list[dict[str, Any]]:
     """The retention Job of a collection and its ConfigMap, with the image references every workload in the
     cluster holds now (listed once per collection, never at rest)."""
@@ -413,7 +413,8 @@ async def _retention(
     log.info("Registry %s/%s: retention before garbage collection; %d tag(s) and %d digest(s) in use are kept",
              spec.namespace, spec.name, len(guard.tags), len(guard.digests))
     return [retention_render.config_map(spec, body, guard),
-            retention_render.job(spec, body, *run, operator_image=ctx.config.operator_image)]
+            retention_render.job(spec, body, *run, operator_image=ctx.config.operator_image,
+                                 ca_bundle=ca_bundle)]
 
 
 async def _set_finalizer(ctx: Context, body: dict[str, Any], finalizer: str, present: bool) -> None:

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from registry_operator import garbage_collection as gc
-from registry_operator import inuse, material, names, retention, spec
+from registry_operator import inuse, material, names, pki, render, retention, spec
 from registry_operator.render import network, token
 from registry_operator.render import retention as retention_render
 from registry_operator.render import secrets as secrets_render
@@ -261,7 +261,7 @@ def test_retention_job_and_config_map():
                       "retention": {"repositories": ["team/*"], "keepNewest": 2, "keepTags": [], "dryRun": True},
                       "protected": {"tags": ["team/app:v1"], "digests": ["team/app@sha256:ab"]}}
     assert spec.parse_retention(config["retention"]) == s.retention  # what prune reads back
-    job = retention_render.job(s, OWNER, "r1", None, "registry-operator:test")
+    job = retention_render.job(s, OWNER, "r1", None, "registry-operator:test", ca_bundle=True)
     pod = job["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["command"] == ["python", "-m", "registry_operator.prune"]
@@ -292,3 +292,18 @@ def test_network_policy_with_peers_lets_the_retention_job_in():
     policy = network.policies(spec.parse("reg", "ns", raw), OWNER)[0]
     peers = policy["spec"]["ingress"][0]["from"]
     assert peers[-1] == {"podSelector": {"matchLabels": names.selector("reg", names.COMPONENT_RETENTION)}}
+
+
+def test_without_a_ca_bundle_the_retention_job_trusts_the_system_roots():
+    """tls.mode Secret with a publicly trusted certificate (no ca.crt): no `-ca` ConfigMap is rendered, so the
+    Job must not mount one (its pod would wait for it forever)."""
+    raw = {**BASE, "auth": {"users": [{"name": "alice"}]}, "retention": {"keepNewest": 1},
+           "tls": {"mode": "Secret", "secretName": "public-cert"}}
+    s = spec.parse("reg", "ns", raw)
+    public = pki.issue_server(pki.issue_ca("a public CA"), ["reg.example.com"])
+    mat = material.decide(s, {"public-cert": {"tls.crt": public.cert_pem, "tls.key": public.key_pem}})
+    assert mat.client_ca_pem is None and not any(o["kind"] == "ConfigMap" and o["metadata"]["name"] == "reg-ca"
+                                                 for o in render.desired(s, mat, OWNER, "img"))
+    pod = retention_render.job(s, OWNER, "r1", None, "img", ca_bundle=False)["spec"]["template"]["spec"]
+    assert "--ca" not in pod["containers"][0]["args"]
+    assert all("configMap" not in v or v["configMap"]["name"] != "reg-ca" for v in pod["volumes"])

@@ -63,14 +63,17 @@ def config_map(spec: RegistrySpec, owner: Mapping[str, Any], protected: Protecte
 
 
 def job(spec: RegistrySpec, owner: Mapping[str, Any], request: str | None, scheduled: str | None,
-        operator_image: str) -> Obj:
-    """`request`/`scheduled`: the collection it is the first step of, kept on it as on the GC Job."""
+        operator_image: str, ca_bundle: bool) -> Obj:
+    """`request`/`scheduled`: the collection it is the first step of, kept on it as on the GC Job. `ca_bundle`:
+    the `-ca` ConfigMap exists. It does not with `tls.mode: Secret` and a certificate Secret without `ca.crt`
+    (a publicly trusted certificate): the Job then trusts the system's roots, as any client must, instead of
+    mounting a ConfigMap that is not there (its pod would never start)."""
     names_ = ChildNames(spec.name)
     annotations = {k: v for k, v in ((names.GC_JOB_REQUEST, request), (names.GC_JOB_SCHEDULED, scheduled)) if v}
     args = ["--config", f"{CONFIG_DIR}/config.json", "--summary", "/dev/termination-log"]
     volumes: list[Obj] = [{"name": "config", "configMap": {"name": names_.retention}}]
     mounts: list[Obj] = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
-    if spec.tls_enabled:
+    if spec.tls_enabled and ca_bundle:
         args += ["--ca", f"{CA_DIR}/ca.crt"]
         volumes.append({"name": "ca", "configMap": {"name": names_.ca}})
         mounts.append({"name": "ca", "mountPath": CA_DIR, "readOnly": True})
