@@ -280,10 +280,20 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
 
 
+_GIVEN: set[int] = set()  # ports this process has handed out
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port on 127.0.0.1 that this process has not handed out before. The kernel readily offers the port
+    bind(0) just gave again once that socket is closed, so a pod's two listeners (HTTP and debug) once got the
+    same port and the registry died with "bind: address already in use"."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def _expand(value: str, env: Mapping[str, str]) -> str:
