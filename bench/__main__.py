@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,11 +104,13 @@ def environment(plan: Plan) -> dict[str, Any]:
     }
 
 
-async def run(plan: Plan, workdir: Path, skip: set[str]) -> dict[str, Any]:
-    from . import datapath, phases, workload
+@contextlib.asynccontextmanager
+async def _bench(plan: Plan, workdir: Path, res: dict[str, Any]) -> AsyncIterator[Any]:
+    """The control plane with the plan's unrelated Secrets, a Bench on it, and everything stopped afterwards
+    (the operator's last log lines go into `res`, whatever happened)."""
+    from . import phases, workload
     from .cluster import start_cluster
 
-    res: dict[str, Any] = {"env": environment(plan)}
     log(f"starting the control plane ({plan.nodes} kwok nodes) in {workdir}")
     cluster, operator_kubeconfig = await asyncio.to_thread(start_cluster, workdir, plan.nodes)
     client = workload.admin_client(str(cluster.kubeconfig))
@@ -115,6 +119,21 @@ async def run(plan: Plan, workdir: Path, skip: set[str]) -> dict[str, Any]:
         if plan.unrelated_secrets:
             log(f"{plan.unrelated_secrets} unrelated Secrets")
             await workload.unrelated_secrets(client, "bench-unrelated", plan.unrelated_secrets)
+        yield b
+    finally:
+        if b.operator is not None:
+            res.setdefault("operator_log_tail", b.operator.log_tail(40))
+        await b.stop_operator()
+        await client.close()
+        await asyncio.to_thread(cluster.stop)
+
+
+async def run(plan: Plan, workdir: Path, skip: set[str]) -> dict[str, Any]:
+    from . import datapath, phases, workload
+
+    res: dict[str, Any] = {"env": environment(plan)}
+    async with _bench(plan, workdir, res) as b:
+        client = b.client
         res["unrelated_secrets"] = plan.unrelated_secrets
         if "gc" not in skip and plan.gc_blobs:
             from . import gc
@@ -143,7 +162,7 @@ async def run(plan: Plan, workdir: Path, skip: set[str]) -> dict[str, Any]:
             log(f"data path: {plan.datapath_iterations} iterations")
             res["datapath"] = await asyncio.to_thread(
                 datapath.run,
-                cluster.kubeconfig,
+                b.cluster.kubeconfig,
                 workdir / "datapath",
                 plan.datapath_iterations,
                 controls=plan.datapath_controls,
@@ -191,29 +210,15 @@ async def run(plan: Plan, workdir: Path, skip: set[str]) -> dict[str, Any]:
             steady = await phases.steady_rss(b, plan.at_rest)
             memory.append({"registries": plan.memory_top, "when": "after restart", **steady})
         return res
-    finally:
-        if b.operator is not None:
-            res.setdefault("operator_log_tail", b.operator.log_tail(40))
-        await b.stop_operator()
-        await client.close()
-        await asyncio.to_thread(cluster.stop)
 
 
 async def run_scale(plan: Plan, workdir: Path, counts: list[int], out: Path) -> dict[str, Any]:
     """The growth curve: RSS at rest at 0 Registries, then `phases.scale` over `counts`."""
-    from . import phases, report, workload
-    from .cluster import start_cluster
+    from . import phases, report
 
     started = time.monotonic()
     res: dict[str, Any] = {"env": environment(plan), "mode": "scale", "unrelated_secrets": plan.unrelated_secrets}
-    log(f"starting the control plane ({plan.nodes} kwok nodes) in {workdir}")
-    cluster, operator_kubeconfig = await asyncio.to_thread(start_cluster, workdir, plan.nodes)
-    client = workload.admin_client(str(cluster.kubeconfig))
-    b = phases.Bench(cluster, operator_kubeconfig, workdir, client, log=log)
-    try:
-        if plan.unrelated_secrets:
-            log(f"{plan.unrelated_secrets} unrelated Secrets")
-            await workload.unrelated_secrets(client, "bench-unrelated", plan.unrelated_secrets)
+    async with _bench(plan, workdir, res) as b:
         await b.start_operator()
         empty = {"registries": 0, **await phases.steady_rss(b, plan.at_rest), "load": os.getloadavg()}
 
@@ -224,12 +229,6 @@ async def run_scale(plan: Plan, workdir: Path, counts: list[int], out: Path) -> 
 
         await phases.scale(b, counts, plan.at_rest, checkpoint)
         return res
-    finally:
-        if b.operator is not None:
-            res.setdefault("operator_log_tail", b.operator.log_tail(40))
-        await b.stop_operator()
-        await client.close()
-        await asyncio.to_thread(cluster.stop)
 
 
 def _counts(text: str) -> list[int]:
