@@ -9,6 +9,10 @@ Registry is being reconciled marks it for one more run; a run that fails is alwa
 exponential backoff with jitter (so a refused write or an unreachable API server never becomes a hot loop),
 and an urgent trigger (the user changed the spec) cuts the wait short. Each failure is logged once, when it
 first appears or changes, not on every retry.
+
+A trigger may be `light`: it asks only for what `refresh` can do (a Registry's status from its workloads'
+progress, see `progress`). A run whose triggers since the last one were all light calls `refresh` first, and
+`run` only when `refresh` says it could not do it; any other trigger, and every retry, means `run`.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ def backoff(failures: int, base: float, cap: float, jitter: Callable[[], float] 
 class _State:
     again: asyncio.Event = field(default_factory=asyncio.Event)  # triggered while running or waiting
     urgent: asyncio.Event = field(default_factory=asyncio.Event)  # a trigger that must not wait out a backoff
+    light: bool = True  # every trigger since the last run was light
     failures: int = 0
     last_error: str | None = None
 
@@ -54,8 +59,10 @@ class Coalescer:
     def __init__(
         self, run: Callable[[Hashable], Awaitable[object]], base: float = 0.5, cap: float = 60.0,
         kind: str = "Registry", drained: Callable[[], object] | None = None,
+        refresh: Callable[[Hashable], Awaitable[bool]] | None = None,
     ) -> None:
         self._run = run
+        self._refresh = refresh  # a cheaper run for light triggers: True when it did all that was asked
         self._drained = drained  # called when the last run finishes: the end of a burst
         self._kind = kind  # what the keys name, for the log
         self._base, self._cap = base, cap
@@ -68,16 +75,18 @@ class Coalescer:
         """Registries with a run in progress, pending, or waiting to retry."""
         return len(self._tasks)
 
-    def trigger(self, key: Hashable, urgent: bool = False) -> None:
-        """Reconcile `key` soon: now if idle, else once more after the current run (or its backoff)."""
+    def trigger(self, key: Hashable, urgent: bool = False, light: bool = False) -> None:
+        """Reconcile `key` soon: now if idle, else once more after the current run (or its backoff). `light`:
+        `refresh` may be all it takes."""
         state = self._states.get(key)
         metrics.TRIGGERS.labels("started" if state is None else "coalesced").inc()
         if state is not None:
+            state.light = state.light and light
             state.again.set()
             if urgent:
                 state.urgent.set()
             return
-        self._states[key] = _State()
+        self._states[key] = _State(light=light)
         self._tasks[key] = asyncio.get_running_loop().create_task(self._loop(key), name=f"reconcile {key}")
         metrics.QUEUE_DEPTH.inc()
 
@@ -112,9 +121,12 @@ class Coalescer:
             while True:
                 state.again.clear()
                 state.urgent.clear()
+                light, state.light = state.light, True
                 try:
-                    await self._run(key)
+                    if not (light and self._refresh is not None and await self._refresh(key)):
+                        await self._run(key)
                 except Exception as exc:  # noqa: BLE001 - every failure is retried, none may end the loop
+                    state.light = False  # a retry is a full run
                     await self._wait_after_failure(key, state, exc)
                     continue
                 if state.last_error is not None:

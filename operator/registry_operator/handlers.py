@@ -7,7 +7,8 @@
   annotation (a spec near the 256 KiB annotation limit then fails kopf's own patch) and write it back after
   each change; level-based reconciles need neither.
 - A child (labelled as ours) changed or vanished: reconcile the Registry named in its instance label, which
-  restores a deleted or hand-edited child and refreshes status from Deployment progress. A node-trust
+  restores a deleted or hand-edited child and refreshes status from Deployment progress. An event of a
+  Deployment is a light trigger: its status alone may be all that changed (`progress`). A node-trust
   ConfigMap of ours (in the node agent's namespace) likewise: reconcile the Registry its annotation names.
 - A Secret that some Registry refers to (a password, a user TLS certificate) appeared or changed: reconcile
   every Registry that refers to it. Only Secrets with the watch label are watched (ours, and referenced
@@ -54,7 +55,7 @@ from .config import Config
 from .joins import Joins
 from .kinds import FOLLOWED, RegistryIndex
 from .observe import referenced_secrets
-from .reconcile import Context, reconcile, reconcile_index
+from .reconcile import Context, reconcile, reconcile_index, refresh
 from .references import References
 from .spec import RegistrySpec, parse, parse_index
 
@@ -91,13 +92,20 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         if outcome.wake_after is not None:
             memo.coalescer.trigger_later(key, outcome.wake_after)
 
+    async def run_refresh(key: Any) -> bool:
+        # Not under `limit`: two reads, and a Registry whose pods just became ready does not wait behind the
+        # full reconciles of a burst to say so.
+        with metrics.reconciling():
+            return await refresh(ctx, *key)
+
     async def run_index(key: Any) -> None:
         async with limit:
             await reconcile_index(ctx, *key)
 
     memo.ctx = ctx
     trimmer = allocator.Trimmer()  # a restart's or a burst's peak is not kept for good
-    memo.coalescer = Coalescer(run, config.retry_base_seconds, config.retry_max_seconds, drained=trimmer.request)
+    memo.coalescer = Coalescer(run, config.retry_base_seconds, config.retry_max_seconds, drained=trimmer.request,
+                               refresh=run_refresh)
     memo.indexes = Coalescer(run_index, config.retry_base_seconds, config.retry_max_seconds, kind=names.INDEX_KIND,
                              drained=trimmer.request)
     memo.references = References(memo.coalescer.trigger)
@@ -255,7 +263,7 @@ def _child_changed(memo: kopf.Memo, kind: str, type_: str | None, meta: ObjectMe
     index = _index_owner(meta)
     if index is None:
         if not _echo(memo, (meta.namespace, registry), kind, type_, meta):
-            memo.coalescer.trigger((meta.namespace, registry))
+            memo.coalescer.trigger((meta.namespace, registry), light=kind == "Deployment")
     elif not _echo(memo, (meta.namespace, index, names.INDEX_KIND), kind, type_, meta):
         memo.indexes.trigger((meta.namespace, index))
 

@@ -112,6 +112,12 @@ async def _get(client: AsyncClient, api_version: str, kind: str, name: str, name
     return obj.to_dict()
 
 
+async def observe_workloads(client: AsyncClient, namespace: str, names: list[str]) -> dict[str, Obj | None]:
+    """The Deployments named, read at once (None: missing): all that `progress` needs."""
+    found = await asyncio.gather(*(_get(client, "apps/v1", "Deployment", name, namespace) for name in names))
+    return dict(zip(names, found, strict=True))
+
+
 def _labels(obj: Obj) -> dict[str, str]:
     return obj["metadata"].get("labels") or {}
 

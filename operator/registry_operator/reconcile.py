@@ -37,6 +37,7 @@ from . import (
     material,
     metrics,
     pki,
+    progress,
     pullsecrets,
     redisprobe,
     render,
@@ -68,6 +69,7 @@ from .observe import (
     missing_service_account,
     observe,
     observe_index,
+    observe_workloads,
     registry_node,
     retention_message,
 )
@@ -94,6 +96,7 @@ class Memory:
     unsent: list[Event] = field(default_factory=list)  # Events whose post failed
     refused: dict[Key, tuple[str, material.Problem]] = field(default_factory=dict)  # see Applied.refused
     written: dict[Key, str] = field(default_factory=dict)  # child -> resourceVersion our last write gave it
+    progress: progress.Progress | None = None  # what `refresh` needs, from the last clean full reconcile
 
     def echoes(self, child: Key, event: str, version: str | None) -> bool:
         """Whether a watch event of `child` only reports our own last write to it: the reconcile that wrote it
@@ -213,6 +216,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         return outcome
     generation = body["metadata"].get("generation", 1)
     memory = ctx.memory(key, body["metadata"]["uid"])
+    memory.progress = None  # kept again only by a clean end
     now = dt.datetime.now(dt.UTC)
 
     async def blocked(spec: RegistrySpec, problems: list[material.Problem]) -> Outcome:
@@ -338,12 +342,16 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     account = await missing_service_account(ctx.client, spec)
     workload_names = [names.deployment] + ([names.token] if spec.auth.own_token_service else [])
     workloads = {n: applied.live.get(("Deployment", n)) for n in workload_names}
-    status = conditions.compute(
-        spec, generation, [*mat.problems, *applied.problems, *([account] if account else [])], workloads, published,
-        body.get("status"), now, retrying=bool(applied.retry), pull_problems=pull_problems,
-        upstream_problems=upstream_problems,
-        node_problems=node_problems, redis_problems=redis_problems,
-    )
+    problems = [*mat.problems, *applied.problems, *([account] if account else [])]
+
+    def status_of(live: Mapping[str, Any], previous: Mapping[str, Any] | None, at: dt.datetime) -> dict[str, Any]:
+        return conditions.compute(
+            spec, generation, problems, live, published, previous, at, retrying=bool(applied.retry),
+            pull_problems=pull_problems, upstream_problems=upstream_problems, node_problems=node_problems,
+            redis_problems=redis_problems,
+        )
+
+    status = status_of(workloads, body.get("status"), now)
     if gc.status is not None:
         status["garbageCollection"] = gc.status
     used = garbage_collection.usage((body.get("status") or {}).get("usage"), measured,
@@ -354,6 +362,9 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         verified_now = {**observed.children, **applied.live, **{k: None for k in outcome.deleted}}
         status[verified.STATUS_FIELD] = verified.fingerprint(
             ctx.stamp, uid, generation, verified.combine(verified_now, uid))
+        extra = {k: status[k] for k in ("garbageCollection", "usage") if k in status}
+        memory.progress = progress.keep(body, verified_now, desired, workload_names,
+                                        lambda live, previous, at: {**status_of(live, previous, at), **extra})
         if verified.STATUS_FIELD not in before and {**before, verified.STATUS_FIELD: None} == {
                 **status, verified.STATUS_FIELD: None}:
             # Written alone only over an earlier one: a CRD that prunes the field (an operator upgraded before
@@ -382,6 +393,33 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     if trust is not None and trust.retry:
         raise Retry("; ".join(trust.retry), "NodeTrustWriteFailed")
     return outcome
+
+
+async def refresh(ctx: Context, namespace: str, name: str) -> bool:
+    """The Registry's status from its Deployments alone, when only their progress was reported (`progress`):
+    two reads instead of a dozen, and no material, rendering or comparing. False: a full reconcile must run."""
+    memory = ctx.memories.get((namespace, name))
+    kept = memory.progress if memory is not None else None
+    if memory is None or kept is None:
+        return False
+    try:
+        body, live = await asyncio.gather(ctx.client.get(Registry, name, namespace=namespace),
+                                          observe_workloads(ctx.client, namespace, list(kept.workloads)))
+    except ApiError as exc:
+        if exc.status.code == 404:
+            return False  # deleted: the full reconcile forgets it
+        raise
+    registry = body.to_dict()
+    if registry["metadata"]["uid"] != memory.uid or registry["metadata"].get("deletionTimestamp"):
+        return False
+    status = progress.status(kept, registry, live, ctx.stamp, dt.datetime.now(dt.UTC))
+    if status is None:
+        log.debug("Registry %s/%s: more than its Deployments' progress changed, reconciling in full", namespace, name)
+        return False
+    written = await _finish(ctx, memory, registry, status)
+    log.debug("Registry %s/%s: status refreshed from its Deployments, %s", namespace, name,
+              "written" if written else "unchanged")
+    return True
 
 
 async def _gc_job(

@@ -151,3 +151,50 @@ def test_drained_is_called_when_the_last_run_finishes():
         assert drained == [0, 0]
 
     asyncio.run(main())
+
+
+def test_light_triggers_refresh_and_anything_else_runs_in_full():
+    calls: list[tuple[str, str]] = []
+    can_refresh = {"a": True, "b": False, "c": True}
+
+    async def run(key):
+        calls.append(("run", key))
+
+    async def refresh(key):
+        calls.append(("refresh", key))
+        return can_refresh[key]
+
+    async def main():
+        c = Coalescer(run, refresh=refresh)
+        c.trigger("a", light=True)  # refreshed: nothing else asked for
+        c.trigger("b", light=True)  # refresh cannot do it: the full run
+        c.trigger("c", light=True)
+        c.trigger("c")  # a full trigger folded into light ones: the full run, no refresh
+        await c.idle()
+        c.trigger("a")
+        await c.idle()
+
+    asyncio.run(main())
+    def of(key: str) -> list[str]:
+        return [what for what, k in calls if k == key]
+
+    assert (of("a"), of("b"), of("c")) == (["refresh", "run"], ["refresh", "run"], ["run"])
+
+
+def test_a_failed_refresh_is_retried_in_full():
+    calls: list[str] = []
+
+    async def run(key):
+        calls.append("run")
+
+    async def refresh(key):
+        calls.append("refresh")
+        raise Retry("Event could not be posted")
+
+    async def main():
+        c = Coalescer(run, base=0.001, cap=0.001, refresh=refresh)
+        c.trigger("a", light=True)
+        await c.idle()
+
+    asyncio.run(main())
+    assert calls == ["refresh", "run"]
