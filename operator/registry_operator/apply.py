@@ -29,6 +29,7 @@ from lightkube import ApiError, AsyncClient
 from lightkube.types import CascadeType, PatchType
 
 from . import metrics, quantity
+from .echoes import Echoes
 from .kinds import resource
 from .material import Problem
 from .names import APPLIED_HASH, FIELD_MANAGER, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY
@@ -200,7 +201,7 @@ def _intent(obj: Obj) -> str:
 
 async def _apply(
     client: AsyncClient, obj: Obj, current: Obj | None, refused: tuple[str, Problem] | None, result: Applied,
-    versions: dict[Key, str],
+    echoes: Echoes,
 ) -> None:
     k = key(obj)
     if up_to_date(obj, current):
@@ -215,6 +216,7 @@ async def _apply(
             result.live[k] = current
         return
     metrics.API_WRITES.labels(obj["kind"], "apply").inc()
+    echoes.sending(k)
     try:
         live = await client.patch(
             resource(obj["apiVersion"], obj["kind"]),
@@ -226,6 +228,7 @@ async def _apply(
             force=True,
         )
     except (ApiError, httpx2.HTTPError) as exc:
+        echoes.sent(k, None)
         problem, retry = _failure(obj, exc)
         result.failed.add(k)
         result.problems.append(problem)
@@ -238,7 +241,7 @@ async def _apply(
         return
     result.written.append(k)
     result.live[k] = live.to_dict()
-    versions[k] = result.live[k]["metadata"]["resourceVersion"]  # at once: its watch event may be next
+    echoes.sent(k, result.live[k]["metadata"]["resourceVersion"])  # at once: its watch event may be next
 
 
 async def apply_all(
@@ -247,16 +250,16 @@ async def apply_all(
     observed: Mapping[Key, Obj | None],
     registry: Mapping[str, Any],
     refused: Mapping[Key, tuple[str, Problem]] | None = None,
-    versions: dict[Key, str] | None = None,
+    echoes: Echoes | None = None,
 ) -> Applied:
     """Apply what changed: everything but the workloads at once, then the workloads if all of that was stored.
 
     Nothing else here depends on creation order, and one round trip instead of a dozen is most of a new
-    Registry's convergence time. `refused`: what an earlier pass was refused (`Applied.refused`). `versions`
-    gets the resourceVersion of each write the moment it is made (see `reconcile.Memory.echoes`).
+    Registry's convergence time. `refused`: what an earlier pass was refused (`Applied.refused`). `echoes`
+    hears of each write as it is sent and answered, so that its watch event is known as ours (see `echoes`).
     """
     refused = refused or {}
-    versions = {} if versions is None else versions
+    echoes = Echoes() if echoes is None else echoes
     result = Applied()
     result.problems = conflicts([key(obj) for obj in desired], observed, registry)
     if result.problems:
@@ -265,7 +268,7 @@ async def apply_all(
     first = [obj for obj in intents if obj["kind"] != "Deployment"]
     workloads = [obj for obj in intents if obj["kind"] == "Deployment"]
     await asyncio.gather(
-        *(_apply(client, obj, observed.get(key(obj)), refused.get(key(obj)), result, versions) for obj in first))
+        *(_apply(client, obj, observed.get(key(obj)), refused.get(key(obj)), result, echoes) for obj in first))
     if result.failed:
         for obj in workloads:  # keep what runs; status reports the failures above
             live = observed.get(key(obj))
@@ -273,7 +276,7 @@ async def apply_all(
                 result.live[key(obj)] = live
     else:
         await asyncio.gather(
-            *(_apply(client, obj, observed.get(key(obj)), refused.get(key(obj)), result, versions)
+            *(_apply(client, obj, observed.get(key(obj)), refused.get(key(obj)), result, echoes)
               for obj in workloads))
     order = {key(obj): i for i, obj in enumerate(intents)}
     result.written.sort(key=order.__getitem__)

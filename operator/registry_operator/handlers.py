@@ -91,6 +91,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
                 outcome = await reconcile(ctx, *key)
         if outcome.wake_after is not None:
             memo.coalescer.trigger_later(key, outcome.wake_after)
+        if outcome.missed:  # as their events would have: only Deployments changed is a light trigger
+            memo.coalescer.trigger(key, light=all(kind == "Deployment" for kind, _ in outcome.missed))
 
     async def run_refresh(key: Any) -> bool:
         # Not under `limit`: two reads, and a Registry whose pods just became ready does not wait behind the
@@ -100,7 +102,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     async def run_index(key: Any) -> None:
         async with limit:
-            await reconcile_index(ctx, *key)
+            outcome = await reconcile_index(ctx, *key)
+        if outcome.missed:
+            memo.indexes.trigger(key)
 
     memo.ctx = ctx
     trimmer = allocator.Trimmer()  # a restart's or a burst's peak is not kept for good
@@ -243,9 +247,9 @@ def _index_owner(meta: ObjectMeta) -> str | None:
 
 
 def _echo(memo: kopf.Memo, owner: tuple[str, ...], kind: str, type_: str, meta: ObjectMeta) -> bool:
-    """Whether the event only reports a write of the reconcile of `owner` (see `Memory.echoes`)."""
+    """Whether the event only reports a write of the reconcile of `owner` (see `echoes`)."""
     memory = memo.ctx.memories.get(owner)
-    return memory is not None and memory.echoes((kind, meta.name), type_, meta.resourceVersion)
+    return memory is not None and memory.echoes.echo((kind, meta.name), type_, meta.resourceVersion)
 
 
 def _child_changed(memo: kopf.Memo, kind: str, type_: str | None, meta: ObjectMeta) -> None:

@@ -48,6 +48,7 @@ from . import (
 from .apply import Applied, Key, apply_all, conflicts, delete_all
 from .coalesce import Retry
 from .config import Config
+from .echoes import Echoes
 from .kinds import Registry, RegistryIndex
 from .names import (
     INDEX_KIND,
@@ -95,16 +96,8 @@ class Memory:
     pending: dict[str, dict[str, bytes]] = field(default_factory=dict)  # Secret -> decided data not yet stored
     unsent: list[Event] = field(default_factory=list)  # Events whose post failed
     refused: dict[Key, tuple[str, material.Problem]] = field(default_factory=dict)  # see Applied.refused
-    written: dict[Key, str] = field(default_factory=dict)  # child -> resourceVersion our last write gave it
+    echoes: Echoes = field(default_factory=Echoes)  # which watch events of children report our own writes
     progress: progress.Progress | None = None  # what `refresh` needs, from the last clean full reconcile
-
-    def echoes(self, child: Key, event: str, version: str | None) -> bool:
-        """Whether a watch event of `child` only reports our own last write to it: the reconcile that wrote it
-        already had the result, so another would read a dozen objects to learn nothing. Each write is matched
-        once; any event of the child forgets it (events of one object arrive in order, so a later one means
-        the echo has passed or will never come)."""
-        ours = self.written.pop(child, None)
-        return event != "DELETED" and version is not None and ours == version
 
 
 @dataclass
@@ -134,6 +127,7 @@ class Outcome:
     deleted: list[Key] = field(default_factory=list)
     status_written: bool = False
     wake_after: float | None = None  # reconcile again after this many seconds even without an event
+    missed: frozenset[Key] = frozenset()  # children changed while written: reconcile again (`Echoes.missed`)
 
 
 def _published(
@@ -281,8 +275,8 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         desired.append(await _gc_job(ctx, spec, body, gc.job, desired, observed.children))
     if gc.retention is not None:
         desired += await _retention(ctx, spec, body, gc.retention, mat.client_ca_pem is not None)
-    memory.written.clear()  # echoes of an earlier reconcile have come by now, or will not
-    applied = await apply_all(ctx.client, desired, observed.children, body, memory.refused, memory.written)
+    memory.echoes.clear()
+    applied = await apply_all(ctx.client, desired, observed.children, body, memory.refused, memory.echoes)
     memory.refused = applied.refused
     _remember(memory, desired, applied)
     outcome.written = applied.written
@@ -301,7 +295,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         jobs = [o for o in desired if o["kind"] == "Job"]  # the GC Job does not depend on the robot
         desired = render.desired(
             gc.effective(spec), mat, body, ctx.config.operator_image, ctx.pod_monitors, joined) + jobs
-        retired = await apply_all(ctx.client, desired, applied.live, body, memory.refused, memory.written)
+        retired = await apply_all(ctx.client, desired, applied.live, body, memory.refused, memory.echoes)
         _remember(memory, desired, retired)
         applied.written += [k for k in retired.written if k not in applied.written]
         applied.problems += retired.problems
@@ -392,6 +386,7 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
         raise Retry("; ".join(pull.retry), "PullSecretWriteFailed")
     if trust is not None and trust.retry:
         raise Retry("; ".join(trust.retry), "NodeTrustWriteFailed")
+    outcome.missed = frozenset(memory.echoes.missed)
     return outcome
 
 
@@ -607,8 +602,8 @@ async def reconcile_index(ctx: Context, namespace: str, name: str) -> Outcome:
     secrets = {**observed.secrets, **memory.pending}
     mat = await asyncio.to_thread(material.decide_index, spec, secrets, ctx.config.cluster_domain, now)
     desired = render.index_desired(spec, mat, body, ctx.config.operator_image, sorted(joined))
-    memory.written.clear()  # echoes of an earlier reconcile have come by now, or will not
-    applied = await apply_all(ctx.client, desired, observed.children, body, memory.refused, memory.written)
+    memory.echoes.clear()
+    applied = await apply_all(ctx.client, desired, observed.children, body, memory.refused, memory.echoes)
     memory.refused = applied.refused
     _remember(memory, desired, applied)
     outcome.written = applied.written
@@ -627,6 +622,7 @@ async def reconcile_index(ctx: Context, namespace: str, name: str) -> Outcome:
               "written" if outcome.status_written else "unchanged")
     if applied.retry:
         raise Retry("; ".join(applied.retry))
+    outcome.missed = frozenset(memory.echoes.missed)
     return outcome
 
 

@@ -1,31 +1,52 @@
-"""Watch events that only echo the operator's own writes wake no reconcile (`Memory.echoes`)."""
+"""Watch events that only echo the operator's own writes wake no reconcile (`echoes`), including an echo that
+arrives before the write's own answer; an event that was not ours is never lost."""
 
-from registry_operator.reconcile import Memory, merge_patch
+from registry_operator.echoes import Echoes
 
 SERVICE = ("Service", "reg")
+DEPLOYMENT = ("Deployment", "reg")
+
+
+def _written(echoes: Echoes, child, version: str) -> None:
+    echoes.sending(child)
+    echoes.sent(child, version)
 
 
 def test_the_event_of_our_own_write_is_an_echo_once() -> None:
-    memory = Memory("uid")
-    memory.written[SERVICE] = "10"
-    assert memory.echoes(SERVICE, "MODIFIED", "10")
-    assert not memory.echoes(SERVICE, "MODIFIED", "10")  # matched once: a second event is news
+    echoes = Echoes()
+    _written(echoes, SERVICE, "10")
+    assert echoes.echo(SERVICE, "MODIFIED", "10")
+    assert not echoes.echo(SERVICE, "MODIFIED", "10")  # matched once: a second event is news
 
 
-def test_another_version_or_a_deletion_is_news_and_forgets_the_write() -> None:
-    memory = Memory("uid")
-    memory.written[SERVICE] = "10"
-    assert not memory.echoes(SERVICE, "MODIFIED", "11")  # someone else's write (or the controller's status)
-    assert SERVICE not in memory.written
-    memory.written[SERVICE] = "12"
-    assert not memory.echoes(SERVICE, "DELETED", "12")
-    assert not memory.echoes(("ConfigMap", "reg-config"), "MODIFIED", "12")  # never written by us
+def test_other_events_are_news() -> None:
+    echoes = Echoes()
+    _written(echoes, SERVICE, "10")
+    assert not echoes.echo(SERVICE, "MODIFIED", "11")  # someone else's write (or the controller's status)
+    _written(echoes, SERVICE, "12")
+    assert not echoes.echo(SERVICE, "DELETED", "12")
+    assert not echoes.echo(("ConfigMap", "reg-config"), "MODIFIED", "12")  # never written by us
+    assert not echoes.missed
 
 
-def test_the_status_merge_patch_nulls_nested_keys_no_longer_published():
-    old = {"garbageCollection": {"phase": "Idle", "nextScheduleTime": "t", "lastBlobsFreed": 3}, "endpoint": "e",
-           "conditions": [{"type": "Ready"}]}
-    new = {"garbageCollection": {"phase": "Idle"}, "conditions": [], "usage": {"bytes": 1}}
-    assert merge_patch(old, new) == {"endpoint": None, "conditions": [], "usage": {"bytes": 1},
-                                     "garbageCollection": {"nextScheduleTime": None, "lastBlobsFreed": None,
-                                                           "phase": "Idle"}}
+def test_an_echo_heard_before_the_answer_is_judged_by_the_answer() -> None:
+    echoes = Echoes()
+    echoes.sending(SERVICE)
+    assert echoes.echo(SERVICE, "ADDED", "10")  # the watch won the race
+    echoes.sent(SERVICE, "10")
+    assert not echoes.missed
+    assert not echoes.echo(SERVICE, "MODIFIED", "11")  # the echo is spent: a later event is news
+
+
+def test_a_change_heard_during_a_write_that_was_not_ours_is_missed_not_lost() -> None:
+    echoes = Echoes()
+    echoes.sending(SERVICE)
+    echoes.sending(DEPLOYMENT)
+    echoes.echo(SERVICE, "MODIFIED", "9")  # someone else's change, just before our write
+    echoes.echo(SERVICE, "MODIFIED", "10")  # ours
+    echoes.echo(DEPLOYMENT, "DELETED", "20")
+    echoes.sent(SERVICE, "10")
+    echoes.sent(DEPLOYMENT, None)  # the write failed
+    assert echoes.missed == {SERVICE, DEPLOYMENT}
+    echoes.clear()
+    assert not echoes.missed
