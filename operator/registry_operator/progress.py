@@ -14,7 +14,9 @@ whenever that might decide otherwise: the Registry's generation or annotations c
 has a new generation (its spec changed), or no longer carries the labels, annotations (with the intent hash) and
 owner we applied. Any other trigger (another child, a Secret, a retry, a timer, the resync) is a full reconcile.
 
-Kept per Registry in the process: a few hundred bytes (no object bodies, no Secret data).
+Kept only while a rollout is under way (about 4 KiB per Registry, no object bodies, no Secret data): a settled
+Registry keeps nothing, so a thousand of them cost no memory for this, and the rare Deployment event after its
+rollout completed gets the full reconcile, as before.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 from . import verified
 from .apply import contains
+from .conditions import Rollout
 
 Obj = dict[str, Any]
 StatusOf = Callable[[Mapping[str, Obj | None], Mapping[str, Any] | None, dt.datetime], Obj]
@@ -46,8 +49,11 @@ def keep(
     body: Mapping[str, Any], live: Mapping[tuple[str, str], Obj | None], desired: list[Obj], workloads: list[str],
     status_of: StatusOf,
 ) -> Progress | None:
-    """The Progress of a clean full reconcile (None when a workload was not stored: nothing to refresh)."""
+    """The Progress of a clean full reconcile (None when a workload was not stored, or every rollout is complete:
+    nothing to refresh)."""
     meta = body["metadata"]
+    if settled({name: live.get(("Deployment", name)) for name in workloads}):
+        return None
     applied = {o["metadata"]["name"]: o["metadata"] for o in desired if o["kind"] == "Deployment"}
     kept: dict[str, tuple[int, Obj]] = {}
     for name in workloads:
@@ -59,6 +65,12 @@ def keep(
     others = verified.combine({k: v for k, v in live.items() if not (k[0] == "Deployment" and k[1] in kept)},
                               meta["uid"])
     return Progress(meta.get("generation", 1), dict(meta.get("annotations") or {}), kept, others, status_of)
+
+
+def settled(workloads: Mapping[str, Obj | None]) -> bool:
+    """Every Deployment's rollout is complete: its status will not move on its own."""
+    rollouts = [Rollout.of(obj) for obj in workloads.values()]
+    return all(r is not None and r.complete for r in rollouts)
 
 
 def status(

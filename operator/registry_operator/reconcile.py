@@ -337,10 +337,13 @@ async def reconcile(ctx: Context, namespace: str, name: str) -> Outcome:
     workload_names = [names.deployment] + ([names.token] if spec.auth.own_token_service else [])
     workloads = {n: applied.live.get(("Deployment", n)) for n in workload_names}
     problems = [*mat.problems, *applied.problems, *([account] if account else [])]
+    retrying = bool(applied.retry)
 
     def status_of(live: Mapping[str, Any], previous: Mapping[str, Any] | None, at: dt.datetime) -> dict[str, Any]:
+        # Kept by `progress` for the Registry's life in this process: it must hold only these small inputs (not
+        # `applied` or `observed`, with every child's whole body).
         return conditions.compute(
-            spec, generation, problems, live, published, previous, at, retrying=bool(applied.retry),
+            spec, generation, problems, live, published, previous, at, retrying=retrying,
             pull_problems=pull_problems, upstream_problems=upstream_problems, node_problems=node_problems,
             redis_problems=redis_problems,
         )
@@ -411,6 +414,8 @@ async def refresh(ctx: Context, namespace: str, name: str) -> bool:
     if status is None:
         log.debug("Registry %s/%s: more than its Deployments' progress changed, reconciling in full", namespace, name)
         return False
+    if progress.settled(live):
+        memory.progress = None  # see `progress`: nothing is kept for a settled Registry
     written = await _finish(ctx, memory, registry, status)
     log.debug("Registry %s/%s: status refreshed from its Deployments, %s", namespace, name,
               "written" if written else "unchanged")

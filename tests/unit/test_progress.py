@@ -109,3 +109,13 @@ def test_nothing_is_kept_for_a_workload_that_was_not_stored():
     desired = [with_intent_hash(o) for o in render_desired(SPEC, mat, BODY, "registry-operator:0.1.0")]
     live = {k: v for k, v in _stored(desired).items() if k[0] != "Deployment"}
     assert progress.keep(BODY, live, desired, ["reg"], lambda *_: {}) is None
+
+
+def test_nothing_is_kept_once_every_rollout_is_complete():
+    kept, live = _kept()
+    done = _progressed(live[("Deployment", "reg")], "200", available=1)
+    assert progress.settled({"reg": done})
+    assert not progress.settled({"reg": live[("Deployment", "reg")]})
+    mat = material.decide(SPEC, {})
+    desired = [with_intent_hash(o) for o in render_desired(SPEC, mat, BODY, "registry-operator:0.1.0")]
+    assert progress.keep(BODY, {**live, ("Deployment", "reg"): done}, desired, ["reg"], lambda *_: {}) is None
