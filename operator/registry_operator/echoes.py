@@ -40,8 +40,10 @@ class Echoes:
 
     def echo(self, child: Key, event: str, version: str | None) -> bool:
         """Whether this watch event only reports our own write (or will be judged when its answer comes)."""
+        ours = self._written.pop(child, None)
+        if event != "DELETED" and version is not None and ours == version:
+            return True  # (also while a second write to it is in flight: this is the first one's echo)
         if child in self._sending:
             self._sending[child].append(None if event == "DELETED" else version)
             return True
-        ours = self._written.pop(child, None)
-        return event != "DELETED" and version is not None and ours == version
+        return False

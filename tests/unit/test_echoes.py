@@ -50,3 +50,13 @@ def test_a_change_heard_during_a_write_that_was_not_ours_is_missed_not_lost() ->
     assert echoes.missed == {SERVICE, DEPLOYMENT}
     echoes.clear()
     assert not echoes.missed
+
+
+def test_the_echo_of_a_first_write_during_a_second_one_is_still_ours() -> None:
+    echoes = Echoes()  # a reconcile that writes a child twice (a retired robot credential: a second apply pass)
+    _written(echoes, SERVICE, "10")
+    echoes.sending(SERVICE)
+    assert echoes.echo(SERVICE, "MODIFIED", "10")
+    assert echoes.echo(SERVICE, "MODIFIED", "11")
+    echoes.sent(SERVICE, "11")
+    assert not echoes.missed
