@@ -85,13 +85,16 @@ def protected(references: Iterable[str], endpoints: Iterable[str]) -> Protected:
     return Protected(frozenset(tags), frozenset(digests))
 
 
-async def workload_images(client: AsyncClient, namespaces: Sequence[str] = ("*",)) -> list[str]:
-    """Every image reference of every workload of `KINDS` in `namespaces` (`*`: the cluster), one list call per
-    kind and namespace. An operator confined to named namespaces lists only those: it may read no others, and
-    says so in the README."""
+PAGE = 500  # objects per list response
+
+
+async def workload_images(client: AsyncClient, namespaces: Sequence[str] = ("*",), page: int = PAGE) -> list[str]:
+    """Every image reference of every workload of `KINDS` in `namespaces` (`*`: the cluster), listed per kind and
+    namespace in pages of `page` (a cluster's Pods in one response would be held whole in memory at once). An
+    operator confined to named namespaces lists only those: it may read no others, and says so in the README."""
     out: list[str] = []
     for namespace in namespaces:
         for kind in KINDS:
-            async for obj in client.list(kind, namespace=namespace):
+            async for obj in client.list(kind, namespace=namespace, chunk_size=page):
                 out += images({"kind": kind.__name__, **obj.to_dict()})
     return out

@@ -8,16 +8,19 @@ test_retention_clients.py), so the retention record here is the one of a run tha
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 import pytest
 import yaml
 from lightkube import ApiError
+from lightkube.resources.apps_v1 import Deployment
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import Event
 from registries import get, is_ready, manifest, registry
 
+from registry_operator import inuse
 from registry_operator.names import GC_REQUESTED
 
 USERS = {"auth": {"users": [{"name": "alice"}]}}
@@ -137,3 +140,19 @@ def test_requested_collection_applies_retention_read_write_first(
     assert rv_after_annotate != rv
     assert registry(kube_client, "reg", namespace)["metadata"]["resourceVersion"] == rv_after_annotate
     assert _job(kube_client, "reg-retention", namespace) is None
+
+
+def test_images_in_use_are_listed_in_pages(namespace, async_kube_client) -> None:
+    """Every page of a paged list is read: five Deployments listed two at a time all count."""
+
+    async def main() -> list[str]:
+        for i in range(5):
+            await async_kube_client.create(Deployment.from_dict({
+                "metadata": {"name": f"app-{i}", "namespace": namespace},
+                "spec": {"replicas": 0, "selector": {"matchLabels": {"app": f"a{i}"}},
+                         "template": {"metadata": {"labels": {"app": f"a{i}"}},
+                                      "spec": {"containers": [{"name": "c", "image": f"reg.example/app:{i}"}]}}},
+            }))
+        return await inuse.workload_images(async_kube_client, [namespace], page=2)
+
+    assert sorted(asyncio.run(main())) == [f"reg.example/app:{i}" for i in range(5)]
