@@ -96,8 +96,18 @@ async def unrelated_secrets(client: AsyncClient, namespace: str, n: int, batch: 
 
 
 async def create_registry(client: AsyncClient, namespace: str, name: str) -> dict[str, Any]:
-    obj = await client.create(Registry(metadata=ObjectMeta(name=name, namespace=namespace), spec=dict(SPEC)))
-    return obj.to_dict()
+    """Create the Registry (again after a failure that may pass; a 409 then means an earlier try got through,
+    the benchmark's namespaces being fresh)."""
+    async def once() -> dict[str, Any]:
+        try:
+            obj = await client.create(Registry(metadata=ObjectMeta(name=name, namespace=namespace), spec=dict(SPEC)))
+        except ApiError as exc:
+            if exc.status.code != 409:
+                raise
+            obj = await client.get(Registry, name, namespace=namespace)
+        return obj.to_dict()
+
+    return await _retrying(once)
 
 
 async def floor_one(client: AsyncClient, namespace: str, name: str) -> None:
@@ -107,21 +117,28 @@ async def floor_one(client: AsyncClient, namespace: str, name: str) -> None:
     mat = await asyncio.to_thread(decide, spec)
     intents = [with_intent_hash(obj) for obj in render.desired(spec, mat, body, OPERATOR_IMAGE)]
     await asyncio.gather(*(
-        client.patch(
+        _retrying(lambda obj=obj: client.patch(
             resource(obj["apiVersion"], obj["kind"]), obj["metadata"]["name"], obj, namespace=namespace,
             patch_type=PatchType.APPLY, field_manager=FLOOR_MANAGER, force=True,
-        )
+        ))
         for obj in intents
     ))  # fmt: skip
 
 
+def _may_pass(exc: Exception) -> bool:
+    """A dropped connection (a busy API server closes idle keep-alives), throttling, or a server error such as
+    the 504 an overloaded API server answers when a write outlives its request timeout."""
+    return isinstance(exc, httpx2.TransportError) or (
+        isinstance(exc, ApiError) and (exc.status.code == 429 or (exc.status.code or 0) >= 500))
+
+
 async def _retrying(what: Any, attempts: int = 5) -> Any:
-    """Await `what()`, again after a dropped connection (a busy API server closes idle keep-alives)."""
+    """Await `what()`, again after a failure that may pass (the operator retries those too)."""
     for attempt in range(attempts):
         try:
             return await what()
-        except httpx2.TransportError:
-            if attempt == attempts - 1:
+        except (httpx2.TransportError, ApiError) as exc:
+            if attempt == attempts - 1 or not _may_pass(exc):
                 raise
             await asyncio.sleep(1 + attempt)
 
