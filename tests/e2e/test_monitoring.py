@@ -113,7 +113,8 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[dict[str, Any], str], Prome
 def test_prometheus_scrapes_the_operator_and_a_registry_pod(
     deploy: Callable[..., DeployedRegistry], e2e_operator: Any, prometheus: Callable[..., Prometheus], version: str
 ) -> None:
-    reg = deploy(version, pod_runner="test_monitoring: Prometheus scrapes the debug port moved to loopback")
+    reg = deploy(version, pod_runner="test_monitoring: the debug port is on the pod's own loopback (no PodMonitor "
+                 "in this cluster), which the pod runner moves to the host's")
     user, password = next(iter(reg.passwords().items()))
     assert https.request(reg.address, reg.ca_pem(), reg.host, "GET", "/v2/", auth=(user, password)).status == 200
     operator = urllib.parse.urlsplit(e2e_operator.metrics_url).netloc

@@ -25,6 +25,8 @@ from tests.support.token_clients import ServiceProxy, start_token_service
 
 pytestmark = pytest.mark.e2e
 PULL_SECRET_OF = "registry.operator.dev/pull-secret-of"
+SYNC = "test_pull_secret_clients: decides when the kubelet's volume sync happens"
+TOKEN = "test_pull_secret_clients: the token service is a local process (the pod runner's)"
 
 
 def copied(reg: DeployedRegistry, namespace: str) -> dict[str, bytes]:
@@ -48,30 +50,32 @@ def crane_with(workdir: Path, data: dict[str, bytes]) -> Crane:
     return crane
 
 
-@pytest.fixture(params=["htpasswd", "token"])
+@pytest.fixture(params=[("htpasswd", ""), ("token", TOKEN)], ids=["htpasswd", "token"])
 def pulling(
     request: pytest.FixtureRequest, deploy: Callable[..., DeployedRegistry], make_namespace: Callable[[str], str],
     tmp_path: Path,
 ) -> Iterator[tuple[str, DeployedRegistry, str, str]]:
-    """(mode, Registry, its address through the Service proxy, the workload namespace with the pull Secret)."""
+    """(mode, Registry, its address through the Service proxy, the workload namespace with the pull Secret).
+    The parameter is (mode, why the registry pod needs the pod runner: "" runs it on the real node if any)."""
+    mode, pod_runner = request.param
     workload = make_namespace("work")
     service, realm = ServiceProxy(), ServiceProxy()
-    auth: dict = {"mode": request.param, "users": [{"name": "alice"}]}
+    auth: dict = {"mode": mode, "users": [{"name": "alice"}]}
     tls: dict = {"ipAddresses": ["127.0.0.1"]}
-    if request.param == "token":
+    if mode == "token":
         auth["tokenRealm"] = f"https://localhost:{realm.port}/token"
         auth["access"] = [{"users": ["alice"], "repositories": ["*"], "actions": ["*"]}]
         tls["dnsNames"] = ["localhost"]
     token = reg = None
     try:
         reg = deploy("3", pod=False, auth=auth, tls=tls, service={"port": service.port},
-                     pullSecrets={"namespaces": [workload]},
-                     pod_runner="test_pull_secret_clients: decides when the kubelet's volume sync happens")
-        if request.param == "token":
+                     pullSecrets={"namespaces": [workload]}, pod_runner=pod_runner)
+        if mode == "token":
             (tmp_path / "token").mkdir()
             token = start_token_service(reg, realm, tmp_path / "token")
-        service.target = ("127.0.0.1", reg.start_pod().port)
-        yield request.param, reg, f"127.0.0.1:{service.port}", workload
+        host, port = reg.start_pod().address.rsplit(":", 1)
+        service.target = (host, int(port))
+        yield mode, reg, f"127.0.0.1:{service.port}", workload
     finally:
         if token is not None:
             token.stop()
@@ -124,7 +128,7 @@ def htpasswd_users(reg: DeployedRegistry) -> set[str]:
     return {line.split(":")[0] for line in text.splitlines()}
 
 
-@pytest.mark.parametrize("pulling", ["htpasswd"], indirect=True)
+@pytest.mark.parametrize("pulling", [("htpasswd", SYNC)], ids=["htpasswd"], indirect=True)
 def test_rotation_keeps_pulls_working_and_retires_the_old_credential(pulling, tmp_path: Path) -> None:
     """The running registry accepts the new robot before any copy carries it, and the old one until the copy
     changed; the pod runner syncs the htpasswd volume where the kubelet would."""
