@@ -645,9 +645,10 @@ async def _finish(
         memory.unsent.append((type_, reason, message))
     memory.unsent.extend(extra)
     unsent, memory.unsent = memory.unsent, []
-    for event in unsent:
-        if not await events.post(ctx.client, body, *event):
-            memory.unsent.append(event)
+    # At once: a new Registry's first reconcile says two or three things, and each one in turn cost a round trip
+    # before its Deployment's progress could be reported.
+    posted = await asyncio.gather(*(events.post(ctx.client, body, *event) for event in unsent))
+    memory.unsent += [event for event, ok in zip(unsent, posted, strict=True) if not ok]
     if memory.unsent:
         raise Retry(f"{len(memory.unsent)} Event(s) could not be posted", "EventNotPosted")
     return written
