@@ -44,6 +44,7 @@ from . import (
     metrics,
     monitoring,
     names,
+    progress,
     pullsecrets,
     resync,
     robot,
@@ -92,7 +93,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         if outcome.wake_after is not None:
             memo.coalescer.trigger_later(key, outcome.wake_after)
         if outcome.missed:  # as their events would have: only Deployments changed is a light trigger
-            memo.coalescer.trigger(key, light=all(kind == "Deployment" for kind, _ in outcome.missed))
+            memo.coalescer.trigger(key, light=progress.light(kind for kind, _ in outcome.missed))
 
     async def run_refresh(key: Any) -> bool:
         # Not under `limit`: two reads, and a Registry whose pods just became ready does not wait behind the
@@ -267,7 +268,7 @@ def _child_changed(memo: kopf.Memo, kind: str, type_: str | None, meta: ObjectMe
     index = _index_owner(meta)
     if index is None:
         if not _echo(memo, (meta.namespace, registry), kind, type_, meta):
-            memo.coalescer.trigger((meta.namespace, registry), light=kind == "Deployment")
+            memo.coalescer.trigger((meta.namespace, registry), light=progress.light([kind]))
     elif not _echo(memo, (meta.namespace, index, names.INDEX_KIND), kind, type_, meta):
         memo.indexes.trigger((meta.namespace, index))
 

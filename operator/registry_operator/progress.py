@@ -22,7 +22,7 @@ rollout completed gets the full reconcile, as before.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,11 @@ def keep(
     others = verified.combine({k: v for k, v in live.items() if not (k[0] == "Deployment" and k[1] in kept)},
                               meta["uid"])
     return Progress(meta.get("generation", 1), dict(meta.get("annotations") or {}), kept, others, status_of)
+
+
+def light(kinds: Iterable[str]) -> bool:
+    """Whether events of children of these kinds may need no more than `status` (a run's light trigger)."""
+    return all(kind == "Deployment" for kind in kinds)
 
 
 def settled(workloads: Mapping[str, Obj | None]) -> bool:

@@ -119,3 +119,8 @@ def test_nothing_is_kept_once_every_rollout_is_complete():
     mat = material.decide(SPEC, {})
     desired = [with_intent_hash(o) for o in render_desired(SPEC, mat, BODY, "registry-operator:0.1.0")]
     assert progress.keep(BODY, {**live, ("Deployment", "reg"): done}, desired, ["reg"], lambda *_: {}) is None
+
+
+def test_only_deployment_events_are_light():
+    assert progress.light(["Deployment"]) and progress.light(["Deployment", "Deployment"])
+    assert not progress.light(["Deployment", "Secret"]) and not progress.light(["ConfigMap"])
