@@ -4,6 +4,10 @@ Starts its own control plane (hack/localcluster, with an audit log of the operat
 phases below in one process and writes bench/results/ (results.json, results.md, results.png when matplotlib
 is installed). Prints the Markdown table. Exits 0 whatever the numbers: it measures, it does not judge.
 
+`--datapath-node` measures the data path on real pods instead (datapath-node.json; bench/datapath_node.py): a
+control plane with the real node (root, `hack/build node`), 100 MiB pushed and pulled with crane through kube-proxy
+to a token + TLS Registry, an htpasswd + TLS one, and its rendered pod without auth (TLS only) and without TLS.
+
 `--scale 10,100,1000` runs the growth curve instead (scale.json, scale.md, scale.png): grow to each count in
 turn and record what growing there cost the operator (CPU per reconcile, API reads and writes per reconcile,
 time until all are Ready) and its RSS once at rest, with the load average. Results are written after each
@@ -32,9 +36,12 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .paths import OPERATOR_DIR, REPO
+
+if TYPE_CHECKING:
+    from .datapath_node import NodePlan
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,7 @@ def _git(*args: str) -> str:
         return "?"
 
 
-def environment(plan: Plan) -> dict[str, Any]:
+def environment(plan: Plan | NodePlan) -> dict[str, Any]:
     import localcluster
 
     versions = localcluster.read_versions()
@@ -254,6 +261,9 @@ def main() -> int:
     parser.add_argument("--report", type=Path, metavar="RESULTS_JSON", help="only re-render the report from a file")
     parser.add_argument("--scale", type=_counts, metavar="N,N,...", help="the growth curve over these counts instead")
     parser.add_argument("--readme", action="store_true", help="only render README.md's table from the runs in --out")
+    parser.add_argument("--datapath-node", action="store_true", help="the data path on real pods instead (real node; "
+                        "--datapath-iterations, default 5, --datapath-mib, default 100)")
+    parser.add_argument("--datapath-mib", type=int, default=100, help="image size with --datapath-node")
     seconds = ("rest_window", "resync", "stuck_window")
     for field in ("runs", "burst", *seconds, "memory_top", "datapath_iterations", "nodes", "unrelated_secrets",
                   "gc_blobs", "gc_mib"):
@@ -272,6 +282,8 @@ def main() -> int:
         print(report.write(json.loads(args.report.read_text()), args.out, args.report.stem))
         return 0
 
+    if args.datapath_node:
+        return run_datapath_node(args)
     plan = QUICK if args.quick else FULL
     overrides = {f: getattr(args, f) for f in plan.__dict__ if getattr(args, f, None) is not None}
     if args.scale and args.nodes is None:
@@ -299,6 +311,26 @@ def main() -> int:
     log(f"results in {args.out}: {', '.join(sorted(p.name for p in args.out.iterdir()))}")
     if os.environ.get("BENCH_JSON"):
         print(json.dumps(res, indent=2, default=str))
+    return 0
+
+
+def run_datapath_node(args: argparse.Namespace) -> int:
+    """`--datapath-node`: its own control plane (with the real node) and its own JSON, datapath-node.json."""
+    from . import datapath_node, report
+
+    plan = datapath_node.NodePlan(iterations=args.datapath_iterations or 5, mib=args.datapath_mib)
+    workdir = Path(tempfile.mkdtemp(prefix="registry-bench-node-"))
+    started = time.monotonic()
+    res: dict[str, Any] = {"env": environment(plan), "mode": "datapath-node"}
+    try:
+        res["datapath_node"] = datapath_node.run(plan, workdir, log)
+    finally:
+        if args.keep:
+            log(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    res["seconds"] = time.monotonic() - started
+    print(report.write(res, args.out, "datapath-node"))
     return 0
 
 

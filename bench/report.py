@@ -134,6 +134,41 @@ def token_rows(res: dict[str, Any]) -> list[Row]:
     return out
 
 
+# Issue 12: on real pods, token mode at most this many times TLS only, for push and for pull.
+DATAPATH_NODE_GOAL = 1.2
+# (variant, its label, its floor, the floor's label), in table order.
+DATAPATH_NODE_PAIRS = (("token", "token + TLS", "tls", "TLS only"), ("htpasswd", "htpasswd + TLS", "tls", "TLS only"),
+                       ("tls", "TLS only", "plain", "plain HTTP"))  # fmt: skip
+
+
+def datapath_node_rows(dp: dict[str, Any]) -> list[Row]:
+    """`python -m bench --datapath-node`: each variant against the one without its layer (token and htpasswd
+    against TLS only, TLS only against plain HTTP), push and pull judged apart; then the fixed cost of one crane
+    process per variant and of one token request, which is where a small gap at this size would come from."""
+    v, n, size = dp["variants"], dp["iterations"], f"{dp['size'] // MIB} MiB"
+    med = lambda name, op: v[name][op]["median"]  # noqa: E731
+    out: list[Row] = []
+    for name, label, floor, floor_label in DATAPATH_NODE_PAIRS:
+        if name not in v or floor not in v:
+            continue
+        push, pull = ratio(med(name, "push"), med(floor, "push")), ratio(med(name, "pull"), med(floor, "pull"))
+        both = ratio(med(name, "push") + med(name, "pull"), med(floor, "push") + med(floor, "pull"))
+        goal = name == "token"
+        out.append((
+            f"Data path {size} on the real node, {label}: push / pull (median of {n})",
+            f"{_s(med(name, 'push'))} / {_s(med(name, 'pull'))}",
+            f"{_s(med(floor, 'push'))} / {_s(med(floor, 'pull'))} ({floor_label})",
+            f"{_r(push)} / {_r(pull)} (both {_r(both)})",
+            f"≤ {DATAPATH_NODE_GOAL}× each" if goal else "–",
+            _met(max(push, pull) <= DATAPATH_NODE_GOAL) if goal else "",
+        ))  # fmt: skip
+    digests = " / ".join(f"{name} {_s(med(name, 'digest'))}" for name in v)
+    fetch = _s(dp["token_fetch"]["median"])
+    out.append((f"Data path on the real node: one `crane digest` (process, TLS, token, a manifest; median of {n}); "
+                "one token request", f"{digests}; token {fetch}", "–", "–", "–", ""))  # fmt: skip
+    return out
+
+
 def rows(res: dict[str, Any]) -> list[Row]:
     """(measure, operator, floor, ratio, goal, met) rows."""
     out: list[Row] = []
@@ -141,6 +176,8 @@ def rows(res: dict[str, Any]) -> list[Row]:
         out += scale_rows(scale)
     if res.get("mode") == "token":
         out += token_rows(res)
+    if dp_node := res.get("datapath_node"):
+        out += datapath_node_rows(dp_node)
     if conv := res.get("convergence"):
         n = conv["runs"]
         for what, label in (("children", "all children exist"), ("ready", "Ready=True (floor: Deployment available)")):
@@ -277,7 +314,7 @@ def markdown(res: dict[str, Any]) -> str:
 README_BEGIN = "<!-- bench-table: python -m bench --readme renders this table from bench/results/*.json -->"
 README_END = "<!-- /bench-table -->"
 # The runs the README cites, in table order: committed in bench/results/ (the rest of it is git-ignored).
-README_RUNS = ("results.json", "scale.json", "token.json")
+README_RUNS = ("results.json", "scale.json", "token.json", "datapath-node.json")
 
 
 def run_label(res: dict[str, Any]) -> str:
@@ -375,6 +412,8 @@ def plot(res: dict[str, Any], path: Path) -> bool:
     """The phases' picture; False when matplotlib is not installed."""
     if "scale" in res:
         return plot_scale(res, path)
+    if "datapath_node" in res:  # a handful of numbers: the table says it all
+        return False
     plt = _pyplot()
     if plt is None:
         return False

@@ -68,11 +68,37 @@ def test_token_issuance_against_the_goal_the_floor_and_the_peer() -> None:
     assert "cached (bcrypt cost 10), 1 client" in peer[0] and peer[3] == "75.00×"
 
 
+def _datapath_node(token_pull: float) -> dict[str, object]:
+    def variant(push: float, pull: float, digest: float) -> dict[str, object]:
+        return {"push": {"median": push}, "pull": {"median": pull}, "digest": {"median": digest}}
+
+    variants = {"token": variant(1.1, token_pull, 0.12), "htpasswd": variant(1.5, 1.0, 0.10),
+                "tls": variant(1.0, 1.0, 0.08), "plain": variant(0.5, 0.8, 0.05)}  # fmt: skip
+    return {"mode": "datapath-node", "env": {"date": "2026-12-02 06:10 UTC", "operator_commit": "abc1234"},
+            "datapath_node": {"size": 100 * MIB, "iterations": 5, "variants": variants,
+                              "token_fetch": {"median": 0.03}}}  # fmt: skip
+
+
+def test_the_real_node_data_path_judges_token_mode_against_tls_only_push_and_pull_apart() -> None:
+    rows = report.rows(_datapath_node(token_pull=1.15))
+    token = _row(rows, "Data path 100 MiB on the real node, token + TLS: push / pull (median of 5)")
+    assert token[1:] == ("1.10 s / 1.15 s", "1.00 s / 1.00 s (TLS only)", "1.10× / 1.15× (both 1.12×)", "≤ 1.2× each",
+                         "✔")  # fmt: skip
+    assert _row(report.rows(_datapath_node(token_pull=1.25)), "Data path 100 MiB on the real node, token")[-1] == "✘"
+    htpasswd = _row(rows, "Data path 100 MiB on the real node, htpasswd + TLS")
+    assert htpasswd[3:] == ("1.50× / 1.00× (both 1.25×)", "–", "")
+    tls = _row(rows, "Data path 100 MiB on the real node, TLS only")
+    assert tls[2:4] == ("0.50 s / 0.80 s (plain HTTP)", "2.00× / 1.25× (both 1.54×)")
+    fixed = _row(rows, "Data path on the real node: one `crane digest`")
+    assert fixed[1] == "token 0.12 s / htpasswd 0.10 s / tls 0.08 s / plain 0.05 s; token 0.03 s"
+
+
 def test_the_readme_table_is_rendered_from_the_runs_json(tmp_path: Path) -> None:
     results = tmp_path / "bench" / "results"
     results.mkdir(parents=True)
     (results / "scale.json").write_text(json.dumps(_scale(90.0)))
     (results / "token.json").write_text(json.dumps(_token(1500.0, 1.0)))
+    (results / "datapath-node.json").write_text(json.dumps(_datapath_node(1.0)))
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\n\nprose\n{report.README_BEGIN}\nold table\n{report.README_END}\n\nmore prose\n")
 
@@ -88,6 +114,8 @@ def test_the_readme_table_is_rendered_from_the_runs_json(tmp_path: Path) -> None
         if "Scale" in line
     )
     assert any("[token, 2026-12-01, abc1234](bench/results/token.json)" in line for line in lines)
+    run = "[datapath-node, 2026-12-02, abc1234](bench/results/datapath-node.json)"
+    assert lines[-1].startswith("| Data path on the real node") and run in lines[-1]
     assert report.update_readme(readme, results) == table and readme.read_text() == text  # idempotent
 
 
