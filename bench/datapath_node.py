@@ -96,7 +96,7 @@ def variant_config(config: dict[str, Any], variant: str) -> dict[str, Any]:
     return out
 
 
-def node_port_service(name: str, namespace: str, selector: dict[str, str], port: int, node_port: int) -> dict:
+def node_port_service(name: str, namespace: str, selector: dict[str, str], port: int, node_port: int) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -106,7 +106,9 @@ def node_port_service(name: str, namespace: str, selector: dict[str, str], port:
     }  # fmt: skip
 
 
-def variant_objects(rendered: dict[str, Any], config: dict[str, Any], variant: str, namespace: str) -> list[dict]:
+def variant_objects(
+    rendered: dict[str, Any], config: dict[str, Any], variant: str, namespace: str
+) -> list[dict[str, Any]]:
     """ConfigMap, Deployment and NodePort Service of a derived variant: the operator's rendered registry
     Deployment (`rendered`, as read back) with its config volume on our ConfigMap, probes in the variant's
     scheme, and labels of its own (neither the operator's Service nor its NetworkPolicy select it)."""
@@ -174,7 +176,7 @@ def _token_fetch(realm: str, ca: bytes, service: str, password: str) -> float:
 
 def _measure(
     client: Client, cluster: localcluster.LocalCluster, plan: NodePlan, proxy: ServiceProxy, work: Path, log: Log
-) -> dict:
+) -> dict[str, Any]:
     cluster.apply(localcluster.namespace_manifest(NAMESPACE, annotations={NODE_SELECTOR_ANNOTATION: NODE_LABEL}))
     localcluster.wait_until(lambda: cluster.kubectl("get", "sa", "default", "-n", NAMESPACE, check=False)
                             .returncode == 0, 30, f"ServiceAccount default in {NAMESPACE}")  # fmt: skip
@@ -212,9 +214,8 @@ def _measure(
         crane = Crane(work / "clients" / variant, own_ca or b"", host, creds)
         targets.append(Target(variant, host, crane, insecure=own_ca is None))
     proxy.target = (NODE_IP, NODE_PORTS["token-service"])
-    realm = registry_specs(proxy.port, False)["token"]["auth"]["tokenRealm"]
+    realm, service = token.get()["status"]["tokenRealm"], config["auth"]["token"]["service"]  # as published
     password = token.passwords()[USER]
-    service = f"{token.name}.{NAMESPACE}.svc"
     localcluster.wait_until(lambda: _token_fetch(realm, ca, service, password), 60, realm)
     log(f"datapath-node: {len(targets)} variants answering through kube-proxy")
 
