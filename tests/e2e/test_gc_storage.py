@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from lightkube import ApiError
-from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.models.meta_v1 import ObjectMeta, OwnerReference
 from lightkube.resources.batch_v1 import Job
 from lightkube.resources.core_v1 import PersistentVolume, Pod
 from lightkube.types import PatchType
@@ -46,7 +46,7 @@ def _job(reg: DeployedRegistry) -> dict[str, Any] | None:
         raise
 
 
-def _no_job_pods(cluster: Any, namespace: str) -> Callable[[], None]:
+def _no_job_pods(cluster: Any, kube_client: Any, namespace: str) -> Callable[[], None]:
     """Refuse pods owned by a Job in `namespace` (the GC Job's pod is run by podrunner instead); the undo."""
     name = f"{namespace}-no-job-pods"
     cluster.apply(yaml.safe_dump_all([
@@ -69,6 +69,22 @@ def _no_job_pods(cluster: Any, namespace: str) -> Callable[[], None]:
         cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name,
                         "--ignore-not-found", check=False)
 
+    # The API server takes policies up asynchronously: until it refuses a Job's pod (a server-side dry run),
+    # the Job controller's pod would reach kwok, which completes Job pods, and the Job would end unseen.
+    probe = Pod(metadata=ObjectMeta(generateName="probe-", namespace=namespace, ownerReferences=[
+        OwnerReference(apiVersion="batch/v1", kind="Job", name="probe", uid="00000000-0000-0000-0000-000000000000")]),
+        spec={"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+              "containers": [{"name": "c", "image": "probe", "securityContext": {
+                  "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}]})  # fmt: skip
+
+    def refused() -> bool:
+        try:
+            kube_client.create(probe, dry_run=True)
+        except ApiError as exc:
+            return "Job pods are run by the test's pod runner" in (exc.status.message or "")
+        return False
+
+    wait_for(refused, "the policy refusing Job pods", timeout=30)
     return undo
 
 
@@ -131,8 +147,15 @@ def _complete(reg: DeployedRegistry, exit_code: int) -> None:
         types, reason, extra = ("FailureTarget", "Failed"), "BackoffLimitExceeded", {"failed": 1}
     conditions = [{"type": t, "status": "True", "reason": reason, "message": "set from the local run",
                    "lastProbeTime": now, "lastTransitionTime": now} for t in types]
-    reg.client.patch(Job.Status, f"{reg.name}-gc", {"status": {"conditions": conditions, **extra}},
-                     namespace=reg.namespace, patch_type=PatchType.MERGE)
+    try:
+        reg.client.patch(Job.Status, f"{reg.name}-gc", {"status": {"conditions": conditions, **extra}},
+                         namespace=reg.namespace, patch_type=PatchType.MERGE)
+    except ApiError as exc:
+        if exc.status.code != 404:
+            raise
+        said = (reg.get().get("status") or {}).get("garbageCollection")
+        raise AssertionError(f"the GC Job ended before the test set its status: it is gone, and the Registry's "
+                             f"status.garbageCollection says {said}") from None
 
 
 def test_collection_frees_a_deleted_image_and_keeps_the_other(
@@ -148,7 +171,7 @@ def test_collection_frees_a_deleted_image_and_keeps_the_other(
     try:
         claim = {"size": "1Gi", "storageClassName": storage_class}
         reg = deploy(version, storage={"deleteEnabled": True, "persistentVolumeClaim": claim}, pod_runner=GC)
-        undo = _no_job_pods(cluster, reg.namespace)
+        undo = _no_job_pods(cluster, kube_client, reg.namespace)
         ca, creds = reg.ca_pem(), ("alice", reg.passwords()["alice"])
         gone = ociimage.build(tmp_path / "gone", tag="v1", layers=2, size=256 * 1024)
         kept = ociimage.build(tmp_path / "kept", tag="v1", layers=2, size=256 * 1024)

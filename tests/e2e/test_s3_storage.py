@@ -72,7 +72,7 @@ def test_push_pull_delete_and_collect_on_a_bucket(
     version: str, tmp_path: Path,
 ) -> None:
     namespace = make_namespace(f"s3{VERSIONS[version].replace('.', '')}")
-    undo = _no_job_pods(cluster, namespace)
+    undo = _no_job_pods(cluster, kube_client, namespace)
     reg: DeployedRegistry | None = None
     try:
         reg, bucket = _bucket_registry(s3, cluster, kube_client, e2e_operator, namespace, version, tmp_path)
