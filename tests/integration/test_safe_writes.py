@@ -376,13 +376,17 @@ def test_a_refused_pull_secret_is_said_and_not_retried(cluster, kube_client, kub
         cluster.kubectl("delete", "namespace", target, "--wait=false", check=False)
 
 
+def _quota(cluster, kube_client, namespace: str, hard: str, wait_for) -> None:
+    cluster.apply(f"apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: few, namespace: {namespace}}}\n"
+                  f"spec: {{hard: {{{hard}}}}}\n")
+    wait_for(lambda: kube_client.get(ResourceQuota, "few", namespace=namespace).status.hard, timeout=30,
+             what="the quota controller's status")
+
+
 def test_a_quota_refusal_is_named_as_one(cluster, kube_client, kubeconfig, namespace, wait_for):
     """A ResourceQuota on Secrets refuses most of a new Registry's Secrets: Degraded QuotaExceeded quoting the
     quota, not "may not write", which sends users hunting for RBAC."""
-    cluster.apply(f"apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: few, namespace: {namespace}}}\n"
-                  "spec: {hard: {secrets: '2'}}\n")
-    wait_for(lambda: kube_client.get(ResourceQuota, "few", namespace=namespace).status.hard, timeout=30,
-             what="the quota controller's status")
+    _quota(cluster, kube_client, namespace, "secrets: '2'", wait_for)
     cluster.apply(manifest("reg", namespace, USERS))
 
     async def attempt(ctx: Context) -> None:
@@ -404,10 +408,7 @@ def test_failures_alike_write_no_status_whatever_order_they_answer_in(cluster, k
                                                                        wait_for):
     """Several of a Registry's writes refused at once (a quota on Secrets) answer in any order: retries that fail
     alike change neither status nor the retry message (which the coalescer logs again only when it changes)."""
-    cluster.apply(f"apiVersion: v1\nkind: ResourceQuota\nmetadata: {{name: few, namespace: {namespace}}}\n"
-                  "spec: {hard: {secrets: '2'}}\n")
-    wait_for(lambda: kube_client.get(ResourceQuota, "few", namespace=namespace).status.hard, timeout=30,
-             what="the quota controller's status")
+    _quota(cluster, kube_client, namespace, "secrets: '2'", wait_for)
     cluster.apply(manifest("reg", namespace, USERS))
 
     async def attempts(ctx: Context) -> tuple[set[str], set[str]]:
@@ -441,3 +442,18 @@ def test_a_port_added_by_hand_is_left_alone_and_costs_no_write(cluster, kube_cli
     assert service_applies() == before
     ports = {p["name"]: p["port"] for p in get(kube_client, "Service", "reg", namespace)["spec"]["ports"]}
     assert ports == {"extra": 6000, "registry": 5000}
+
+
+def test_no_deployment_before_its_secrets_are_stored(cluster, kube_client, kubeconfig, namespace, wait_for):
+    """Secrets refused (a quota): the Deployment is not created, so no pod starts without its material."""
+    _quota(cluster, kube_client, namespace, "secrets: '2'", wait_for)
+    cluster.apply(manifest("reg", namespace, USERS))
+
+    async def attempt(ctx: Context) -> None:
+        with pytest.raises(Retry):
+            await reconcile(ctx, namespace, "reg")
+
+    run(kubeconfig, attempt)
+    assert get(kube_client, "Deployment", "reg", namespace) is None
+    assert get(kube_client, "ConfigMap", "reg-config", namespace) is not None
+
