@@ -182,7 +182,7 @@ async def burst_operator(b: Bench, n: int) -> dict[str, Any]:
             "ready": max(obs.ready[x] for x in names) - t0,
             "ready_each": summary([obs.ready[x] - t0 for x in names]),
         }
-    last = await b.settle(quiet=3.0)
+    last = await b.settle(at_least=before["reconcile"] + n, quiet=3.0)  # see `grow`
     result["operator_cpu"] = op.cpu() - cpu0
     audit = b.cluster.audit_counts(wall0, last + 0.5)
     result["settled_after"] = last - wall0
@@ -390,7 +390,9 @@ async def grow(b: Bench, namespace: str, start: int, n: int, batch: int = 50) ->
         # burst's Registries in another), so counting everything in it would wait for Registries that never come.
         await obs.wait_for(lambda: all(x in obs.ready for x in names), timeout=3600)
         ready = max(obs.ready[x] for x in names) - t0
-    last = await b.settle(quiet=5.0)
+    # Each new Registry is reconciled in full at least once; Ready can be seen before the operator's counters
+    # say so, and settling on the old counts would close the window before it opened.
+    last = await b.settle(at_least=c0["reconcile"] + n, quiet=5.0)
     audit = b.cluster.audit_counts(wall0, last + 0.5)
     return {
         "added": n,
