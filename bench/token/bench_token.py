@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import json
 import os
@@ -161,10 +162,15 @@ CACHED = {"Authorization": basic("alice", "alice-pw")}
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of process ``pid`` so far (Linux /proc). Unlike wall time, load from elsewhere
-    on the machine does not inflate it: on shared cores it is the steadier measure of a service's cost."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of process ``pid``'s threads so far, in nanoseconds from the scheduler (Linux
+    /proc/PID/task/*/schedstat). Unlike wall time, load from elsewhere on the machine does not inflate it: on
+    shared cores it is the steadier measure of a service's cost. /proc/PID/stat counts in clock ticks (10 ms): a
+    short run of a cheap service could measure no CPU at all."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended since the listing
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
 
 
 async def measured(
