@@ -385,7 +385,8 @@ def _quota(cluster, kube_client, namespace: str, hard: str, wait_for) -> None:
 
 def test_a_quota_refusal_is_named_as_one(cluster, kube_client, kubeconfig, namespace, wait_for):
     """A ResourceQuota on Secrets refuses most of a new Registry's Secrets: Degraded QuotaExceeded quoting the
-    quota, not "may not write", which sends users hunting for RBAC."""
+    quota, not "may not write", which sends users hunting for RBAC. The Deployment is not created meanwhile, so no
+    pod starts without its material."""
     _quota(cluster, kube_client, namespace, "secrets: '2'", wait_for)
     cluster.apply(manifest("reg", namespace, USERS))
 
@@ -398,6 +399,8 @@ def test_a_quota_refusal_is_named_as_one(cluster, kube_client, kubeconfig, names
     assert degraded["reason"] == "QuotaExceeded", degraded
     assert "a ResourceQuota refuses it: exceeded quota: few" in degraded["message"], degraded
     assert "may not write" not in degraded["message"]
+    assert get(kube_client, "Deployment", "reg", namespace) is None
+    assert get(kube_client, "ConfigMap", "reg-config", namespace) is not None
 
     cluster.kubectl("delete", "resourcequota", "few", "-n", namespace)
     run(kubeconfig, lambda ctx: reconcile(ctx, namespace, "reg"))  # the quota gone: no Retry
@@ -442,18 +445,4 @@ def test_a_port_added_by_hand_is_left_alone_and_costs_no_write(cluster, kube_cli
     assert service_applies() == before
     ports = {p["name"]: p["port"] for p in get(kube_client, "Service", "reg", namespace)["spec"]["ports"]}
     assert ports == {"extra": 6000, "registry": 5000}
-
-
-def test_no_deployment_before_its_secrets_are_stored(cluster, kube_client, kubeconfig, namespace, wait_for):
-    """Secrets refused (a quota): the Deployment is not created, so no pod starts without its material."""
-    _quota(cluster, kube_client, namespace, "secrets: '2'", wait_for)
-    cluster.apply(manifest("reg", namespace, USERS))
-
-    async def attempt(ctx: Context) -> None:
-        with pytest.raises(Retry):
-            await reconcile(ctx, namespace, "reg")
-
-    run(kubeconfig, attempt)
-    assert get(kube_client, "Deployment", "reg", namespace) is None
-    assert get(kube_client, "ConfigMap", "reg-config", namespace) is not None
 
